@@ -1,0 +1,138 @@
+"""One place that reads configuration: environment variables and the pipeline YAML.
+
+Connection (all optional; set ``INTEREST_PG_HOST`` to use your own server over TCP):
+    INTEREST_PG_HOST      host name or socket directory of an external PostgreSQL
+    INTEREST_PG_PORT      port (default 5432)
+    INTEREST_PG_DB        database (default ``interest``)
+    INTEREST_PG_USER      user (default ``postgres``)
+    INTEREST_PG_PASSWORD  password (default empty)
+    INTEREST_PG_SSLMODE   libpq sslmode (default ``prefer`` external, ``disable`` embedded)
+Without ``INTEREST_PG_HOST`` an embedded server (pgserver) runs in ``INTEREST_PGDATA``
+(default ``<project>/.pgdata``).
+
+Other:
+    INTEREST_HOME         project folder (default: the checkout this package lives in)
+    INTEREST_CONFIG       YAML file whose keys override ``materialize/pipeline.yaml``
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+import yaml
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_DATABASE = "interest"
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    """Where PostgreSQL is and how to log in."""
+
+    host: str
+    port: int = 5432
+    database: str = DEFAULT_DATABASE
+    user: str = "postgres"
+    password: str = field(default="", repr=False)
+    sslmode: str = "prefer"
+    embedded: bool = False
+
+    def conninfo(self, database: str | None = None) -> str:
+        """A libpq connection string (psycopg quotes every value)."""
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo(
+            host=self.host,
+            port=self.port,
+            dbname=database or self.database,
+            user=self.user,
+            password=self.password,
+            sslmode=self.sslmode,
+        )
+
+    def with_database(self, database: str) -> "PostgresSettings":
+        return replace(self, database=database)
+
+    def feast_environment(self, pgvector: bool) -> dict[str, str]:
+        """Variables that ``feature_repo/feature_store.yaml`` substitutes."""
+        return {
+            "INTEREST_PG_HOST": self.host,
+            "INTEREST_PG_PORT": str(self.port),
+            "INTEREST_PG_DB": self.database,
+            "INTEREST_PG_USER": self.user,
+            "INTEREST_PG_PASSWORD": self.password,
+            "INTEREST_PG_SSLMODE": self.sslmode,
+            "INTEREST_PGVECTOR": "true" if pgvector else "false",
+        }
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Tunables of ingestion and feature computation (see ``pipeline.yaml``)."""
+
+    sequence_length: int
+    interest_embedding_events: int
+    session_gap_minutes: int
+    future_tolerance_seconds: int
+    ingest_chunk_rows: int
+    embedding_batch_size: int
+    feature_ttl_days: int
+
+    @classmethod
+    def load(cls, override: Path | None = None) -> "PipelineConfig":
+        values = yaml.safe_load((_PACKAGE_DIR / "pipeline.yaml").read_text())
+        if override is not None:
+            values.update(yaml.safe_load(Path(override).read_text()) or {})
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown pipeline config keys: {sorted(unknown)}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class Settings:
+    project_dir: Path
+    postgres: PostgresSettings
+    pipeline: PipelineConfig
+
+    @property
+    def pgdata_dir(self) -> Path:
+        return Path(self.postgres.host) if self.postgres.embedded else self.project_dir / ".pgdata"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Downloaded and generated input files (git-ignored)."""
+        return self.project_dir / ".data"
+
+    @property
+    def feature_repo_dir(self) -> Path:
+        return self.project_dir / "feature_repo"
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from the environment (``os.environ`` by default)."""
+    env = os.environ if environ is None else environ
+    project_dir = Path(env.get("INTEREST_HOME") or _PACKAGE_DIR.parent).resolve()
+    config_path = env.get("INTEREST_CONFIG")
+    pipeline = PipelineConfig.load(Path(config_path) if config_path else None)
+    if env.get("INTEREST_PG_HOST"):
+        postgres = PostgresSettings(
+            host=env["INTEREST_PG_HOST"],
+            port=int(env.get("INTEREST_PG_PORT", "5432")),
+            database=env.get("INTEREST_PG_DB", DEFAULT_DATABASE),
+            user=env.get("INTEREST_PG_USER", "postgres"),
+            password=env.get("INTEREST_PG_PASSWORD", ""),
+            sslmode=env.get("INTEREST_PG_SSLMODE", "prefer"),
+            embedded=False,
+        )
+    else:
+        pgdata = Path(env.get("INTEREST_PGDATA") or project_dir / ".pgdata").resolve()
+        postgres = PostgresSettings(
+            host=str(pgdata),
+            database=env.get("INTEREST_PG_DB", DEFAULT_DATABASE),
+            sslmode="disable",
+            embedded=True,
+        )
+    return Settings(project_dir=project_dir, postgres=postgres, pipeline=pipeline)

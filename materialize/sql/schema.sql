@@ -1,0 +1,175 @@
+-- Raw, bookkeeping and feature-source tables. Idempotent: safe to run on every start.
+CREATE SCHEMA IF NOT EXISTS interest;
+
+CREATE TABLE IF NOT EXISTS interest.ingest_runs (
+    run_id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind            text NOT NULL,            -- 'items' or 'events'
+    source          text NOT NULL,            -- file path or generator description
+    source_sha256   text NOT NULL,
+    status          text NOT NULL DEFAULT 'running',
+    rows_read       bigint NOT NULL DEFAULT 0,
+    loaded          bigint NOT NULL DEFAULT 0, -- inserted + updated
+    updated         bigint NOT NULL DEFAULT 0,
+    quarantined     bigint NOT NULL DEFAULT 0,
+    duplicate       bigint NOT NULL DEFAULT 0,
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    finished_at     timestamptz
+);
+
+CREATE TABLE IF NOT EXISTS interest.quarantine (
+    kind            text NOT NULL,
+    source          text NOT NULL,
+    source_sha256   text NOT NULL,
+    line            bigint NOT NULL,          -- 1-based line of a CSV (header = 1) or row of Parquet
+    field           text,                     -- first offending field, NULL for a malformed line
+    reason          text NOT NULL,
+    raw             jsonb NOT NULL,
+    run_id          bigint NOT NULL REFERENCES interest.ingest_runs,
+    quarantined_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (kind, source_sha256, line)
+);
+
+CREATE TABLE IF NOT EXISTS interest.categories (
+    category_id     integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- dense, from 1
+    category        text NOT NULL UNIQUE
+);
+
+CREATE TABLE IF NOT EXISTS interest.items (
+    item_id         bigint PRIMARY KEY,
+    category_id     integer NOT NULL REFERENCES interest.categories,
+    title           text NOT NULL,
+    description     text,
+    price           numeric(14, 2) CHECK (price >= 0),
+    text_sha256     text NOT NULL,            -- hash of the embedded text
+    valid_from      timestamptz NOT NULL,     -- first version: -infinity-like epoch; changes: load time
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS interest.events (
+    load_seq        bigint GENERATED ALWAYS AS IDENTITY,
+    user_id         bigint NOT NULL,
+    item_id         bigint NOT NULL,
+    event_type      smallint NOT NULL CHECK (event_type BETWEEN 0 AND 3),  -- view, click, cart, purchase
+    event_timestamp timestamptz NOT NULL,
+    price           numeric(14, 2) CHECK (price >= 0),
+    session_id      text,
+    run_id          bigint NOT NULL,
+    PRIMARY KEY (user_id, event_timestamp, item_id, event_type)
+);
+CREATE INDEX IF NOT EXISTS events_load_seq ON interest.events (load_seq);
+CREATE INDEX IF NOT EXISTS events_item_time ON interest.events (item_id, event_timestamp);
+
+-- Embedding cache keyed by the hash of the text: an unchanged text is never embedded again.
+CREATE TABLE IF NOT EXISTS interest.text_embeddings (
+    text_sha256     text PRIMARY KEY,
+    model_version   text NOT NULL,
+    embedding       real[] NOT NULL,          -- 384 floats, L2-normalised
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+
+-- How far each feature set has consumed interest.events.load_seq.
+CREATE TABLE IF NOT EXISTS interest.feature_watermarks (
+    feature_set     text PRIMARY KEY,
+    load_seq        bigint NOT NULL,
+    max_event_day   date,
+    computed_at     timestamptz NOT NULL DEFAULT now()
+);
+
+-- Feature sources read by Feast. event_timestamp: when the values became known.
+
+CREATE TABLE IF NOT EXISTS interest.user_daily_features (
+    user_id                     bigint NOT NULL,
+    event_timestamp             timestamptz NOT NULL,   -- end of the snapshot day (UTC)
+    created_timestamp           timestamptz NOT NULL,
+    view_count_1d               integer NOT NULL,
+    click_count_1d              integer NOT NULL,
+    cart_count_1d               integer NOT NULL,
+    purchase_count_1d           integer NOT NULL,
+    view_count_7d               integer NOT NULL,
+    click_count_7d              integer NOT NULL,
+    cart_count_7d               integer NOT NULL,
+    purchase_count_7d           integer NOT NULL,
+    view_count_30d              integer NOT NULL,
+    click_count_30d             integer NOT NULL,
+    cart_count_30d              integer NOT NULL,
+    purchase_count_30d          integer NOT NULL,
+    spend_7d                    double precision NOT NULL,
+    spend_30d                   double precision NOT NULL,
+    session_count_7d            integer NOT NULL,
+    session_count_30d           integer NOT NULL,
+    days_since_last_event       double precision NOT NULL,
+    category_share_7d           real[] NOT NULL,        -- index = category_id - 1
+    category_share_30d          real[] NOT NULL,
+    dominant_category_7d        integer,                -- NULL when no event in the window
+    dominant_category_30d       integer,
+    category_entropy_30d        double precision,       -- nats
+    category_divergence_7d_30d  double precision,       -- Jensen-Shannon, nats, in [0, ln 2]
+    dominant_category_changed   boolean NOT NULL,       -- 7d dominant differs from 30d dominant
+    days_since_interest_shift   double precision,       -- since the 7d dominant last changed; NULL if never
+    PRIMARY KEY (user_id, event_timestamp)
+);
+
+CREATE TABLE IF NOT EXISTS interest.user_recent_sequence (
+    user_id                 bigint NOT NULL,
+    event_timestamp         timestamptz NOT NULL,       -- time of the newest event in the arrays
+    created_timestamp       timestamptz NOT NULL,
+    recent_item_ids         bigint[] NOT NULL,          -- oldest first, newest last
+    recent_category_ids     integer[] NOT NULL,
+    recent_event_types      integer[] NOT NULL,         -- 0 view, 1 click, 2 cart, 3 purchase
+    recent_gap_seconds      real[] NOT NULL,            -- seconds since the previous event; 0 for the first
+    sequence_length         integer NOT NULL,
+    PRIMARY KEY (user_id, event_timestamp)
+);
+
+CREATE TABLE IF NOT EXISTS interest.user_interest_embedding (
+    user_id                 bigint NOT NULL,
+    event_timestamp         timestamptz NOT NULL,       -- end of the active day (UTC)
+    created_timestamp       timestamptz NOT NULL,
+    interest_embedding      real[] NOT NULL,            -- mean of recent items' text embeddings, L2-normalised
+    PRIMARY KEY (user_id, event_timestamp)
+);
+
+CREATE TABLE IF NOT EXISTS interest.item_daily_features (
+    item_id                 bigint NOT NULL,
+    event_timestamp         timestamptz NOT NULL,
+    created_timestamp       timestamptz NOT NULL,
+    view_count_1d           integer NOT NULL,
+    view_count_7d           integer NOT NULL,
+    view_count_30d          integer NOT NULL,
+    purchase_count_7d       integer NOT NULL,
+    purchase_count_30d      integer NOT NULL,
+    event_count_7d          integer NOT NULL,
+    unique_users_7d         integer NOT NULL,
+    conversion_rate_7d      double precision,           -- purchases / views; NULL without views
+    conversion_rate_30d     double precision,
+    trend_1d_vs_7d          double precision,           -- events on the day / daily mean over 7 days
+    PRIMARY KEY (item_id, event_timestamp)
+);
+
+CREATE TABLE IF NOT EXISTS interest.category_daily_features (
+    category_id             integer NOT NULL,
+    event_timestamp         timestamptz NOT NULL,
+    created_timestamp       timestamptz NOT NULL,
+    event_count_1d          integer NOT NULL,
+    event_count_7d          integer NOT NULL,
+    event_count_30d         integer NOT NULL,
+    purchase_count_7d       integer NOT NULL,
+    share_7d                double precision NOT NULL,  -- of all events in the 7 days
+    trend_7d_vs_30d         double precision,           -- daily mean 7d / daily mean 30d
+    PRIMARY KEY (category_id, event_timestamp)
+);
+
+CREATE TABLE IF NOT EXISTS interest.item_embeddings (
+    item_id                 bigint NOT NULL,
+    event_timestamp         timestamptz NOT NULL,       -- valid_from of the item text version
+    created_timestamp       timestamptz NOT NULL,
+    text_sha256             text NOT NULL,
+    embedding               real[] NOT NULL,
+    PRIMARY KEY (item_id, event_timestamp)
+);
+
+-- Catalogue attributes as a feature source.
+CREATE OR REPLACE VIEW interest.item_catalog AS
+SELECT item_id, category_id, price::double precision AS price,
+       valid_from AS event_timestamp, created_at AS created_timestamp
+FROM interest.items;
