@@ -12,7 +12,6 @@ Environment:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from importlib.metadata import version
@@ -56,17 +55,6 @@ def select_device(preferred: str | None = None) -> torch.device:
             f"(torch {torch.__version__}); use 'cpu' or leave the device unset"
         )
     return device
-
-
-def item_text(title: str, description: str | None) -> str:
-    """Canonical text embedded for an item: "<title>. <description>", parts stripped, empty parts dropped."""
-    parts = [part.strip() for part in (title, description or "")]
-    return ". ".join(part for part in parts if part)
-
-
-def text_sha256(text: str) -> str:
-    """Hex sha256 of the utf-8 encoded text; the cache key of its embedding."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class TextEmbedder:

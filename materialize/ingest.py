@@ -23,6 +23,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from materialize.item_text import item_text, text_sha256
 from materialize.schema import EVENTS, ITEMS, TableSchema
 from materialize.validation import Rejection, check_columns, raw_json, validate_events, validate_items
 
@@ -247,8 +248,6 @@ def _load_events_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clea
 
 
 def _load_items_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clean: pd.DataFrame) -> None:
-    from materialize.embedder import item_text, text_sha256
-
     # Within a file the first row of an item wins; a later identical row is a duplicate,
     # a later conflicting row is quarantined.
     first = ~clean.duplicated("item_id", keep="first")
@@ -275,7 +274,8 @@ def _load_items_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clean
                     )
                 )
         _quarantine(cur, report, sha, conflicts)
-    kept["text_sha256"] = [text_sha256(item_text(t, d)) for t, d in zip(kept["title"], kept["description"].astype(object))]
+    descriptions = kept["description"].astype(object).where(kept["description"].notna(), None)
+    kept["text_sha256"] = [text_sha256(item_text(t, d)) for t, d in zip(kept["title"], descriptions)]
     cur.execute(
         """
         CREATE TEMP TABLE IF NOT EXISTS stage_items (

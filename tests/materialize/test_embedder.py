@@ -7,13 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from materialize.embedder import (
-    EMBEDDING_DIM,
-    TextEmbedder,
-    item_text,
-    select_device,
-    text_sha256,
-)
+from materialize.embedder import EMBEDDING_DIM, TextEmbedder, select_device
+from materialize.item_text import item_text, text_sha256
 
 PRODUCT_TEXTS = [
     "Smartphone with 6.1 inch OLED display and 128 GB storage",
