@@ -55,9 +55,19 @@ class PostgresSettings:
     def with_database(self, database: str) -> "PostgresSettings":
         return replace(self, database=database)
 
+    def registry_url(self) -> str:
+        """SQLAlchemy URL of Feast's SQL registry (host and port as query parameters, so a
+        socket directory works as well as a host name)."""
+        from urllib.parse import quote, urlencode
+
+        credentials = f"{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+        query = urlencode({"host": self.host, "port": self.port, "sslmode": self.sslmode})
+        return f"postgresql+psycopg://{credentials}@/{quote(self.database, safe='')}?{query}"
+
     def feast_environment(self, pgvector: bool) -> dict[str, str]:
         """Variables that ``feature_repo/feature_store.yaml`` substitutes."""
         return {
+            "INTEREST_REGISTRY_URL": self.registry_url(),
             "INTEREST_PG_HOST": self.host,
             "INTEREST_PG_PORT": str(self.port),
             "INTEREST_PG_DB": self.database,

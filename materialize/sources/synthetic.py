@@ -13,7 +13,7 @@ The model of the shop:
   * A user's sessions are a Poisson process over the span (user activity is gamma distributed).
     Sessions of one user never overlap and lie at least ``MIN_SESSION_GAP_SECONDS`` apart. Each
     session draws one category from the user's preference at the session start, and
-    ``ON_CATEGORY_VIEW_SHARE`` of its views stay in that category.
+    ``ON_CATEGORY_VIEW_SHARE`` of its views are in that category; the others follow the preference.
   * Every view may lead on to click -> cart -> purchase of the same item, with decreasing
     probabilities (``FUNNEL_STEP_PROBABILITY``). Click and cart follow right after their view;
     purchases come at the end of the session (checkout), so a purchase always comes after the
@@ -331,7 +331,8 @@ class SyntheticConfig:
         views_mean = VIEWS_PER_SESSION_MEAN - 1
         capped_extra = MAX_VIEWS_PER_SESSION - 1
         pmf = [math.exp(-views_mean) * views_mean**k / math.factorial(k) for k in range(capped_extra)]
-        views_per_session = sum((1 + k) * p for k, p in enumerate(pmf)) + MAX_VIEWS_PER_SESSION * (1 - sum(pmf))
+        capped_tail = MAX_VIEWS_PER_SESSION * (1 - sum(pmf))
+        views_per_session = sum((1 + k) * p for k, p in enumerate(pmf)) + capped_tail
         events_per_view = 1 + sum(np.cumprod(FUNNEL_STEP_PROBABILITY))
         return self.sessions_per_user_mean * views_per_session * float(events_per_view)
 
@@ -388,9 +389,8 @@ class SyntheticShop:
         rng = self._rng(0)
         n_categories, n_items = config.n_categories, config.n_items
         self._category_share = rng.dirichlet(np.full(n_categories, CATEGORY_SIZE_CONCENTRATION))
-        category = np.concatenate(
-            [np.arange(n_categories), rng.choice(n_categories, n_items - n_categories, p=self._category_share)]
-        )
+        extra_items = rng.choice(n_categories, n_items - n_categories, p=self._category_share)
+        category = np.concatenate([np.arange(n_categories), extra_items])  # every category non-empty
         category = rng.permutation(category)
         popularity_rank = np.empty(n_items, dtype=np.int64)
         for code in range(n_categories):
@@ -400,8 +400,7 @@ class SyntheticShop:
         price = np.round(medians[category] * np.exp(PRICE_SIGMA * rng.standard_normal(n_items)), 2)
         titles, descriptions = self._item_texts(rng, category)
 
-        self._item_category = category  # (n_items,) category code of item id - 1
-        self._item_price = price  # (n_items,) float64
+        self._item_price = price  # (n_items,) float64, indexed by item id - 1
         self._items = pd.DataFrame(
             {
                 "item_id": np.arange(1, n_items + 1, dtype=np.int64),
@@ -420,7 +419,8 @@ class SyntheticShop:
         category_end = np.cumsum(items_per_category)
         category_start = category_end - items_per_category
         cumulative = np.cumsum(weight)
-        within = cumulative - np.repeat(cumulative[category_start] - weight[category_start], items_per_category)
+        before_category = cumulative[category_start] - weight[category_start]
+        within = cumulative - np.repeat(before_category, items_per_category)
         total = np.repeat(within[category_end - 1], items_per_category)
         self._sampling_key = category[order] + within / total
         self._sampling_item_index = order
@@ -450,9 +450,8 @@ class SyntheticShop:
                 f"Popular with shoppers looking for {use2}.",
             )
             titles.append(f"{brand} {adjective.title()} {noun.title()}")
-            descriptions.append(
-                " ".join([f"The {brand} {adjective} {noun} comes with {feature}.", *(optional[i] for i in extra)])
-            )
+            opening = f"The {brand} {adjective} {noun} comes with {feature}."
+            descriptions.append(" ".join([opening, *(optional[i] for i in extra)]))
         return titles, descriptions
 
     def _sample_items(self, category: np.ndarray, uniform: np.ndarray) -> np.ndarray:
@@ -481,14 +480,14 @@ class SyntheticShop:
         rows = np.arange(n)
 
         activity = rng.gamma(ACTIVITY_SHAPE, (config.sessions_per_user_mean - 1) / ACTIVITY_SHAPE, n)
-        n_favourites = np.minimum(
-            1 + rng.choice(len(FAVOURITE_COUNT_PROBABILITY), n, p=FAVOURITE_COUNT_PROBABILITY), n_categories - 1
-        )
+        favourite_count = 1 + rng.choice(len(FAVOURITE_COUNT_PROBABILITY), n, p=FAVOURITE_COUNT_PROBABILITY)
+        n_favourites = np.minimum(favourite_count, n_categories - 1)
         # Gumbel top-k: categories ranked by a draw weighted by category size; the first
         # n_favourites are the favourites.
         gumbel = np.log(self._category_share) - np.log(-np.log(rng.random((n, n_categories))))
         ranked = np.argsort(-gumbel, axis=1)
-        favourite_weight = rng.gamma(2.0, size=(n, n_categories)) * (np.arange(n_categories) < n_favourites[:, None])
+        is_favourite_rank = np.arange(n_categories) < n_favourites[:, None]
+        favourite_weight = rng.gamma(2.0, size=(n, n_categories)) * is_favourite_rank
         favourite_weight /= favourite_weight.sum(axis=1, keepdims=True)
         background = rng.dirichlet(np.ones(n_categories), n)
         preference = (1 - FAVOURITE_MASS) * background
@@ -588,13 +587,13 @@ class SyntheticShop:
         )
         view_session = np.repeat(np.arange(n_sessions), views_per_session)
         n_views = len(view_session)
-        view_position = np.arange(n_views) - np.repeat(np.cumsum(views_per_session) - views_per_session, views_per_session)
+        view_position = _position_in_group(views_per_session)
         funnel_steps = np.cumprod(rng.random((n_views, 3)) < FUNNEL_STEP_PROBABILITY, axis=1).sum(axis=1)
 
         # Rows: view, click, cart right after each other; purchases at checkout (session end).
         events_per_view = 1 + funnel_steps
         row_view = np.repeat(np.arange(n_views), events_per_view)
-        row_stage = np.arange(len(row_view)) - np.repeat(np.cumsum(events_per_view) - events_per_view, events_per_view)
+        row_stage = _position_in_group(events_per_view)  # 0 view, 1 click, 2 cart, 3 purchase
         checkout = row_stage == EVENT_TYPES.index("purchase")
         order_in_session = view_position[row_view] + checkout * MAX_VIEWS_PER_SESSION
         sort_key = (view_session[row_view] * (2 * MAX_VIEWS_PER_SESSION) + order_in_session) * 4 + row_stage
@@ -604,9 +603,9 @@ class SyntheticShop:
 
         # Offsets of rows from their session start, and session durations.
         rows_per_session = np.bincount(row_session, minlength=n_sessions)
-        session_first_row = np.cumsum(rows_per_session) - rows_per_session
-        gap = np.exp(np.log(np.array(GAP_MEDIAN_SECONDS))[row_stage] + GAP_SIGMA * rng.standard_normal(len(row_stage)))
-        gap = np.clip(gap, 1.0, MAX_GAP_SECONDS)
+        session_first_row = _group_start(rows_per_session)
+        log_gap = np.log(GAP_MEDIAN_SECONDS)[row_stage] + GAP_SIGMA * rng.standard_normal(len(row_stage))
+        gap = np.clip(np.exp(log_gap), 1.0, MAX_GAP_SECONDS)
         gap[session_first_row] = 0.0
         cumulative_gap = np.cumsum(gap)
         row_offset = cumulative_gap - np.repeat(cumulative_gap[session_first_row], rows_per_session)
@@ -619,15 +618,17 @@ class SyntheticShop:
         raw_start = raw_start[np.lexsort((raw_start, session_user))]
         occupied = duration + MIN_SESSION_GAP_SECONDS
         before = np.cumsum(occupied) - occupied
-        user_first_session = np.cumsum(sessions_per_user) - sessions_per_user
-        before -= np.repeat(before[user_first_session], sessions_per_user)
+        before -= np.repeat(before[_group_start(sessions_per_user)], sessions_per_user)
         lift = session_user * (span + before.max() + 1.0)  # keeps the running max per user
         start = before + np.maximum.accumulate(raw_start - before + lift) - lift
         session_kept = start + duration < span  # drops a (rare) suffix of a user's sessions
 
         # Session category from the preference at the session start; views mostly follow it.
         weight_after = users.new_preference_weight(session_user, start)[:, None]
-        preference = (1 - weight_after) * users.preference_before[session_user] + weight_after * users.preference_after[session_user]
+        preference = (
+            (1 - weight_after) * users.preference_before[session_user]
+            + weight_after * users.preference_after[session_user]
+        )
         cumulative_preference = np.cumsum(preference, axis=1)
         session_category = _sample_rows(cumulative_preference, rng.random(n_sessions))
         other_category = _sample_rows(cumulative_preference[view_session], rng.random(n_views))
@@ -635,14 +636,11 @@ class SyntheticShop:
         view_category = np.where(on_category, session_category[view_session], other_category)
         view_item = self._sample_items(view_category, rng.random(n_views))
 
-        session_rank = np.arange(n_sessions) - np.repeat(user_first_session, sessions_per_user)
         session_user_id = users.user_id[session_user]
+        kept_user_id = session_user_id[session_kept].tolist()
+        kept_rank = _position_in_group(sessions_per_user)[session_kept].tolist()
         session_id = np.array(
-            [
-                f"u{user}-s{rank}"
-                for user, rank in zip(session_user_id[session_kept].tolist(), session_rank[session_kept].tolist())
-            ],
-            dtype=object,
+            [f"u{user}-s{rank}" for user, rank in zip(kept_user_id, kept_rank)], dtype=object
         )
         session_index = np.cumsum(session_kept) - 1  # position among kept sessions
         row_kept = session_kept[row_session]
@@ -656,9 +654,19 @@ class SyntheticShop:
         }
 
     def _timestamps(self, seconds: np.ndarray) -> pd.Series:
-        """Seconds since the span start as datetime64[ns, UTC], rounded to milliseconds."""
-        nanoseconds = self._start.value + np.round(seconds * 1e3).astype(np.int64) * 1_000_000
+        """Seconds since the span start as datetime64[ns, UTC], truncated to milliseconds."""
+        nanoseconds = self._start.value + np.floor(seconds * 1e3).astype(np.int64) * 1_000_000
         return pd.Series(nanoseconds.view("datetime64[ns]")).dt.tz_localize("UTC")
+
+
+def _group_start(counts: np.ndarray) -> np.ndarray:
+    """Index of the first element of each consecutive group of the given sizes."""
+    return np.cumsum(counts) - counts
+
+
+def _position_in_group(counts: np.ndarray) -> np.ndarray:
+    """Position of every element within its consecutive group (0, 1, ..), groups of the given sizes."""
+    return np.arange(counts.sum()) - np.repeat(_group_start(counts), counts)
 
 
 def _sample_rows(cumulative: np.ndarray, uniform: np.ndarray) -> np.ndarray:

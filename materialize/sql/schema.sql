@@ -133,16 +133,16 @@ CREATE TABLE IF NOT EXISTS interest.item_daily_features (
     item_id                 bigint NOT NULL,
     event_timestamp         timestamptz NOT NULL,
     created_timestamp       timestamptz NOT NULL,
-    view_count_1d           integer NOT NULL,
-    view_count_7d           integer NOT NULL,
-    view_count_30d          integer NOT NULL,
-    purchase_count_7d       integer NOT NULL,
-    purchase_count_30d      integer NOT NULL,
-    event_count_7d          integer NOT NULL,
-    unique_users_7d         integer NOT NULL,
-    conversion_rate_7d      double precision,           -- purchases / views; NULL without views
-    conversion_rate_30d     double precision,
-    trend_1d_vs_7d          double precision,           -- events on the day / daily mean over 7 days
+    item_view_count_1d           integer NOT NULL,
+    item_view_count_7d           integer NOT NULL,
+    item_view_count_30d          integer NOT NULL,
+    item_purchase_count_7d       integer NOT NULL,
+    item_purchase_count_30d      integer NOT NULL,
+    item_event_count_7d          integer NOT NULL,
+    item_unique_users_7d         integer NOT NULL,
+    item_conversion_rate_7d      double precision,           -- purchases / views; NULL without views
+    item_conversion_rate_30d     double precision,
+    item_trend_1d_vs_7d          double precision,           -- events on the day / daily mean over 7 days
     PRIMARY KEY (item_id, event_timestamp)
 );
 
@@ -150,12 +150,12 @@ CREATE TABLE IF NOT EXISTS interest.category_daily_features (
     category_id             integer NOT NULL,
     event_timestamp         timestamptz NOT NULL,
     created_timestamp       timestamptz NOT NULL,
-    event_count_1d          integer NOT NULL,
-    event_count_7d          integer NOT NULL,
-    event_count_30d         integer NOT NULL,
-    purchase_count_7d       integer NOT NULL,
-    share_7d                double precision NOT NULL,  -- of all events in the 7 days
-    trend_7d_vs_30d         double precision,           -- daily mean 7d / daily mean 30d
+    category_event_count_1d          integer NOT NULL,
+    category_event_count_7d          integer NOT NULL,
+    category_event_count_30d         integer NOT NULL,
+    category_purchase_count_7d       integer NOT NULL,
+    category_event_share_7d                double precision NOT NULL,  -- of all events in the 7 days
+    category_trend_7d_vs_30d         double precision,           -- daily mean 7d / daily mean 30d
     PRIMARY KEY (category_id, event_timestamp)
 );
 
@@ -170,6 +170,6 @@ CREATE TABLE IF NOT EXISTS interest.item_embeddings (
 
 -- Catalogue attributes as a feature source.
 CREATE OR REPLACE VIEW interest.item_catalog AS
-SELECT item_id, category_id, price::double precision AS price,
+SELECT item_id, category_id AS item_category_id, price::double precision AS item_price,
        valid_from AS event_timestamp, created_at AS created_timestamp
 FROM interest.items;

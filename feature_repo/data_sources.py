@@ -1,0 +1,20 @@
+"""PostgreSQL tables written by `interest build` / `interest embed` (schema `interest`)."""
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
+
+
+def _source(table: str) -> PostgreSQLSource:
+    return PostgreSQLSource(
+        name=table,
+        query=f"SELECT * FROM interest.{table}",
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created_timestamp",
+    )
+
+
+user_daily_source = _source("user_daily_features")
+user_sequence_source = _source("user_recent_sequence")
+user_interest_embedding_source = _source("user_interest_embedding")
+item_daily_source = _source("item_daily_features")
+item_catalog_source = _source("item_catalog")
+item_embedding_source = _source("item_embeddings")
+category_daily_source = _source("category_daily_features")
