@@ -1,7 +1,9 @@
-"""Shared fixtures: a throw-away database on the embedded server (or on the external
-server named by INTEREST_PG_* variables), created once per test session."""
+"""Shared fixtures: throw-away databases on the embedded server, or on the external server
+named by INTEREST_PG_* variables (see materialize.settings)."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import uuid
 
@@ -9,8 +11,23 @@ import psycopg
 import pytest
 
 from materialize.database import create_schema
-from materialize.postgres import drop_database, ensure_database
-from materialize.settings import load_settings
+from materialize.postgres import drop_database, enable_pgvector, ensure_database
+from materialize.settings import PostgresSettings, load_settings
+
+
+@contextlib.contextmanager
+def new_database(server: PostgresSettings):
+    """A new database with pgvector (where available) and the project schema; dropped after."""
+    pg = server.with_database(f"interest_test_{uuid.uuid4().hex[:10]}")
+    ensure_database(pg)
+    with psycopg.connect(pg.conninfo()) as conn:
+        enable_pgvector(conn)
+        create_schema(conn)
+    try:
+        yield pg
+    finally:
+        if not os.environ.get("INTEREST_KEEP_TEST_DB"):
+            drop_database(pg)
 
 
 @pytest.fixture(scope="session")
@@ -20,23 +37,21 @@ def settings():
 
 @pytest.fixture(scope="session")
 def pg_server(settings):
-    """Settings of the server the tests use (the database is created per fixture)."""
     return settings.postgres
 
 
 @pytest.fixture()
 def fresh_db(pg_server):
-    """A new empty database with the project schema; dropped afterwards."""
-    pg = pg_server.with_database(f"interest_test_{uuid.uuid4().hex[:10]}")
-    ensure_database(pg)
-    with psycopg.connect(pg.conninfo()) as conn:
-        create_schema(conn)
-    yield pg
-    if not os.environ.get("INTEREST_KEEP_TEST_DB"):
-        drop_database(pg)
+    with new_database(pg_server) as pg:
+        yield pg
 
 
 @pytest.fixture()
 def conn(fresh_db):
     with psycopg.connect(fresh_db.conninfo()) as connection:
         yield connection
+
+
+def settings_for(settings, pg: PostgresSettings):
+    """The session settings pointed at another database."""
+    return dataclasses.replace(settings, postgres=pg)

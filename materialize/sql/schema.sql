@@ -173,3 +173,16 @@ CREATE OR REPLACE VIEW interest.item_catalog AS
 SELECT item_id, category_id AS item_category_id, price::double precision AS item_price,
        valid_from AS event_timestamp, created_at AS created_timestamp
 FROM interest.items;
+
+-- Ground truth of the synthetic generator's planted interest shifts (for evaluation only;
+-- never read by feature views).
+CREATE TABLE IF NOT EXISTS interest.planted_interest_shifts (
+    user_id         bigint PRIMARY KEY,
+    shift_at        timestamptz NOT NULL,
+    drift_start     timestamptz NOT NULL,
+    drift_end       timestamptz NOT NULL,
+    from_category   text NOT NULL,
+    to_category     text NOT NULL,
+    kind            text NOT NULL,          -- 'switch' or 'drift'
+    source          text NOT NULL
+);

@@ -1,0 +1,217 @@
+"""``interest``: the command line of the feature pipeline.
+
+Every command works on the database configured by the environment (see
+``materialize.settings``): the embedded server by default, started on first use.
+"""
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from materialize.settings import load_settings
+
+
+def _pipeline(progress: bool = True):
+    from materialize.pipeline import Pipeline
+
+    return Pipeline(load_settings(), progress=progress)
+
+
+def _print_loads(reports) -> None:
+    for report in reports:
+        click.echo(report.summary())
+        for example in report.examples[:5]:
+            click.secho(f"  quarantined: {example}", fg="yellow")
+        if report.quarantined > 5:
+            click.secho(f"  ... {report.quarantined - 5} more in interest.quarantine (see `interest status`)", fg="yellow")
+
+
+def _synthetic_config(users: int | None, events: int | None, seed: int):
+    from materialize.sources.synthetic import SyntheticConfig
+
+    if events:
+        return SyntheticConfig.for_events(events, seed=seed)
+    return SyntheticConfig(n_users=users or SyntheticConfig.n_users, seed=seed)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log each step.")
+def main(verbose: bool) -> None:
+    """Feast feature pipeline for e-commerce interest shifts (PostgreSQL)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.group()
+def load() -> None:
+    """Validate and bulk-load data (bad rows are quarantined, reloading is safe)."""
+
+
+@load.command("synthetic")
+@click.option("--users", type=int, default=None, help="Number of users (default 2000).")
+@click.option("--events", type=int, default=None, help="Target number of events (overrides --users).")
+@click.option("--seed", type=int, default=7, show_default=True)
+def load_synthetic(users, events, seed) -> None:
+    """Generate the synthetic shop with planted interest shifts and load it."""
+    with _pipeline() as pipeline:
+        _print_loads(pipeline.load_synthetic(_synthetic_config(users, events, seed)))
+
+
+@load.command("movielens")
+def load_movielens() -> None:
+    """Load MovieLens-100K from the recbole 1.2.1 wheel (downloaded once from PyPI)."""
+    with _pipeline() as pipeline:
+        _print_loads(pipeline.load_movielens())
+
+
+@load.command("files")
+@click.option("--items", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Item catalogue CSV/Parquet.")
+@click.option("--events", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Events CSV/Parquet.")
+@click.option("--strict", is_flag=True, help="Exit with status 1 when any row was quarantined.")
+def load_files(items, events, strict) -> None:
+    """Load your own files in the documented schema (see README)."""
+    from materialize.validation import SchemaError
+
+    if items is None and events is None:
+        raise click.UsageError("give --items and/or --events")
+    with _pipeline() as pipeline:
+        try:
+            reports = pipeline.load_files(items=items, events=events)
+        except SchemaError as error:
+            raise click.ClickException(str(error))
+    _print_loads(reports)
+    if strict and any(r.quarantined for r in reports):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available).")
+def embed(device) -> None:
+    """Embed item texts that are new or changed (all-MiniLM-L6-v2)."""
+    with _pipeline() as pipeline:
+        report = pipeline.embed(device=device)
+    click.echo(f"embedded {report.texts_embedded:,} texts ({report.texts_cached:,} cached), "
+               f"{report.item_versions_added:,} item versions added")
+
+
+@main.command()
+@click.option("--full", is_flag=True, help="Recompute everything instead of only what changed.")
+def build(full) -> None:
+    """Compute the feature-source tables in SQL (incremental by default)."""
+    with _pipeline() as pipeline:
+        report = pipeline.build(full=full)
+    click.echo(f"{report.mode}: {report.new_events:,} new events, {report.users_recomputed:,} users and "
+               f"{report.items_recomputed:,} items recomputed")
+    for table, rows in report.rows.items():
+        click.echo(f"  {table:<28} {rows:>12,} rows  {report.seconds.get(table, 0):>7.2f} s")
+
+
+@main.command()
+def apply() -> None:
+    """Register the feature repo (same as `feast apply` in feature_repo/)."""
+    with _pipeline() as pipeline:
+        pipeline.apply()
+
+
+@main.command()
+def materialize() -> None:
+    """Load the latest feature values into the online store."""
+    with _pipeline() as pipeline:
+        report = pipeline.materialize()
+    _print_materialize(report)
+
+
+def _print_materialize(report) -> None:
+    click.echo(f"materialized {report.views} views up to {report.end:%Y-%m-%d %H:%M} UTC in {report.seconds:.1f} s")
+    for view, entities in sorted(report.online_rows.items()):
+        click.echo(f"  {view:<26} {entities:>10,} entities online")
+
+
+@main.command()
+@click.argument("user_id", type=int)
+def lookup(user_id) -> None:
+    """Print a user's features from the online store."""
+    with _pipeline(progress=False) as pipeline:
+        _print_lookup(pipeline.lookup(user_id))
+
+
+def _print_lookup(features: dict) -> None:
+    for name, values in sorted(features.items()):
+        value = values[0]
+        if isinstance(value, list) and len(value) > 8:
+            value = f"[{', '.join(f'{v:.3g}' if isinstance(v, float) else str(v) for v in value[-8:])}] (last 8 of {len(value)})"
+        click.echo(f"  {name:<28} {value}")
+
+
+@main.command()
+def status() -> None:
+    """Row counts, watermarks, recent loads and the quarantine summary."""
+    import pandas as pd
+
+    with _pipeline(progress=False) as pipeline:
+        sections = pipeline.status()
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
+        for title, frame in sections.items():
+            click.secho(f"\n{title}", bold=True)
+            click.echo("  (none)" if frame.empty else frame.to_string(index=False))
+
+
+@main.command()
+@click.option("--source", type=click.Choice(["synthetic", "movielens"]), default="synthetic", show_default=True)
+@click.option("--users", type=int, default=None, help="Synthetic users (default 2000).")
+@click.option("--events", type=int, default=None, help="Synthetic target events (overrides --users).")
+@click.option("--seed", type=int, default=7, show_default=True)
+def run(source, users, events, seed) -> None:
+    """Run everything end to end: load, embed, build, apply, materialize, then a sample lookup."""
+    with _pipeline() as pipeline:
+        if source == "synthetic":
+            config = _synthetic_config(users, events, seed)
+            summary = pipeline.run(lambda p: p.load_synthetic(config))
+        else:
+            summary = pipeline.run(lambda p: p.load_movielens())
+        sample_user = pipeline.conn.execute(
+            "SELECT user_id FROM interest.events GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1"
+        ).fetchone()[0]
+        features = pipeline.lookup(sample_user)
+    click.secho("\nSummary", bold=True)
+    _print_loads(summary.loads)
+    e = summary.embedding
+    click.echo(f"embeddings: {e.texts_embedded:,} item texts embedded, {e.texts_cached:,} reused from the cache")
+    f = summary.features
+    click.echo(f"features ({f.mode}): " + ", ".join(f"{t} {n:,}" for t, n in f.rows.items()))
+    _print_materialize(summary.materialize)
+    click.echo("step seconds: " + ", ".join(f"{k} {v}" for k, v in summary.seconds.items()))
+    click.secho(f"\nOnline features of user {sample_user} (the most active):", bold=True)
+    _print_lookup(features)
+
+
+@main.command()
+def env() -> None:
+    """Print `export` lines for the stock `feast` CLI: eval "$(interest env)"."""
+    from materialize.postgres import connect, enable_pgvector, ensure_database
+
+    settings = load_settings()
+    ensure_database(settings.postgres)
+    with connect(settings.postgres) as conn:
+        pgvector = enable_pgvector(conn)
+    for name, value in settings.postgres.feast_environment(pgvector).items():
+        click.echo(f"export {name}={shlex.quote(value)}")
+
+
+@main.command()
+def stop() -> None:
+    """Stop the embedded PostgreSQL server."""
+    from materialize.postgres import stop_embedded
+
+    settings = load_settings()
+    if not settings.postgres.embedded:
+        raise click.ClickException("INTEREST_PG_HOST is set: the server is external, not ours to stop")
+    stopped = stop_embedded(Path(settings.postgres.host))
+    click.echo("stopped" if stopped else "not running")
+
+
+if __name__ == "__main__":
+    main()
