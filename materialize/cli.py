@@ -30,12 +30,13 @@ def _print_loads(reports) -> None:
             click.secho(f"  ... {report.quarantined - 5} more in interest.quarantine (see `interest status`)", fg="yellow")
 
 
-def _synthetic_config(users: int | None, events: int | None, seed: int):
+def _synthetic_config(users: int | None, items: int | None, events: int | None, seed: int):
     from materialize.sources.synthetic import SyntheticConfig
 
+    overrides = {"seed": seed, "n_items": items or SyntheticConfig.n_items}
     if events:
-        return SyntheticConfig.for_events(events, seed=seed)
-    return SyntheticConfig(n_users=users or SyntheticConfig.n_users, seed=seed)
+        return SyntheticConfig.for_events(events, **overrides)
+    return SyntheticConfig(n_users=users or SyntheticConfig.n_users, **overrides)
 
 
 @click.group()
@@ -52,12 +53,13 @@ def load() -> None:
 
 @load.command("synthetic")
 @click.option("--users", type=int, default=None, help="Number of users (default 2000).")
+@click.option("--items", type=int, default=None, help="Number of items (default 3000).")
 @click.option("--events", type=int, default=None, help="Target number of events (overrides --users).")
 @click.option("--seed", type=int, default=7, show_default=True)
-def load_synthetic(users, events, seed) -> None:
+def load_synthetic(users, items, events, seed) -> None:
     """Generate the synthetic shop with planted interest shifts and load it."""
     with _pipeline() as pipeline:
-        _print_loads(pipeline.load_synthetic(_synthetic_config(users, events, seed)))
+        _print_loads(pipeline.load_synthetic(_synthetic_config(users, items, events, seed)))
 
 
 @load.command("movielens")
@@ -162,13 +164,14 @@ def status() -> None:
 @main.command()
 @click.option("--source", type=click.Choice(["synthetic", "movielens"]), default="synthetic", show_default=True)
 @click.option("--users", type=int, default=None, help="Synthetic users (default 2000).")
+@click.option("--items", type=int, default=None, help="Synthetic items (default 3000).")
 @click.option("--events", type=int, default=None, help="Synthetic target events (overrides --users).")
 @click.option("--seed", type=int, default=7, show_default=True)
-def run(source, users, events, seed) -> None:
+def run(source, users, items, events, seed) -> None:
     """Run everything end to end: load, embed, build, apply, materialize, then a sample lookup."""
     with _pipeline() as pipeline:
         if source == "synthetic":
-            config = _synthetic_config(users, events, seed)
+            config = _synthetic_config(users, items, events, seed)
             summary = pipeline.run(lambda p: p.load_synthetic(config))
         else:
             summary = pipeline.run(lambda p: p.load_movielens())
