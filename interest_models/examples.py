@@ -194,8 +194,9 @@ def decision_points(conn: psycopg.Connection, config: dict, session_gap: dt.time
 
 
 def seen_items(conn: psycopg.Connection, points: pd.DataFrame, vocabulary: Vocabulary) -> list[np.ndarray]:
-    """Per decision point, the indices of every item the user interacted with before it
-    (from the raw events: used to exclude them from rankings, never as a feature)."""
+    """Per decision point, the indices of the items the user interacted with before it,
+    except the point's own label item (from the raw events: used to exclude them from
+    rankings, never as a feature)."""
     history = fetch_frame(
         conn,
         "SELECT user_id, item_id, min(event_timestamp) AS first_seen FROM interest.events "
@@ -205,8 +206,13 @@ def seen_items(conn: psycopg.Connection, points: pd.DataFrame, vocabulary: Vocab
     history["first_seen"] = pd.to_datetime(history.first_seen, utc=True)
     history["index"] = vocabulary.index_of(history.item_id)
     by_user = {user: frame for user, frame in history.groupby("user_id")}
+    labels = vocabulary.index_of(points.label_item_id)
     out = []
-    for user, as_of in zip(points.user_id, points.as_of):
+    for user, as_of, label in zip(points.user_id, points.as_of, labels):
         frame = by_user.get(user)
-        out.append(np.empty(0, np.int64) if frame is None else frame["index"].to_numpy()[frame.first_seen.to_numpy() <= as_of.to_datetime64()])
+        if frame is None:
+            out.append(np.empty(0, np.int64))
+            continue
+        seen = frame["index"].to_numpy()[(frame.first_seen <= as_of).to_numpy()]
+        out.append(seen[seen != label])
     return out

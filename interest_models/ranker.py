@@ -1,0 +1,70 @@
+"""XGBoost LambdaMART ranker over the point-in-time features (``ranking_features``).
+
+Query groups are decision points; ``device="cuda"`` when a GPU is present. Saved and
+loaded as XGBoost JSON (no pickle).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from interest_models.ranking_features import FEATURE_COLUMNS
+
+
+def xgboost_device(preferred: str | None = None) -> str:
+    """"cuda" when torch sees a GPU (or when asked), else "cpu"."""
+    if preferred:
+        return preferred
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class ItemRanker:
+    """LambdaMART over ``FEATURE_COLUMNS``; scores are comparable within a query only."""
+
+    def __init__(self, config: dict, seed: int, device: str | None = None):
+        self.config = dict(config)
+        self.device = xgboost_device(device)
+        params = {k: v for k, v in config.items()}
+        self.model = xgb.XGBRanker(**params, random_state=seed, device=self.device, n_jobs=0)
+
+    def fit(self, features: pd.DataFrame, relevance: np.ndarray, query: np.ndarray,
+            valid: tuple[pd.DataFrame, np.ndarray, np.ndarray]) -> "ItemRanker":
+        """Args: features in ``FEATURE_COLUMNS`` order, relevance (n,) 1 for the true next
+        item else 0, query (n,) decision point id, rows of one query contiguous."""
+        valid_features, valid_relevance, valid_query = valid
+        self.model.fit(
+            features[FEATURE_COLUMNS], relevance, qid=query,
+            eval_set=[(valid_features[FEATURE_COLUMNS], valid_relevance)], eval_qid=[valid_query], verbose=False,
+        )
+        return self
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        return self.model.predict(features[FEATURE_COLUMNS])
+
+    @property
+    def best_iteration(self) -> int:
+        return int(getattr(self.model, "best_iteration", self.model.n_estimators))
+
+    def feature_importance(self) -> pd.Series:
+        gain = self.model.get_booster().get_score(importance_type="gain")
+        return pd.Series({c: gain.get(c, 0.0) for c in FEATURE_COLUMNS}).sort_values(ascending=False)
+
+    def contributions(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Per-row SHAP contributions of each feature (for explanations)."""
+        matrix = xgb.DMatrix(features[FEATURE_COLUMNS])
+        values = self.model.get_booster().predict(matrix, pred_contribs=True)
+        return pd.DataFrame(values[:, :-1], columns=FEATURE_COLUMNS, index=features.index)
+
+    def save(self, path: Path) -> None:
+        self.model.save_model(str(path))
+
+    @classmethod
+    def load(cls, path: Path, config: dict, seed: int, device: str | None = None) -> "ItemRanker":
+        ranker = cls(config, seed, device)
+        ranker.model.load_model(str(path))
+        return ranker
