@@ -144,7 +144,8 @@ class _Trainer:
         self._timed("retrieve user features", started)
 
         started = time.perf_counter()
-        max_len = max((len(v) for v in users.recent_item_ids if v is not None), default=1)
+        longest = max((len(v) for v in users.recent_item_ids if v is not None), default=1)
+        max_len = min(longest, self.lstm_config["max_sequence_length"])
         split_rows = {s: np.flatnonzero(points.split.to_numpy() == s) for s in SPLITS}
         for split, rows in split_rows.items():
             if len(rows) == 0:

@@ -1,7 +1,9 @@
-"""``interest``: the command line of the feature pipeline.
+"""``interest``: the command line of the pipeline and the models.
 
-Every command works on the database configured by the environment (see
-``materialize.settings``): the embedded server by default, started on first use.
+The application layer over both packages: data commands use ``materialize``, ``train``
+and ``models`` import ``interest_models`` when run. Every command works on the database
+configured by the environment (see ``materialize.settings``): the embedded server by
+default, started on first use.
 """
 from __future__ import annotations
 
@@ -167,14 +169,16 @@ def status() -> None:
 @click.option("--items", type=int, default=None, help="Synthetic items (default 3000).")
 @click.option("--events", type=int, default=None, help="Synthetic target events (overrides --users).")
 @click.option("--seed", type=int, default=7, show_default=True)
-def run(source, users, items, events, seed) -> None:
-    """Run everything end to end: load, embed, build, apply, materialize, then a sample lookup."""
+@click.option("--train/--no-train", default=True, show_default=True, help="Also train, evaluate and register models.")
+def run(source, users, items, events, seed, train) -> None:
+    """Run everything end to end: load, embed, build, apply, materialize, train, then a sample lookup."""
     with _pipeline() as pipeline:
         if source == "synthetic":
             config = _synthetic_config(users, items, events, seed)
             summary = pipeline.run(lambda p: p.load_synthetic(config))
         else:
             summary = pipeline.run(lambda p: p.load_movielens())
+        training = _train(pipeline, "time_split" if source == "synthetic" else "leave_one_out", None, True) if train else None
         sample_user = pipeline.conn.execute(
             "SELECT user_id FROM interest.events GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1"
         ).fetchone()[0]
@@ -189,6 +193,67 @@ def run(source, users, items, events, seed) -> None:
     click.echo("step seconds: " + ", ".join(f"{k} {v}" for k, v in summary.seconds.items()))
     click.secho(f"\nOnline features of user {sample_user} (the most active):", bold=True)
     _print_lookup(features)
+    if training is not None:
+        _print_training(training)
+
+
+def _train(pipeline, protocol: str, device: str | None, serve: bool):
+    from interest_models.workflow import train_register_report
+
+    return train_register_report(pipeline, protocol=protocol, device=device, serve=serve)
+
+
+def _print_training(run) -> None:
+    import pandas as pd
+
+    result = run.result
+    click.secho(f"\nModels ({result.data_window['protocol']}, {result.device}); test, ranked against all items:", bold=True)
+    with pd.option_context("display.width", 200, "display.float_format", "{:.4f}".format):
+        click.echo(result.metrics[["HR@10", "NDCG@10", "MRR@10", "MRR"]].to_string())
+    for name, value in {**result.category_metrics, **result.shift_metrics}.items():
+        click.echo(f"  {name}: {value:.4f}" if isinstance(value, float) else f"  {name}: {value}")
+    click.echo(f"blend weight on the LSTM: {result.blend.lstm_weight:.2f} (chosen on validation)")
+    if run.version:
+        click.echo(f"registered version {run.version} (serving)")
+    click.echo(f"report: {run.report}")
+
+
+@main.command()
+@click.option("--protocol", type=click.Choice(["time_split", "leave_one_out"]), default="time_split", show_default=True)
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@click.option("--serve", is_flag=True, help="Mark the new version as the serving one.")
+def train(protocol, device, serve) -> None:
+    """Train, evaluate and register the LSTM, the ranker and their blend."""
+    with _pipeline() as pipeline:
+        _print_training(_train(pipeline, protocol, device, serve))
+
+
+@main.group()
+def models() -> None:
+    """The model registry (models/registry)."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """List registered versions with their test metrics."""
+    from interest_models.workflow import registry_for
+
+    listing = registry_for(load_settings().project_dir).listing()
+    click.echo("no versions registered" if listing.empty else listing.to_string(index=False))
+
+
+@models.command("serve")
+@click.argument("version")
+def models_serve(version) -> None:
+    """Mark VERSION as the serving version (after verifying its checksums)."""
+    from interest_models.registry import RegistryError
+    from interest_models.workflow import registry_for
+
+    try:
+        registry_for(load_settings().project_dir).set_serving(version)
+    except RegistryError as error:
+        raise click.ClickException(str(error))
+    click.echo(f"serving {version}")
 
 
 @main.command()
