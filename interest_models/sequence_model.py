@@ -161,6 +161,12 @@ class InterestShiftLSTM(nn.Module):
         outputs = self(batch, items)
         item_logits = outputs.interest @ items.T
         item_logits[:, 0] = float("-inf")
+        return self.loss(outputs, item_logits, batch, weights)
+
+    @staticmethod
+    def loss(outputs: InterestOutputs, item_logits: torch.Tensor, batch: SequenceBatch,
+             weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss from already computed outputs and (batch, n_items + 1) item logits."""
         item_loss = F.cross_entropy(item_logits.float(), batch.target_item)
         category_loss = F.cross_entropy(outputs.category_logits.float(), batch.target_category)
         known = ~torch.isnan(batch.shifted)

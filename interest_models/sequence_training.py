@@ -51,39 +51,34 @@ def _batches(n: int, size: int, shuffle: bool, generator: torch.Generator | None
 
 
 @torch.no_grad()
-def evaluate_loss(model: InterestShiftLSTM, data: SequenceBatch, config: dict, device: torch.device) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for index in _batches(len(data), config["batch_size"], False, None):
-        batch = data.select(index).to(device)
-        with _autocast(device, config["mixed_precision"]):
-            loss, _ = model.calculate_loss(batch, config["loss_weights"])
-        total += loss.item() * len(index)
-        count += len(index)
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def predict_all(model: InterestShiftLSTM, data: SequenceBatch, device: torch.device, batch_size: int = 512):
-    """Full-ranking scores, next-category probabilities and shift probabilities.
+def predict_all(model: InterestShiftLSTM, data: SequenceBatch, device: torch.device, batch_size: int = 512,
+                loss_weights: dict[str, float] | None = None):
+    """Full-ranking scores, next-category and shift probabilities (and the loss, when
+    ``loss_weights`` is given and ``data`` has targets), in one pass.
 
     Returns:
         item_scores (n, n_items + 1) float32, category_probabilities (n, n_categories + 1)
-        float32, shift_probability (n,) float32, interest (n, item_dim) float32.
+        float32, shift_probability (n,) float32, interest (n, item_dim) float32, mean loss
+        (float, NaN without ``loss_weights``).
     """
     model.eval()
     outputs = {"scores": [], "categories": [], "shift": [], "interest": []}
     items = model.item_representations()
+    total_loss = 0.0
     for index in _batches(len(data), batch_size, False, None):
         batch = data.select(index).to(device)
         result = model(batch, items)
         scores = result.interest @ items.T
         scores[:, 0] = float("-inf")
+        if loss_weights is not None:
+            total_loss += model.loss(result, scores, batch, loss_weights)[0].item() * len(index)
         outputs["scores"].append(scores.float().cpu())
         outputs["categories"].append(torch.softmax(result.category_logits.float(), dim=-1).cpu())
         outputs["shift"].append(torch.sigmoid(result.shift_logit.float()).cpu())
         outputs["interest"].append(result.interest.float().cpu())
-    return tuple(torch.cat(v).numpy() for v in outputs.values())
+    arrays = tuple(torch.cat(v).numpy() for v in outputs.values())
+    mean_loss = total_loss / max(len(data), 1) if loss_weights is not None else float("nan")
+    return (*arrays, mean_loss)
 
 
 def fit(model: InterestShiftLSTM, train: SequenceBatch, valid: SequenceBatch, config: dict, device: torch.device,
@@ -116,11 +111,11 @@ def fit(model: InterestShiftLSTM, train: SequenceBatch, valid: SequenceBatch, co
         epoch_seconds = time.perf_counter() - started
         trained_sequences += len(train)
         train_seconds += epoch_seconds
-        scores, _, _, _ = predict_all(model, valid, device)
+        scores, _, _, _, valid_loss = predict_all(model, valid, device, loss_weights=config["loss_weights"])
         ndcg = ndcg_at_k(target_ranks(scores, valid.target_item.numpy()), 10)
         curve.epoch.append(epoch)
         curve.train_loss.append(float(np.mean(losses)))
-        curve.valid_loss.append(evaluate_loss(model, valid, config, device))
+        curve.valid_loss.append(valid_loss)
         curve.valid_ndcg_at_10.append(float(ndcg))
         curve.seconds.append(epoch_seconds)
         if ndcg > best_ndcg:

@@ -164,7 +164,7 @@ class _Trainer:
         outputs = {}
         for split in ("train_ranker", "valid", "test"):
             rows = split_rows[split]
-            scores, categories, shift, interest = predict_all(self.model, sequences[split], self.device)
+            scores, categories, shift, interest, _ = predict_all(self.model, sequences[split], self.device)
             outputs[split] = SplitOutputs(points.iloc[rows].reset_index(drop=True), users.iloc[rows].reset_index(drop=True),
                                           scores, categories, shift, interest)
             if self.training_config["exclude_seen"]:

@@ -107,4 +107,4 @@ def affinity(store, user_embeddings: list, item_embeddings: list) -> np.ndarray:
     """The on-demand view's cosine affinity, computed by the view's own transformation."""
     odfv = store.get_on_demand_feature_view(AFFINITY_VIEW)
     inputs = pd.DataFrame({"interest_embedding": user_embeddings, "embedding": item_embeddings})
-    return odfv.get_feature_transformation().transform(inputs)["interest_item_cosine"].to_numpy(dtype=np.float64)
+    return odfv.feature_transformation.transform(inputs)["interest_item_cosine"].to_numpy(dtype=np.float64)
