@@ -2,7 +2,8 @@
 
 Sources (sizes in ``config/training.yaml``): the LSTM's top items, popular items, popular
 items of the user's current category, text-embedding neighbours of the user's last item,
-and random items. Training adds the true next item; evaluation and serving never do.
+and random items. The true next item is never added: the ranker trains on what the
+sources retrieve, as it will serve.
 """
 from __future__ import annotations
 
@@ -43,15 +44,13 @@ class CandidateIndex:
 
 
 def generate(index: CandidateIndex, lstm_scores: np.ndarray, last_items: np.ndarray, last_categories: np.ndarray,
-             sizes: dict[str, int], rng: np.random.Generator, positives: np.ndarray | None = None,
-             exclude: list[np.ndarray] | None = None) -> list[np.ndarray]:
+             sizes: dict[str, int], rng: np.random.Generator, exclude: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """Candidate item indices per decision point (unique, no padding).
 
     Args:
         lstm_scores: (n, n_items + 1) full-ranking scores of the sequence model.
         last_items, last_categories: (n,) the user's newest item index and its category.
         sizes: candidates per source (keys of ``candidates`` in training.yaml).
-        positives: (n,) true next items to add (training only).
         exclude: per point, items never to propose (e.g. already seen).
     """
     n_items = lstm_scores.shape[1] - 1
@@ -73,14 +72,9 @@ def generate(index: CandidateIndex, lstm_scores: np.ndarray, last_items: np.ndar
             parts.append(index.neighbours[last_items[row], : sizes["embedding_neighbours"]])
         if sizes.get("random"):
             parts.append(rng.integers(1, n_items + 1, sizes["random"]))
-        if positives is not None:
-            parts.append(np.array([positives[row]]))
         candidates = np.unique(np.concatenate(parts).astype(np.int64))
         candidates = candidates[candidates > 0]
         if exclude is not None and len(exclude[row]):
-            keep = ~np.isin(candidates, exclude[row])
-            if positives is not None:
-                keep |= candidates == positives[row]
-            candidates = candidates[keep]
+            candidates = candidates[~np.isin(candidates, exclude[row])]
         out.append(candidates)
     return out

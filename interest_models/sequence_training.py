@@ -6,6 +6,7 @@ the best epoch's state dict is kept. On CUDA the forward pass runs under autocas
 from __future__ import annotations
 
 import copy
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,10 @@ from interest_models.sequence_model import InterestShiftLSTM, SequenceBatch
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA)."""
+    """Seed Python, numpy and torch (CPU and CUDA) and ask torch for deterministic kernels
+    (where one has none it warns instead of failing)."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

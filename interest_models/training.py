@@ -91,11 +91,22 @@ def _popularity_before(conn: psycopg.Connection, vocabulary: Vocabulary, before:
     return popularity
 
 
-def _histories_before(conn: psycopg.Connection, vocabulary: Vocabulary, before: pd.Timestamp) -> list[np.ndarray]:
-    events = fetch_frame(
-        conn, "SELECT user_id, item_id FROM interest.events WHERE event_timestamp < %s ORDER BY user_id, event_timestamp",
-        (before.to_pydatetime(),),
-    )
+def _training_histories(conn: psycopg.Connection, vocabulary: Vocabulary, protocol: str, before: pd.Timestamp) -> list[np.ndarray]:
+    """The baselines' training data: every user's events before the evaluated period
+    (time_split), or all but each user's last two events (leave_one_out)."""
+    if protocol == "leave_one_out":
+        query = """
+            SELECT user_id, item_id FROM (
+                SELECT user_id, item_id, event_timestamp,
+                       row_number() OVER (PARTITION BY user_id ORDER BY event_timestamp DESC, item_id DESC, event_type DESC) AS from_end
+                FROM interest.events) e
+            WHERE from_end > 2 ORDER BY user_id, event_timestamp"""
+        events = fetch_frame(conn, query)
+    else:
+        events = fetch_frame(
+            conn, "SELECT user_id, item_id FROM interest.events WHERE event_timestamp < %s ORDER BY user_id, event_timestamp",
+            (before.to_pydatetime(),),
+        )
     events["index"] = vocabulary.index_of(events.item_id)
     return [group["index"].to_numpy() for _, group in events.groupby("user_id", sort=False)]
 
@@ -175,10 +186,10 @@ class _Trainer:
         self._timed("candidates and their features", started)
 
         started = time.perf_counter()
-        train, valid_injected = candidate_frames["train_ranker"], candidate_frames["valid_injected"]
+        train, valid_retrieved = candidate_frames["train_ranker"], candidate_frames["valid_retrieved"]
         self.ranker = ItemRanker(self.ranker_config, self.seed, "cuda" if self.device.type == "cuda" else "cpu")
         self.ranker.fit(train, train.relevance.to_numpy(), train.point.to_numpy(),
-                        (valid_injected, valid_injected.relevance.to_numpy(), valid_injected.point.to_numpy()))
+                        (valid_retrieved, valid_retrieved.relevance.to_numpy(), valid_retrieved.point.to_numpy()))
         self._timed("train ranker", started)
 
         for split in ("valid", "test"):
@@ -209,7 +220,7 @@ class _Trainer:
             metrics=self._ranking_table(outputs["test"], baselines["test"]),
             valid_metrics=self._ranking_table(outputs["valid"], baselines["valid"]),
             category_metrics=self._category_metrics(outputs["test"]),
-            shift_metrics=self._shift_metrics(outputs["test"]),
+            shift_metrics=self._shift_metrics(outputs),
             confusion=self._confusion(outputs["test"]),
             calibration=calibration_bins(*self._shift_labels(outputs["test"])),
             timelines=self._timelines(outputs),
@@ -226,10 +237,13 @@ class _Trainer:
         sizes = self.training_config["candidates"]
         eval_sizes = {"lstm_top": self.training_config["eval_candidates"], "popular": sizes["popular"],
                       "same_category": sizes["same_category"], "embedding_neighbours": sizes["embedding_neighbours"], "random": 0}
-        plans = [("train_ranker", "train_ranker", sizes, True), ("valid_injected", "valid", sizes, True),
+        # The ranker learns on the candidates the sources really retrieve: decision points
+        # whose true item was not retrieved are dropped (``retrieved_only``), so training
+        # and serving see the same candidate distribution.
+        plans = [("train_ranker", "train_ranker", sizes, True), ("valid_retrieved", "valid", sizes, True),
                  ("valid", "valid", eval_sizes, False), ("test", "test", eval_sizes, False)]
         frames = []
-        for name, split, plan_sizes, inject in plans:
+        for name, split, plan_sizes, retrieved_only in plans:
             out = outputs[split]
             index = candidate_sources.CandidateIndex.build(
                 self.vocabulary, _popularity_before(self.conn, self.vocabulary, out.points.as_of.min()), self.text_matrix
@@ -239,8 +253,10 @@ class _Trainer:
             targets = self.vocabulary.index_of(out.points.label_item_id)
             lists = candidate_sources.generate(
                 index, out.lstm_scores, last_items, self.vocabulary.item_category[last_items], plan_sizes, self.rng,
-                positives=targets if inject else None, exclude=out.exclude,
+                exclude=out.exclude,
             )
+            if retrieved_only:
+                lists = [c if targets[i] in c else np.empty(0, np.int64) for i, c in enumerate(lists)]
             counts = np.array([len(c) for c in lists])
             point = np.repeat(np.arange(len(lists)), counts)
             item_index = np.concatenate(lists)
@@ -272,9 +288,8 @@ class _Trainer:
     def _baselines(self, points: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
         out = {}
         for split in ("valid", "test"):
-            split_points = points[points.split == split]
-            before = split_points.as_of.min()
-            histories = _histories_before(self.conn, self.vocabulary, before)
+            before = points[points.split == split].as_of.min()
+            histories = _training_histories(self.conn, self.vocabulary, self.training_config["protocol"], before)
             out[split] = {}
             for baseline in (MostPopular(), PopularInLastCategory(), ItemKNN()):
                 baseline.fit(histories, self.vocabulary.n_items, self.vocabulary.item_category)
@@ -312,18 +327,24 @@ class _Trainer:
         labels = (out.points.label_category_id.to_numpy() != dominant)[known].astype(int)
         return labels, out.shift_probability[known]
 
-    def _shift_metrics(self, out: SplitOutputs) -> dict[str, float]:
-        labels, probability = self._shift_labels(out)
-        metrics = {"AUC, next category differs from the 30-day dominant": roc_auc(labels, probability),
-                   "rate of such shifts in test": float(labels.mean()) if len(labels) else float("nan")}
+    def _shift_metrics(self, outputs: dict[str, SplitOutputs]) -> dict[str, float]:
+        """Observed shifts on test; planted shifts (synthetic ground truth) on every point
+        the LSTM did not train on (ranker training, validation and test periods)."""
+        labels, probability = self._shift_labels(outputs["test"])
+        metrics = {"AUC, next category differs from the 30-day dominant (test)": roc_auc(labels, probability),
+                   "rate of such shifts (test)": float(labels.mean()) if len(labels) else float("nan")}
         planted = fetch_frame(self.conn, "SELECT user_id, drift_start, drift_end FROM interest.planted_interest_shifts")
         if len(planted):
+            held_out = [outputs[s] for s in ("train_ranker", "valid", "test")]
+            points = pd.concat([o.points[["user_id", "as_of"]] for o in held_out], ignore_index=True)
+            probability = np.concatenate([o.shift_probability for o in held_out])
             horizon = pd.Timedelta(days=self.training_config["shift_horizon_days"])
-            joined = out.points[["user_id", "as_of"]].merge(planted, on="user_id", how="left")
+            joined = points.merge(planted, on="user_id", how="left")
             start, end = pd.to_datetime(joined.drift_start, utc=True), pd.to_datetime(joined.drift_end, utc=True)
             in_shift = ((joined.as_of >= start) & (joined.as_of <= end + horizon)).fillna(False).to_numpy().astype(int)
-            metrics["AUC, planted shift under way (ground truth)"] = roc_auc(in_shift, out.shift_probability)
-            metrics["planted-shift decision points in test"] = int(in_shift.sum())
+            metrics["AUC, planted shift under way (ground truth, held-out points)"] = roc_auc(in_shift, probability)
+            metrics["held-out points inside a planted shift"] = int(in_shift.sum())
+            metrics["held-out points"] = int(len(in_shift))
         return metrics
 
     def _confusion(self, out: SplitOutputs) -> pd.DataFrame:

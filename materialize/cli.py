@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -45,6 +46,10 @@ def _synthetic_config(users: int | None, items: int | None, events: int | None, 
 @click.option("-v", "--verbose", is_flag=True, help="Log each step.")
 def main(verbose: bool) -> None:
     """Feast feature pipeline for e-commerce interest shifts (PostgreSQL)."""
+    # Feast's own Postgres code reads with pandas over psycopg and flags its on-demand views
+    # as experimental on every call: neither is actionable here.
+    warnings.filterwarnings("ignore", message="pandas only supports SQLAlchemy", category=UserWarning)
+    warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature", category=RuntimeWarning)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
