@@ -85,20 +85,27 @@ def _plot_timelines(timelines: pd.DataFrame, planted: pd.DataFrame | None, categ
     counts = timelines.user_id.value_counts()
     users = list(counts.index[:4])
     if planted is not None and len(planted):
-        shifted = [u for u in counts.index if u in set(planted.user_id)]
-        users = (shifted[:3] + [u for u in counts.index if u not in shifted][:1]) or users
+        # Prefer users whose planted shift falls inside the plotted (held-out) period.
+        first = timelines.as_of.min()
+        visible = set(planted.user_id[pd.to_datetime(planted.shift_at, utc=True) > first + pd.Timedelta(days=2)])
+        shifted = [u for u in counts.index if u in visible]
+        users = (shifted[:3] + [u for u in counts.index if u not in visible][:1]) or users
+    colours = [plt.cm.tab20(i % 20) for i in range(len(timelines.predicted_mix.iloc[0]))]
     fig, axes = plt.subplots(len(users), 1, figsize=(10, 2.6 * len(users)), squeeze=False)
     for ax, user in zip(axes[:, 0], users):
         rows = timelines[timelines.user_id == user].sort_values("as_of")
         mix = np.stack(rows.predicted_mix.to_numpy())
         times = rows.as_of.dt.tz_convert(None)
-        ax.stackplot(times, mix.T, alpha=0.55, labels=[category_names.get(c + 1, str(c + 1)) for c in range(mix.shape[1])])
+        ax.stackplot(times, mix.T, alpha=0.6, colors=colours,
+                     labels=[category_names.get(c + 1, str(c + 1)) for c in range(mix.shape[1])])
         true = rows.label_category_id.to_numpy()
-        ax.scatter(times, np.full(len(rows), 1.03), c=[plt.cm.tab20(int(c - 1) % 20) for c in true], marker="|", s=120, clip_on=False)
+        ax.scatter(times, np.full(len(rows), 1.03), c=[colours[int(c - 1)] for c in true], marker="|", s=120, clip_on=False)
         if planted is not None:
             for shift in planted[planted.user_id == user].itertuples():
-                ax.axvline(pd.Timestamp(shift.shift_at).tz_convert(None), color="black", linestyle="--")
-                ax.text(pd.Timestamp(shift.shift_at).tz_convert(None), 0.5, f" planted: {shift.from_category} -> {shift.to_category}", fontsize=8)
+                shift_at = pd.Timestamp(shift.shift_at).tz_convert(None)
+                if times.min() <= shift_at <= times.max():
+                    ax.axvline(shift_at, color="black", linestyle="--")
+                    ax.text(shift_at, 0.5, f" planted: {shift.from_category} -> {shift.to_category}", fontsize=8)
         ax.set_ylim(0, 1.06)
         ax.set_ylabel(f"user {user}")
     axes[0, 0].set_title("Predicted next-category mix (areas) and the true next category (ticks on top)")

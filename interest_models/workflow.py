@@ -24,6 +24,7 @@ PUBLISHED_MOVIELENS_100K = pd.DataFrame(
 class TrainingRun:
     result: TrainingResult
     version: str | None
+    serving: bool
     report: Path
 
 
@@ -66,4 +67,4 @@ def train_register_report(pipeline, protocol: str = "time_split", device: str | 
         planted=planted if len(planted) else None,
         references=PUBLISHED_MOVIELENS_100K if is_movielens and protocol == "leave_one_out" else None,
     )
-    return TrainingRun(result, version, report)
+    return TrainingRun(result, version, bool(version and serve), report)

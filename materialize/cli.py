@@ -219,7 +219,7 @@ def _print_training(run) -> None:
         click.echo(f"  {name}: {value:.4f}" if isinstance(value, float) else f"  {name}: {value}")
     click.echo(f"blend weight on the LSTM: {result.blend.lstm_weight:.2f} (chosen on validation)")
     if run.version:
-        click.echo(f"registered version {run.version} (serving)")
+        click.echo(f"registered version {run.version}" + (" (now serving)" if run.serving else ""))
     click.echo(f"report: {run.report}")
 
 
