@@ -132,3 +132,17 @@ def test_device_selection():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             select_device("cuda")
+
+
+def test_report_has_every_plot_and_table(trained, pipeline, tmp_path):
+    from interest_models.report import write_report
+    from materialize.database import fetch_frame
+
+    names = dict(pipeline.conn.execute("SELECT category_id, category FROM interest.categories"))
+    planted = fetch_frame(pipeline.conn, "SELECT * FROM interest.planted_interest_shifts")
+    path = write_report(trained, tmp_path, "v-test", "test report", names, planted=planted)
+    text = path.read_text()
+    for plot in ("metrics", "learning_curve", "category_confusion", "shift_calibration", "interest_timelines", "blend_search"):
+        assert (tmp_path / f"{plot}.png").stat().st_size > 10_000, plot
+        assert f"{plot}.png" in text
+    assert "blend (LSTM + XGBoost)" in text and "baseline: item_knn" in text

@@ -107,3 +107,19 @@ def test_repeating_the_run_changes_nothing(pipeline):
     assert after == before
     assert again.features.mode == "up to date" and again.embedding.texts_embedded == 0
     assert all(r.loaded == 0 and r.reconciles for r in again.loads)
+
+
+def test_stock_feast_cli_applies_and_materializes(pipeline):
+    """`feast apply` and `feast materialize-incremental` from feature_repo/, as a user runs them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = pipeline.settings.feature_repo_dir
+    env = {**os.environ, **pipeline.settings.postgres.feast_environment(pipeline.pgvector)}
+    feast = str(Path(sys.executable).with_name("feast"))
+    for args in (["apply"], ["materialize-incremental", "2026-11-01T00:00:00"], ["feature-services", "list"]):
+        done = subprocess.run([feast, *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
+    assert "user_item_training" in done.stdout and "user_profile_serving" in done.stdout
