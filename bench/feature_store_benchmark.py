@@ -65,9 +65,17 @@ NEXT_DAY_SESSION_SUFFIX = "-next-day"  # keeps the extra day's session ids apart
 
 _STARTED = time.perf_counter()
 
-# Known, harmless warnings Feast prints on every retrieval; they would bury the progress lines.
-warnings.filterwarnings("ignore", message="pandas only supports SQLAlchemy connectable")
-warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
+
+
+def silence_known_warnings() -> None:
+    """Hide two harmless warnings Feast prints on every apply and retrieval (they would bury
+    the progress lines). Called again after ``import feast``, which puts its own
+    ``simplefilter("once", RuntimeWarning)`` in front of ours."""
+    warnings.filterwarnings("ignore", message="pandas only supports SQLAlchemy connectable")
+    warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
+
+
+silence_known_warnings()
 
 
 # ----------------------------------------------------------------------------- output
@@ -361,6 +369,7 @@ def _stock_worker(pg: PostgresSettings, pgvector: bool, repo_dir: str, entity_pa
         from materialize.feast_store import open_store
 
         store = open_store(Path(repo_dir), pg, pgvector)
+        silence_known_warnings()
         resolved = resolve_features(store, features)
         store.list_feature_views()  # registry loaded before the clock starts, as in the parent
         entity_df = pd.read_pickle(entity_path)
@@ -752,6 +761,7 @@ def main(argv=None) -> dict:
             import feast  # noqa: F401  (7 to 9 s; timed apart from apply)
 
             import_s = time.perf_counter() - started
+            silence_known_warnings()
             started = time.perf_counter()
             with quiet(not args.progress):
                 pipeline.apply()

@@ -79,7 +79,7 @@ def test_cli_run_end_to_end_on_external_server(external_env, monkeypatch):
         monkeypatch.setenv(name, value)
     settings = load_settings()
     assert not settings.postgres.embedded and settings.postgres.host == "127.0.0.1"
-    result = CliRunner().invoke(main, ["run", "--users", "200", "--items", "60"], catch_exceptions=False)
+    result = CliRunner().invoke(main, ["run", "--users", "200", "--items", "60", "--no-train"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "quarantined 0" in result.output and "Online features of user" in result.output
     assert "user_activity" in result.output and "view_count_30d" in result.output
