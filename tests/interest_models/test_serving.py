@@ -1,0 +1,78 @@
+"""Online scoring from the Feast online store equals offline scoring of the same values."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+
+from interest_models.ranking_features import build_matrix
+from interest_models.registry import ModelRegistry
+from interest_models.sequence_model import encode_sequences
+from interest_models.sequence_training import predict_all
+from interest_models.serving import Recommender
+from interest_models.training import train_models
+from interest_models.training_frames import affinity, candidate_features, service_features, user_features
+from materialize.pipeline import Pipeline
+from tests.conftest import new_database, settings_for
+from tests.interest_models.test_training import FAST, GAP, SHOP
+
+
+@pytest.fixture(scope="module")
+def served(pg_server, settings, tmp_path_factory):
+    with new_database(pg_server) as pg:
+        with Pipeline(settings_for(settings, pg), progress=False) as pipeline, \
+                psycopg.connect(pg.conninfo(), autocommit=True) as retrieval_conn:
+            pipeline.run(lambda p: p.load_synthetic(SHOP))
+            result = train_models(pipeline.store, pipeline.conn, retrieval_conn, GAP, overrides=FAST, device="cpu")
+            registry = ModelRegistry(tmp_path_factory.mktemp("registry"))
+            registry.set_serving(registry.register(result))
+            names = dict(pipeline.conn.execute("SELECT category_id, category FROM interest.categories"))
+            yield pipeline, retrieval_conn, Recommender.from_registry(registry.root, pipeline.store, names)
+
+
+def test_online_scores_equal_offline_scores(served):
+    pipeline, retrieval_conn, recommender = served
+    user = int(pipeline.conn.execute("SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0])
+    items = np.arange(1, 41)
+    online_users = recommender._user_frame(user)
+    online = recommender.score_candidates(online_users, items)
+
+    store, vocabulary = pipeline.store, recommender.vocabulary
+    features = service_features(store, "user_item_training")
+    now = pd.Timestamp.now(tz="UTC")
+    users = user_features(store, retrieval_conn, pd.DataFrame({"user_id": [user], "as_of": [now]}), features)
+    batch = encode_sequences(users, vocabulary, recommender.max_len)
+    scores, categories, shift, _, _ = predict_all(recommender.model, batch, recommender.device)
+    candidates = pd.DataFrame({"row": np.arange(len(items)), "point": 0, "item_index": items,
+                               "item_id": vocabulary.item_ids[items], "category_id": vocabulary.item_category[items], "as_of": now})
+    retrieved = candidate_features(store, retrieval_conn, candidates, features)
+    candidates = candidates.join(retrieved.set_index("row").drop(columns=["item_id", "category_id", "event_timestamp"]), on="row")
+    candidates["interest_item_cosine"] = affinity(store, [users.interest_embedding.iloc[0]] * len(items),
+                                                  list(recommender.text_matrix[items]))
+    matrix = build_matrix(users, candidates, scores, categories, shift)
+    ranker_scores = recommender.ranker.predict(matrix)
+    blended = recommender.blend.combine(matrix.lstm_item_score.to_numpy(), ranker_scores, np.zeros(len(items), int))
+
+    pd.testing.assert_frame_equal(online[matrix.columns].reset_index(drop=True), matrix.reset_index(drop=True),
+                                  check_dtype=False, rtol=1e-6)
+    np.testing.assert_allclose(online.ranker_score.to_numpy(), ranker_scores, rtol=1e-6)
+    np.testing.assert_allclose(online.blend_score.to_numpy(), blended, rtol=1e-6, atol=1e-9)
+
+
+def test_recommend_and_interests(served):
+    pipeline, _, recommender = served
+    user = int(pipeline.conn.execute("SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0])
+    answer = recommender.recommend(user, k=5)
+    assert len(answer.items) == 5 and not answer.cold_start
+    assert all(item.reasons for item in answer.items)
+    assert [i.score for i in answer.items] == sorted((i.score for i in answer.items), reverse=True)
+    recent = set(recommender._user_frame(user).recent_item_ids.iloc[0])
+    assert not recent & {i.item_id for i in answer.items}  # exclude_seen
+    chosen = recommender.recommend(user, k=3, candidates=[1, 2, 3, 4], exclude_seen=False)
+    assert {i.item_id for i in chosen.items} <= {1, 2, 3, 4}
+    interests = recommender.interests(user)
+    assert abs(sum(interests.next_category.values()) - 1) < 1e-3 and 0 <= interests.shift_probability <= 1
+    cold = recommender.recommend(987_654_321, k=4)
+    assert cold.cold_start and len(cold.items) == 4
+    assert recommender.interests(987_654_321).cold_start
