@@ -1,4 +1,5 @@
 """PostgreSQL tables written by `interest build` / `interest embed` (schema `interest`)."""
+from feast import PushSource
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 
 
@@ -18,3 +19,8 @@ item_daily_source = _source("item_daily_features")
 item_catalog_source = _source("item_catalog")
 item_embedding_source = _source("item_embeddings")
 category_daily_source = _source("category_daily_features")
+
+# Services push a user's recomputed rows here after new events (online store only; the
+# offline tables are written by `interest build`).
+user_daily_push = PushSource(name="user_daily_push", batch_source=user_daily_source)
+user_sequence_push = PushSource(name="user_sequence_push", batch_source=user_sequence_source)

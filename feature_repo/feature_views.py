@@ -14,9 +14,9 @@ from data_sources import (
     item_catalog_source,
     item_daily_source,
     item_embedding_source,
-    user_daily_source,
+    user_daily_push,
     user_interest_embedding_source,
-    user_sequence_source,
+    user_sequence_push,
 )
 from entities import category, item, user
 
@@ -44,7 +44,7 @@ user_activity = FeatureView(
         Field(name="session_count_30d", dtype=Int32),
         Field(name="days_since_last_event", dtype=Float64),
     ],
-    source=user_daily_source,
+    source=user_daily_push,
     description="Event counts by type, spend and sessions over 1/7/30-day windows",
 )
 
@@ -62,7 +62,7 @@ user_interest_shift = FeatureView(
         Field(name="dominant_category_changed", dtype=Bool),
         Field(name="days_since_interest_shift", dtype=Float64),
     ],
-    source=user_daily_source,
+    source=user_daily_push,
     description="Category distributions and indicators of a short-term departure from long-term interests",
 )
 
@@ -77,7 +77,7 @@ user_recent_sequence = FeatureView(
         Field(name="recent_gap_seconds", dtype=Array(Float32)),
         Field(name="sequence_length", dtype=Int32),
     ],
-    source=user_sequence_source,
+    source=user_sequence_push,
     description="The user's last events, oldest first, for the sequence model",
 )
 

@@ -85,6 +85,8 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
         config: sequence length, session gap and interest-embedding size.
         full: recompute everything instead of only what changed.
     """
+    # One build at a time per database (services build after every pushed event).
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('interest.build_features'))")
     since_seq, old_max_day = _watermark(conn)
     max_seq, new_max_day, min_new_day, new_events = conn.execute(
         """
@@ -96,9 +98,11 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
         (since_seq, since_seq),
     ).fetchone()
     if max_seq is None:
+        conn.commit()
         return FeatureBuildReport(mode="no events")
     full = full or old_max_day is None
     if not full and new_events == 0:
+        conn.commit()
         return FeatureBuildReport(mode="up to date", rows=_row_counts(conn))
 
     report = FeatureBuildReport(mode="full" if full else "incremental", new_events=new_events)
@@ -130,16 +134,7 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
     report.items_recomputed = conn.execute("SELECT count(*) FROM affected_items").fetchone()[0]
 
     created = dt.datetime.now(dt.timezone.utc)
-    mean_embedding = _MEAN_EMBEDDING_PGVECTOR if has_pgvector(conn) else _MEAN_EMBEDDING_PORTABLE
-    n_categories = conn.execute("SELECT coalesce(max(category_id), 0) FROM interest.categories").fetchone()[0]
-    steps = [
-        ("user_daily_features", sql_text("features/user_daily_features.sql"), {
-            "max_day": new_max_day, "created": created, "n_categories": n_categories,
-            "session_gap": dt.timedelta(minutes=config.session_gap_minutes)}),
-        ("user_recent_sequence", sql_text("features/user_recent_sequence.sql"), {
-            "preceding": config.sequence_length - 1, "created": created}),
-        ("user_interest_embedding", sql_text("features/user_interest_embedding.sql").replace("MEAN_EMBEDDING", mean_embedding), {
-            "recent_events": config.interest_embedding_events, "created": created}),
+    steps = _user_steps(conn, config, new_max_day, created) + [
         ("item_daily_features", sql_text("features/item_daily_features.sql"), {"max_day": new_max_day, "created": created}),
         ("category_daily_features", sql_text("features/category_daily_features.sql"), {
             "since_day": category_since, "max_day": new_max_day, "created": created}),
@@ -164,6 +159,39 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
     conn.commit()
     report.rows = _row_counts(conn)
     return report
+
+
+def _user_steps(conn: psycopg.Connection, config: PipelineConfig, max_day: dt.date, created: dt.datetime) -> list:
+    """(table, SQL, parameters) of the user-level feature tables, for affected_users."""
+    mean_embedding = _MEAN_EMBEDDING_PGVECTOR if has_pgvector(conn) else _MEAN_EMBEDDING_PORTABLE
+    n_categories = conn.execute("SELECT coalesce(max(category_id), 0) FROM interest.categories").fetchone()[0]
+    return [
+        ("user_daily_features", sql_text("features/user_daily_features.sql"), {
+            "max_day": max_day, "created": created, "n_categories": n_categories,
+            "session_gap": dt.timedelta(minutes=config.session_gap_minutes)}),
+        ("user_recent_sequence", sql_text("features/user_recent_sequence.sql"), {
+            "preceding": config.sequence_length - 1, "created": created}),
+        ("user_interest_embedding", sql_text("features/user_interest_embedding.sql").replace("MEAN_EMBEDDING", mean_embedding), {
+            "recent_events": config.interest_embedding_events, "created": created}),
+    ]
+
+
+def refresh_users(conn: psycopg.Connection, config: PipelineConfig, user_ids: list[int]) -> None:
+    """Recompute the user-level tables of ``user_ids`` now (after events arrive online).
+
+    The rows equal what the next build will write for these users; the watermark does
+    not move, so that build still updates items and categories with the same events.
+    """
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('interest.build_features'))")
+    max_day = conn.execute("SELECT (max(event_timestamp) AT TIME ZONE 'UTC')::date FROM interest.events").fetchone()[0]
+    conn.execute("CREATE TEMP TABLE affected_users (user_id bigint PRIMARY KEY) ON COMMIT DROP")
+    conn.execute("INSERT INTO affected_users SELECT unnest(%s::bigint[])", (list(user_ids),))
+    for table in USER_TABLES:
+        conn.execute(sql.SQL("DELETE FROM interest.{} t USING affected_users a WHERE t.user_id = a.user_id").format(sql.Identifier(table)))
+    with conn.cursor() as cur:
+        for _, query, params in _user_steps(conn, config, max_day, dt.datetime.now(dt.timezone.utc)):
+            cur.execute(query, params)
+    conn.commit()
 
 
 def _row_counts(conn: psycopg.Connection) -> dict[str, int]:

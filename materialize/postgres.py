@@ -6,6 +6,7 @@ embedded-server helpers know where the server is.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -32,10 +33,15 @@ def start_embedded(pgdata: Path) -> None:
 
 
 def stop_embedded(pgdata: Path) -> bool:
-    """Stop the embedded server in ``pgdata``. Returns False when none was running."""
+    """Stop the embedded server in ``pgdata`` (fast shutdown: open sessions are ended).
+
+    Returns False when none was running.
+    """
     if not (pgdata / "postmaster.pid").exists():
         return False
-    _pgserver().get_server(pgdata, cleanup_mode="stop").cleanup()
+    # As root, pgserver runs postgres as its own "pgserver" user; pg_ctl must run as that user.
+    user = "pgserver" if os.geteuid() == 0 else None
+    _pgserver().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=user)
     return True
 
 

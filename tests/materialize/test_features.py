@@ -136,3 +136,23 @@ def test_user_window_values_by_hand(conn):
     assert list(newest.recent_event_types) == [0, 3, 0, 0]
     assert list(newest.recent_category_ids) == [books, books, garden, garden]
     assert list(newest.recent_gap_seconds) == pytest.approx([0, 300, (17 * 86400 - 300), 3 * 86400])
+
+
+def test_refreshing_one_user_equals_the_next_build(conn):
+    from materialize.features import refresh_users
+
+    config = PipelineConfig.load()
+    items, events = random_shop(seed=4)
+    load_frames(conn, "items", [items], source="items")
+    _embed_stub_free(conn)
+    load_frames(conn, "events", [events.iloc[:1200]], source="batch-1")
+    build_features(conn, config)
+    user = int(events.iloc[1200:].user_id.iloc[0])
+    load_frames(conn, "events", [events.iloc[1200:]], source="batch-2")
+    refresh_users(conn, config, [user])
+    refreshed = {t: v[v.user_id == user].reset_index(drop=True) for t, v in _snapshot(conn).items() if t.startswith("user_")}
+    build_features(conn, config)
+    built = {t: v[v.user_id == user].reset_index(drop=True) for t, v in _snapshot(conn).items() if t.startswith("user_")}
+    for table in refreshed:
+        assert len(refreshed[table]) > 0
+        pd.testing.assert_frame_equal(refreshed[table], built[table], check_exact=False, rtol=1e-9, obj=table)
