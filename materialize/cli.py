@@ -262,6 +262,27 @@ def models_serve(version) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--version", "model_version", default=None, help="Model version (default: the serving one).")
+def serve(host, port, model_version) -> None:
+    """Start the HTTP service (needs INTEREST_API_KEY); docs at /docs."""
+    import os
+
+    import uvicorn
+
+    from interest_models.service import create_app
+    from interest_models.workflow import registry_for
+
+    api_key = os.environ.get("INTEREST_API_KEY", "")
+    if not api_key:
+        raise click.ClickException("set INTEREST_API_KEY: clients send it in the X-API-Key header")
+    settings = load_settings()
+    app = create_app(settings, registry_for(settings.project_dir).root, api_key, model_version)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@main.command()
 def env() -> None:
     """Print `export` lines for the stock `feast` CLI: eval "$(interest env)"."""
     from materialize.postgres import connect, enable_pgvector, ensure_database
