@@ -32,10 +32,31 @@ FEATURE_COLUMNS = USER_COLUMNS + ITEM_COLUMNS + PAIR_COLUMNS
 NOT_IN_RECENT = 1000.0
 
 
-def _share(shares, category: int) -> float:
-    if shares is None or category < 1 or category > len(shares):
-        return 0.0
-    return float(shares[category - 1])
+def _padded(arrays, width: int | None = None, dtype=np.float64) -> np.ndarray:
+    """(n, width) array from per-row sequences (None = empty), zero padded on the right."""
+    lengths = [0 if a is None else len(a) for a in arrays]
+    width = max(lengths, default=0) if width is None else width
+    out = np.zeros((len(lengths), max(width, 1)), dtype=dtype)
+    for row, (values, length) in enumerate(zip(arrays, lengths)):
+        if length:
+            out[row, : min(length, width)] = np.asarray(values, dtype=dtype)[:width]
+    return out
+
+
+def _recent_item_stats(users: pd.DataFrame, point: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per candidate: times its item appears in the user's recent items, and steps back
+    from the newest event to its last appearance (``NOT_IN_RECENT`` when absent)."""
+    recent = users.recent_item_ids
+    lengths = np.array([0 if v is None else len(v) for v in recent])
+    long = pd.DataFrame({
+        "point": np.repeat(np.arange(len(recent)), lengths),
+        "item_id": np.concatenate([np.asarray(v, np.int64) for v in recent if v is not None and len(v)] or [np.empty(0, np.int64)]),
+    })
+    long["steps_back"] = np.concatenate([np.arange(n - 1, -1, -1) for n in lengths] or [np.empty(0, np.int64)])
+    stats = long.groupby(["point", "item_id"]).steps_back.agg(["size", "min"])
+    keys = pd.MultiIndex.from_arrays([point, item_ids])
+    found = stats.reindex(keys)
+    return found["size"].fillna(0).to_numpy(float), found["min"].fillna(NOT_IN_RECENT).to_numpy(float)
 
 
 def build_matrix(user_rows: pd.DataFrame, candidates: pd.DataFrame, lstm_scores: np.ndarray,
@@ -62,26 +83,17 @@ def build_matrix(user_rows: pd.DataFrame, candidates: pd.DataFrame, lstm_scores:
     category = candidates.category_id.to_numpy(np.int64)
     item_ids = candidates.item_id.to_numpy(np.int64)
     item_index = candidates.item_index.to_numpy(np.int64)
-    share_7d, share_30d, times, steps, same_last = (np.zeros(len(candidates)) for _ in range(5))
-    for row, (shares7, shares30, recent_items, recent_categories) in enumerate(
-        zip(users.category_share_7d, users.category_share_30d, users.recent_item_ids, users.recent_category_ids)
-    ):
-        share_7d[row] = _share(shares7, category[row])
-        share_30d[row] = _share(shares30, category[row])
-        if recent_items is not None and len(recent_items):
-            hits = np.flatnonzero(np.asarray(recent_items) == item_ids[row])
-            times[row] = len(hits)
-            steps[row] = len(recent_items) - 1 - hits[-1] if len(hits) else NOT_IN_RECENT
-            same_last[row] = float(recent_categories[-1] == category[row])
-        else:
-            steps[row] = NOT_IN_RECENT
-    matrix["user_category_share_7d"] = share_7d
-    matrix["user_category_share_30d"] = share_30d
-    matrix["is_dominant_category_7d"] = (users.dominant_category_7d.fillna(0).to_numpy() == category).astype(float)
-    matrix["is_dominant_category_30d"] = (users.dominant_category_30d.fillna(0).to_numpy() == category).astype(float)
-    matrix["same_category_as_last"] = same_last
+    for column, shares in (("user_category_share_7d", user_rows.category_share_7d), ("user_category_share_30d", user_rows.category_share_30d)):
+        table = _padded(list(shares))
+        valid = (category >= 1) & (category <= table.shape[1])
+        matrix[column] = np.where(valid, table[point, np.clip(category - 1, 0, table.shape[1] - 1)], 0.0)
+    last_category = np.array([v[-1] if v is not None and len(v) else -1 for v in user_rows.recent_category_ids])
+    matrix["same_category_as_last"] = (last_category[point] == category).astype(float)
+    times, steps = _recent_item_stats(user_rows, point, item_ids)
     matrix["times_in_recent"] = times
     matrix["steps_since_in_recent"] = steps
+    matrix["is_dominant_category_7d"] = (users.dominant_category_7d.fillna(0).to_numpy() == category).astype(float)
+    matrix["is_dominant_category_30d"] = (users.dominant_category_30d.fillna(0).to_numpy() == category).astype(float)
     matrix["lstm_category_probability"] = category_probabilities[point, np.clip(category, 0, category_probabilities.shape[1] - 1)]
     order = np.argsort(-lstm_scores, axis=1, kind="stable")
     rank = np.empty_like(order)
