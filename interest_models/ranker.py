@@ -57,7 +57,7 @@ class ItemRanker:
 
     def contributions(self, features: pd.DataFrame) -> pd.DataFrame:
         """Per-row SHAP contributions of each feature (for explanations)."""
-        matrix = xgb.DMatrix(features[FEATURE_COLUMNS])
+        matrix = xgb.DMatrix(features[FEATURE_COLUMNS].to_numpy(dtype=np.float32), feature_names=FEATURE_COLUMNS)
         values = self.model.get_booster().predict(matrix, pred_contribs=True)
         return pd.DataFrame(values[:, :-1], columns=FEATURE_COLUMNS, index=features.index)
 

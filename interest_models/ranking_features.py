@@ -73,12 +73,11 @@ def build_matrix(user_rows: pd.DataFrame, candidates: pd.DataFrame, lstm_scores:
         shift_probability: (n_points,).
     """
     point = candidates.point.to_numpy()
-    users = user_rows.iloc[point].reset_index(drop=True)
-    matrix = pd.DataFrame(index=candidates.index)
+    columns: dict[str, np.ndarray] = {}
     for column in USER_COLUMNS:
-        matrix[column] = pd.to_numeric(users[column], errors="coerce").astype("float64").to_numpy()
+        columns[column] = pd.to_numeric(user_rows[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)[point]
     for column in ITEM_COLUMNS:
-        matrix[column] = pd.to_numeric(candidates[column], errors="coerce").astype("float64").to_numpy()
+        columns[column] = pd.to_numeric(candidates[column], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
     category = candidates.category_id.to_numpy(np.int64)
     item_ids = candidates.item_id.to_numpy(np.int64)
@@ -86,20 +85,20 @@ def build_matrix(user_rows: pd.DataFrame, candidates: pd.DataFrame, lstm_scores:
     for column, shares in (("user_category_share_7d", user_rows.category_share_7d), ("user_category_share_30d", user_rows.category_share_30d)):
         table = _padded(list(shares))
         valid = (category >= 1) & (category <= table.shape[1])
-        matrix[column] = np.where(valid, table[point, np.clip(category - 1, 0, table.shape[1] - 1)], 0.0)
+        columns[column] = np.where(valid, table[point, np.clip(category - 1, 0, table.shape[1] - 1)], 0.0)
     last_category = np.array([v[-1] if v is not None and len(v) else -1 for v in user_rows.recent_category_ids])
-    matrix["same_category_as_last"] = (last_category[point] == category).astype(float)
-    times, steps = _recent_item_stats(user_rows, point, item_ids)
-    matrix["times_in_recent"] = times
-    matrix["steps_since_in_recent"] = steps
-    matrix["is_dominant_category_7d"] = (users.dominant_category_7d.fillna(0).to_numpy() == category).astype(float)
-    matrix["is_dominant_category_30d"] = (users.dominant_category_30d.fillna(0).to_numpy() == category).astype(float)
-    matrix["lstm_category_probability"] = category_probabilities[point, np.clip(category, 0, category_probabilities.shape[1] - 1)]
+    columns["same_category_as_last"] = (last_category[point] == category).astype(float)
+    columns["times_in_recent"], columns["steps_since_in_recent"] = _recent_item_stats(user_rows, point, item_ids)
+    for window in ("7d", "30d"):
+        dominant = pd.to_numeric(user_rows[f"dominant_category_{window}"], errors="coerce").fillna(0).to_numpy(np.int64)
+        columns[f"is_dominant_category_{window}"] = (dominant[point] == category).astype(float)
+    columns["lstm_category_probability"] = category_probabilities[point, np.clip(category, 0, category_probabilities.shape[1] - 1)]
     order = np.argsort(-lstm_scores, axis=1, kind="stable")
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(1, lstm_scores.shape[1] + 1)[None, :].repeat(len(order), 0), axis=1)
-    matrix["lstm_item_score"] = lstm_scores[point, item_index]
-    matrix["lstm_item_rank"] = rank[point, item_index].astype(float)
-    matrix["lstm_shift_probability"] = shift_probability[point]
-    matrix["interest_item_cosine"] = candidates.interest_item_cosine.to_numpy(np.float64)
+    columns["lstm_item_score"] = lstm_scores[point, item_index]
+    columns["lstm_item_rank"] = rank[point, item_index].astype(float)
+    columns["lstm_shift_probability"] = shift_probability[point]
+    columns["interest_item_cosine"] = candidates.interest_item_cosine.to_numpy(np.float64)
+    matrix = pd.DataFrame(columns, index=candidates.index)
     return matrix[FEATURE_COLUMNS]

@@ -7,6 +7,8 @@ from the online store instead of point-in-time retrieval.
 """
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,9 @@ from interest_models.ranking_features import build_matrix
 from interest_models.registry import ModelRegistry, RegisteredModel
 from interest_models.sequence_model import encode_sequences
 from interest_models.sequence_training import predict_all
-from interest_models.training_frames import USER_EMBEDDING_REF, ServiceFeatures, affinity, service_features
+from interest_models.training_frames import (
+    USER_EMBEDDING_REF, ServiceFeatures, affinity, affinity_transformation, service_features,
+)
 
 SERVING_SERVICE = "user_item_serving"
 
@@ -75,10 +79,37 @@ class InterestPrediction:
     extra: dict = field(default_factory=dict)
 
 
-class Recommender:
-    """Scores one user at a time from the online store with a registered model."""
+class ItemFeatureCache:
+    """Item and category features of every catalogue item, read from the online store in
+    one call and re-read when older than ``max_age_s`` (they change when the store is
+    materialized, not per request)."""
 
-    def __init__(self, store, registered: RegisteredModel, category_names: dict[int, str], popularity: np.ndarray):
+    def __init__(self, store, refs: list[str], item_ids: np.ndarray, item_category: np.ndarray, max_age_s: float):
+        self.store, self.refs, self.max_age_s = store, refs, max_age_s
+        self.rows = [{"item_id": int(i), "category_id": int(c)} for i, c in zip(item_ids[1:], item_category[1:])]
+        self.lock = threading.Lock()
+        self.frame: pd.DataFrame | None = None
+        self.loaded_at = 0.0
+
+    def get(self) -> pd.DataFrame:
+        """One row per catalogue item, in vocabulary order (row i is item index i + 1)."""
+        with self.lock:
+            if self.frame is None or time.monotonic() - self.loaded_at > self.max_age_s:
+                self.frame = pd.DataFrame(self.store.get_online_features(features=self.refs, entity_rows=self.rows).to_dict())
+                self.loaded_at = time.monotonic()
+            return self.frame
+
+
+class Recommender:
+    """Scores one user at a time from the online store with a registered model.
+
+    Args:
+        item_features_max_age_s: how long item/category features read from the online
+            store are reused (0 reads them on every request).
+    """
+
+    def __init__(self, store, registered: RegisteredModel, category_names: dict[int, str], popularity: np.ndarray,
+                 item_features_max_age_s: float = 60.0):
         self.store = store
         self.registered = registered
         self.model = registered.model.eval()
@@ -88,13 +119,17 @@ class Recommender:
         self.config = registered.manifest["configs"]["training"]
         self.max_len = registered.manifest["configs"]["lstm"]["max_sequence_length"]
         self.features: ServiceFeatures = service_features(store, SERVING_SERVICE)
+        self.affinity = affinity_transformation(store)
         self.category_names = category_names
         self.text_matrix = self.model.text_embeddings.numpy()
         self.index = CandidateIndex.build(self.vocabulary, popularity, self.text_matrix)
         self.device = torch.device("cpu")
+        self.item_features = ItemFeatureCache(store, self.features.item + self.features.category, self.vocabulary.item_ids,
+                                              self.vocabulary.item_category, item_features_max_age_s)
 
     @classmethod
-    def from_registry(cls, registry_root: Path, store, category_names: dict[int, str], version: str | None = None) -> "Recommender":
+    def from_registry(cls, registry_root: Path, store, category_names: dict[int, str], version: str | None = None,
+                      item_features_max_age_s: float = 60.0) -> "Recommender":
         """Load ``version`` (default: the serving one), verified against ``store``."""
         registered = ModelRegistry(registry_root).load(version, store=store)
         vocabulary = registered.vocabulary
@@ -102,7 +137,7 @@ class Recommender:
         online = store.get_online_features(features=["item_popularity:item_view_count_30d"], entity_rows=rows).to_dict()
         popularity = np.zeros(vocabulary.n_items + 1)
         popularity[1:] = [v or 0 for v in online["item_view_count_30d"]]
-        return cls(store, registered, category_names, popularity)
+        return cls(store, registered, category_names, popularity, item_features_max_age_s)
 
     def _user_frame(self, user_id: int) -> pd.DataFrame:
         refs = self.features.user + [USER_EMBEDDING_REF]
@@ -133,26 +168,26 @@ class Recommender:
             self.category_names.get(int(dominant)) if pd.notna(dominant) else None, model_version=version,
         )
 
-    def score_candidates(self, users: pd.DataFrame, candidate_items: np.ndarray) -> pd.DataFrame:
+    def score_candidates(self, users: pd.DataFrame, candidate_items: np.ndarray, outputs=None) -> pd.DataFrame:
         """Ranker, LSTM and blended scores of candidate item indices for one user row.
 
         Returns:
             One row per candidate with item_id, the ranking features, lstm_item_score,
-            ranker_score and blend_score (higher is better).
+            ranker_score and blend_score (higher is better). ``outputs``: this user's
+            ``_model_outputs`` when already computed.
         """
-        scores, categories, shift = self._model_outputs(users)
+        scores, categories, shift = outputs if outputs is not None else self._model_outputs(users)
         frame = pd.DataFrame({
             "point": 0, "item_index": candidate_items,
             "item_id": self.vocabulary.item_ids[candidate_items],
             "category_id": self.vocabulary.item_category[candidate_items].astype("int32"),
         })
-        rows = [{"item_id": int(i), "category_id": int(c)} for i, c in zip(frame.item_id, frame.category_id)]
-        online = pd.DataFrame(self.store.get_online_features(features=self.features.item + self.features.category, entity_rows=rows).to_dict())
+        online = self.item_features.get().iloc[candidate_items - 1]
         for column in online.columns:
             if column not in frame.columns:
                 frame[column] = online[column].to_numpy()
         frame["interest_item_cosine"] = affinity(
-            self.store, [users.interest_embedding.iloc[0]] * len(frame), list(self.text_matrix[candidate_items])
+            self.affinity, [users.interest_embedding.iloc[0]] * len(frame), list(self.text_matrix[candidate_items])
         )
         matrix = build_matrix(users, frame, scores, categories, shift)
         out = pd.concat([frame[["item_id", "item_index"]], matrix], axis=1)
@@ -189,20 +224,21 @@ class Recommender:
                                   cold_start=True, model_version=version)
         recent = self.vocabulary.index_of(np.asarray(users.recent_item_ids.iloc[0], np.int64))
         exclude = [recent[recent > 0]] if exclude_seen else None
+        outputs = self._model_outputs(users)
         if candidates is not None:
             items = self.vocabulary.index_of(np.asarray(candidates, np.int64))
             items = np.unique(items[items > 0])
             if exclude is not None:
                 items = items[~np.isin(items, exclude[0])]
         else:
-            scores, _, _ = self._model_outputs(users)
+            scores = outputs[0]
             sizes = {**self.config["candidates"], "lstm_top": self.config["eval_candidates"], "random": 0}
             last = recent[-1] if len(recent) else 0
             items = generate(self.index, scores, np.array([last]), self.vocabulary.item_category[[last]], sizes,
                              np.random.default_rng(0), exclude=exclude)[0]
         if len(items) == 0:
             return Recommendation(int(user_id), [], model_version=version)
-        scored = self.score_candidates(users, items).sort_values("blend_score", ascending=False).head(k)
+        scored = self.score_candidates(users, items, outputs).sort_values("blend_score", ascending=False).head(k)
         reasons = self._reasons(scored.drop(columns=["item_id", "item_index", "ranker_score", "blend_score"]))
         return Recommendation(
             int(user_id),

@@ -34,7 +34,7 @@ from interest_models.ranking_features import build_matrix
 from interest_models.sequence_model import InterestShiftLSTM, encode_sequences
 from interest_models.sequence_training import LearningCurve, fit, predict_all, seed_everything
 from interest_models.training_frames import (
-    ServiceFeatures, affinity, candidate_features, item_text_matrix, service_features, user_features,
+    ServiceFeatures, affinity, affinity_transformation, candidate_features, item_text_matrix, service_features, user_features,
 )
 from materialize.database import fetch_frame
 from materialize.devices import select_device
@@ -275,7 +275,7 @@ class _Trainer:
             out = outputs[split]
             frame = everything[everything.set == name].reset_index(drop=True)
             frame["interest_item_cosine"] = affinity(
-                self.store,
+                affinity_transformation(self.store),
                 list(out.users.interest_embedding.to_numpy()[frame.point.to_numpy()]),
                 list(self.text_matrix[frame.item_index.to_numpy()]),
             )

@@ -103,8 +103,12 @@ def item_text_matrix(store, conn: psycopg.Connection, vocabulary: Vocabulary, as
     return matrix
 
 
-def affinity(store, user_embeddings: list, item_embeddings: list) -> np.ndarray:
+def affinity_transformation(store):
+    """The on-demand affinity view's transformation, as registered (look it up once)."""
+    return store.get_on_demand_feature_view(AFFINITY_VIEW).feature_transformation
+
+
+def affinity(transformation, user_embeddings: list, item_embeddings: list) -> np.ndarray:
     """The on-demand view's cosine affinity, computed by the view's own transformation."""
-    odfv = store.get_on_demand_feature_view(AFFINITY_VIEW)
     inputs = pd.DataFrame({"interest_embedding": user_embeddings, "embedding": item_embeddings})
-    return odfv.feature_transformation.transform(inputs)["interest_item_cosine"].to_numpy(dtype=np.float64)
+    return transformation.transform(inputs)["interest_item_cosine"].to_numpy(dtype=np.float64)

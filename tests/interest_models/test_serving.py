@@ -12,7 +12,7 @@ from interest_models.sequence_model import encode_sequences
 from interest_models.sequence_training import predict_all
 from interest_models.serving import Recommender
 from interest_models.training import train_models
-from interest_models.training_frames import affinity, candidate_features, service_features, user_features
+from interest_models.training_frames import affinity, affinity_transformation, candidate_features, service_features, user_features
 from materialize.pipeline import Pipeline
 from tests.conftest import new_database, settings_for
 from tests.interest_models.test_training import FAST, GAP, SHOP
@@ -48,7 +48,7 @@ def test_online_scores_equal_offline_scores(served):
                                "item_id": vocabulary.item_ids[items], "category_id": vocabulary.item_category[items], "as_of": now})
     retrieved = candidate_features(store, retrieval_conn, candidates, features)
     candidates = candidates.join(retrieved.set_index("row").drop(columns=["item_id", "category_id", "event_timestamp"]), on="row")
-    candidates["interest_item_cosine"] = affinity(store, [users.interest_embedding.iloc[0]] * len(items),
+    candidates["interest_item_cosine"] = affinity(affinity_transformation(store), [users.interest_embedding.iloc[0]] * len(items),
                                                   list(recommender.text_matrix[items]))
     matrix = build_matrix(users, candidates, scores, categories, shift)
     ranker_scores = recommender.ranker.predict(matrix)
