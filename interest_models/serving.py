@@ -19,7 +19,7 @@ import torch
 from interest_models.blend import Blend
 from interest_models.candidates import CandidateIndex, generate
 from interest_models.ranking_features import build_matrix
-from interest_models.registry import ModelRegistry, RegisteredModel
+from interest_models.registry import ModelRegistry, RegisteredModel, RegistryError
 from interest_models.sequence_model import encode_sequences
 from interest_models.sequence_training import predict_all
 from interest_models.training_frames import (
@@ -134,7 +134,16 @@ class Recommender:
         registered = ModelRegistry(registry_root).load(version, store=store)
         vocabulary = registered.vocabulary
         rows = [{"item_id": int(i)} for i in vocabulary.item_ids[1:]]
-        online = store.get_online_features(features=["item_popularity:item_view_count_30d"], entity_rows=rows).to_dict()
+        online = store.get_online_features(
+            features=["item_popularity:item_view_count_30d", "item_catalog:item_category_id"], entity_rows=rows
+        ).to_dict()
+        served = np.array([-1 if c is None else c for c in online["item_category_id"]])
+        mismatched = int(np.sum(served != vocabulary.item_category[1:]))
+        if mismatched > 0.01 * vocabulary.n_items:
+            raise RegistryError(
+                f"model {registered.version} does not match this store's catalogue: {mismatched} of its "
+                f"{vocabulary.n_items} items are missing or in another category (trained on another database?)"
+            )
         popularity = np.zeros(vocabulary.n_items + 1)
         popularity[1:] = [v or 0 for v in online["item_view_count_30d"]]
         return cls(store, registered, category_names, popularity, item_features_max_age_s)

@@ -1,13 +1,17 @@
 """Online scoring from the Feast online store equals offline scoring of the same values."""
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
+
 import numpy as np
 import pandas as pd
 import psycopg
 import pytest
 
 from interest_models.ranking_features import build_matrix
-from interest_models.registry import ModelRegistry
+from interest_models.registry import ModelRegistry, RegistryError
 from interest_models.sequence_model import encode_sequences
 from interest_models.sequence_training import predict_all
 from interest_models.serving import Recommender
@@ -76,3 +80,18 @@ def test_recommend_and_interests(served):
     cold = recommender.recommend(987_654_321, k=4)
     assert cold.cold_start and len(cold.items) == 4
     assert recommender.interests(987_654_321).cold_start
+
+
+def test_a_model_trained_on_another_catalogue_is_refused(served, tmp_path):
+    pipeline, _, recommender = served
+    source = recommender.registered.path
+    copy = tmp_path / "registry" / source.name
+    shutil.copytree(source, copy)
+    vocabulary = json.loads((copy / "vocabulary.json").read_text())
+    vocabulary["item_category"] = [c % 5 + 1 if c != 1 else 2 for c in vocabulary["item_category"]]  # another shop
+    (copy / "vocabulary.json").write_text(json.dumps(vocabulary))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["checksums"]["vocabulary.json"] = hashlib.sha256((copy / "vocabulary.json").read_bytes()).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RegistryError, match="does not match this store's catalogue"):
+        Recommender.from_registry(tmp_path / "registry", pipeline.store, {}, version=source.name)
