@@ -6,9 +6,9 @@ is retrieved from Feast as of ``as_of`` = event time - 1 ms, so the labelled eve
 anything after it cannot leak into the features.
 
 Two protocols:
-  * ``time_split``: decision points are the first events of sessions; the span is cut
-    into warm-up | LSTM training | ranker training | validation | test periods, in time
-    order and without overlap.
+  * ``time_split``: decision points are the first events of sessions; time is cut into
+    warm-up | LSTM training | ranker training | validation | test periods, in order and
+    without overlap, each holding its configured share of the events.
   * ``leave_one_out``: the sequential-recommendation protocol (e.g. MovieLens): each
     user's last event is the test point, the one before it validation, the one before
     that the ranker's training point, and all earlier events train the LSTM.
@@ -109,15 +109,20 @@ class SplitBoundaries:
 
 
 def split_boundaries(conn: psycopg.Connection, config: dict) -> SplitBoundaries:
-    start, end = conn.execute("SELECT min(event_timestamp), max(event_timestamp) FROM interest.events").fetchone()
-    start, end = pd.Timestamp(start), pd.Timestamp(end)
-    span = end - start
-    test = end - span * config["test_fraction"]
-    valid = test - span * config["valid_fraction"]
-    ranker = valid - span * config["ranker_fraction"]
-    warmup_end = start + span * config["warmup_fraction"]
-    if not start < warmup_end < ranker < valid < test < end:
+    """Period boundaries at quantiles of the event times, so that each period holds its
+    share of the events even when traffic is uneven or has gaps."""
+    cuts = np.cumsum([config["warmup_fraction"], 1 - config["warmup_fraction"] - config["ranker_fraction"]
+                      - config["valid_fraction"] - config["test_fraction"], config["ranker_fraction"], config["valid_fraction"]])
+    if not (0 < cuts[0] < cuts[1] < cuts[2] < cuts[3] < 1):
         raise ValueError("split fractions leave an empty period; check training.yaml")
+    row = conn.execute(
+        "SELECT min(event_timestamp), max(event_timestamp), "
+        "percentile_disc(%s::float8[]) WITHIN GROUP (ORDER BY event_timestamp) FROM interest.events",
+        ([float(c) for c in cuts],),
+    ).fetchone()
+    start, end, (warmup_end, ranker, valid, test) = pd.Timestamp(row[0]), pd.Timestamp(row[1]), map(pd.Timestamp, row[2])
+    if not start < warmup_end < ranker < valid < test < end:
+        raise ValueError("too few distinct event times to split into periods")
     return SplitBoundaries(start, warmup_end, ranker, valid, test, end)
 
 
