@@ -243,11 +243,13 @@ class _Trainer:
         plans = [("train_ranker", "train_ranker", sizes, True), ("valid_retrieved", "valid", sizes, True),
                  ("valid", "valid", eval_sizes, False), ("test", "test", eval_sizes, False)]
         frames = []
+        indexes: dict[str, candidate_sources.CandidateIndex] = {}  # one per split (valid serves two plans)
         for name, split, plan_sizes, retrieved_only in plans:
             out = outputs[split]
-            index = candidate_sources.CandidateIndex.build(
-                self.vocabulary, _popularity_before(self.conn, self.vocabulary, out.points.as_of.min()), self.text_matrix
-            )
+            if split not in indexes:
+                popularity = _popularity_before(self.conn, self.vocabulary, out.points.as_of.min())
+                indexes[split] = candidate_sources.CandidateIndex.build(self.vocabulary, popularity, self.text_matrix)
+            index = indexes[split]
             recent = _recent_lists(out.users, self.vocabulary)
             last_items = np.array([r[-1] if len(r) else 0 for r in recent])
             targets = self.vocabulary.index_of(out.points.label_item_id)
