@@ -14,6 +14,13 @@ import xgboost as xgb
 from interest_models.ranking_features import FEATURE_COLUMNS
 
 
+def _float32(features: pd.DataFrame | np.ndarray) -> np.ndarray:
+    # A plain float32 array skips XGBoost's per-call DataFrame conversion.
+    if isinstance(features, pd.DataFrame):
+        features = features[FEATURE_COLUMNS].to_numpy()
+    return np.ascontiguousarray(features, dtype=np.float32)
+
+
 def xgboost_device(preferred: str | None = None) -> str:
     """"cuda" when torch sees a GPU (or when asked), else "cpu"."""
     if preferred:
@@ -43,23 +50,31 @@ class ItemRanker:
         )
         return self
 
-    def predict(self, features: pd.DataFrame) -> np.ndarray:
-        # A plain float32 array skips XGBoost's per-call DataFrame conversion.
-        return self.model.predict(features[FEATURE_COLUMNS].to_numpy(dtype=np.float32))
+    def predict(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """(n,) scores of rows in ``FEATURE_COLUMNS`` order (a DataFrame is reordered)."""
+        return self.model.predict(_float32(features))
 
     @property
     def best_iteration(self) -> int:
         return int(getattr(self.model, "best_iteration", self.model.n_estimators))
 
+    def _iteration_range(self) -> tuple[int, int]:
+        """The trees ``predict`` uses: up to the early-stopping best iteration ((0, 0) = all)."""
+        best = getattr(self.model, "best_iteration", None)
+        return (0, 0) if best is None else (0, int(best) + 1)
+
     def feature_importance(self) -> pd.Series:
         gain = self.model.get_booster().get_score(importance_type="gain")
         return pd.Series({c: gain.get(c, 0.0) for c in FEATURE_COLUMNS}).sort_values(ascending=False)
 
-    def contributions(self, features: pd.DataFrame) -> pd.DataFrame:
-        """Per-row SHAP contributions of each feature (for explanations)."""
-        matrix = xgb.DMatrix(features[FEATURE_COLUMNS].to_numpy(dtype=np.float32), feature_names=FEATURE_COLUMNS)
-        values = self.model.get_booster().predict(matrix, pred_contribs=True)
-        return pd.DataFrame(values[:, :-1], columns=FEATURE_COLUMNS, index=features.index)
+    def contributions(self, features: pd.DataFrame | np.ndarray, approximate: bool = False) -> np.ndarray:
+        """(n, len(FEATURE_COLUMNS)) per-row contribution of each feature to the score, over
+        the trees ``predict`` uses: exact TreeSHAP, or with ``approximate`` the per-path
+        (Saabas) attribution, about 10x cheaper."""
+        matrix = xgb.DMatrix(_float32(features), feature_names=FEATURE_COLUMNS)
+        values = self.model.get_booster().predict(matrix, pred_contribs=True, approx_contribs=approximate,
+                                                  iteration_range=self._iteration_range())
+        return values[:, :-1]
 
     def save(self, path: Path) -> None:
         self.model.save_model(str(path))

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from interest_models.columns import Columns, as_int
 from interest_models.examples import Vocabulary
 
 N_EVENT_TYPES = 4
@@ -43,21 +44,21 @@ class SequenceBatch:
         return len(self.lengths)
 
 
-def encode_sequences(frame: pd.DataFrame, vocabulary: Vocabulary, max_len: int, labels: pd.DataFrame | None = None) -> SequenceBatch:
-    """Build a batch from user features retrieved from Feast.
+def encode_sequences(frame: Columns, vocabulary: Vocabulary, max_len: int, labels: pd.DataFrame | None = None) -> SequenceBatch:
+    """Build a batch from user features retrieved from Feast (offline or online).
 
     Args:
-        frame: rows with recent_item_ids, recent_category_ids, recent_event_types,
+        frame: columns recent_item_ids, recent_category_ids, recent_event_types,
             recent_gap_seconds (arrays, oldest first, may be None) and dominant_category_30d.
         labels: optional label_item_id and label_category_id per row.
     """
-    n = len(frame)
+    n = len(frame["recent_item_ids"])
     items = np.zeros((n, max_len), np.int64)
     categories = np.zeros((n, max_len), np.int64)
     event_types = np.zeros((n, max_len), np.int64)
     gaps = np.zeros((n, max_len), np.float32)
     lengths = np.ones(n, np.int64)
-    columns = zip(frame.recent_item_ids, frame.recent_category_ids, frame.recent_event_types, frame.recent_gap_seconds)
+    columns = zip(frame["recent_item_ids"], frame["recent_category_ids"], frame["recent_event_types"], frame["recent_gap_seconds"])
     for row, (item_ids, category_ids, types, gap_seconds) in enumerate(columns):
         if item_ids is None or len(item_ids) == 0:
             continue
@@ -67,7 +68,7 @@ def encode_sequences(frame: pd.DataFrame, vocabulary: Vocabulary, max_len: int, 
         event_types[row, :k] = np.asarray(types[-k:], np.int64) + 1
         gaps[row, :k] = np.log1p(np.maximum(np.asarray(gap_seconds[-k:], np.float32), 0) / 60.0)
         lengths[row] = k
-    dominant = frame.dominant_category_30d.fillna(0).to_numpy(np.int64)
+    dominant = as_int(frame["dominant_category_30d"])
     batch = SequenceBatch(
         items=torch.from_numpy(items),
         categories=torch.from_numpy(categories),

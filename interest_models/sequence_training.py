@@ -56,9 +56,10 @@ def _batches(n: int, size: int, shuffle: bool, generator: torch.Generator | None
 
 @torch.no_grad()
 def predict_all(model: InterestShiftLSTM, data: SequenceBatch, device: torch.device, batch_size: int = 512,
-                loss_weights: dict[str, float] | None = None):
+                loss_weights: dict[str, float] | None = None, item_representations: torch.Tensor | None = None):
     """Full-ranking scores, next-category and shift probabilities (and the loss, when
     ``loss_weights`` is given and ``data`` has targets), in one pass.
+    ``item_representations``: the eval-mode model's, when the caller keeps them (serving).
 
     Returns:
         item_scores (n, n_items + 1) float32, category_probabilities (n, n_categories + 1)
@@ -67,7 +68,7 @@ def predict_all(model: InterestShiftLSTM, data: SequenceBatch, device: torch.dev
     """
     model.eval()
     outputs = {"scores": [], "categories": [], "shift": [], "interest": []}
-    items = model.item_representations()
+    items = model.item_representations() if item_representations is None else item_representations
     total_loss = 0.0
     for index in _batches(len(data), batch_size, False, None):
         batch = data.select(index).to(device)

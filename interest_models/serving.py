@@ -13,17 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from interest_models.blend import Blend
 from interest_models.candidates import CandidateIndex, generate
-from interest_models.ranking_features import build_matrix
+from interest_models.columns import as_float
+from interest_models.ranking_features import FEATURE_COLUMNS, ITEM_COLUMNS, CandidateRows, UserRows, feature_matrix
 from interest_models.registry import ModelRegistry, RegisteredModel, RegistryError
 from interest_models.sequence_model import encode_sequences
 from interest_models.sequence_training import predict_all
 from interest_models.training_frames import (
-    USER_EMBEDDING_REF, ServiceFeatures, affinity, affinity_transformation, service_features,
+    USER_EMBEDDING_REF, ServiceFeatures, affinity_transformation, check_user_affinity, service_features, user_affinity,
 )
 
 SERVING_SERVICE = "user_item_serving"
@@ -88,16 +88,29 @@ class ItemFeatureCache:
         self.store, self.refs, self.max_age_s = store, refs, max_age_s
         self.rows = [{"item_id": int(i), "category_id": int(c)} for i, c in zip(item_ids[1:], item_category[1:])]
         self.lock = threading.Lock()
-        self.frame: pd.DataFrame | None = None
+        self.values: np.ndarray | None = None
         self.loaded_at = 0.0
 
-    def get(self) -> pd.DataFrame:
-        """One row per catalogue item, in vocabulary order (row i is item index i + 1)."""
+    def get(self) -> np.ndarray:
+        """(n_items + 1, len(ITEM_COLUMNS)) float64; row i is item index i, row 0 is NaN."""
         with self.lock:
-            if self.frame is None or time.monotonic() - self.loaded_at > self.max_age_s:
-                self.frame = pd.DataFrame(self.store.get_online_features(features=self.refs, entity_rows=self.rows).to_dict())
-                self.loaded_at = time.monotonic()
-            return self.frame
+            if self.values is None or time.monotonic() - self.loaded_at > self.max_age_s:
+                online = self.store.get_online_features(features=self.refs, entity_rows=self.rows).to_dict()
+                values = np.full((len(self.rows) + 1, len(ITEM_COLUMNS)), np.nan)
+                values[1:] = np.column_stack([as_float(online[c]) for c in ITEM_COLUMNS])
+                self.values, self.loaded_at = values, time.monotonic()
+            return self.values
+
+
+@dataclass
+class ScoredCandidates:
+    """Scores of one user's candidates (arrays aligned by row; higher scores are better)."""
+
+    item_index: np.ndarray    # (n,) vocabulary indices
+    item_id: np.ndarray       # (n,)
+    features: np.ndarray      # (n, len(FEATURE_COLUMNS)) the ranker's input
+    ranker_score: np.ndarray  # (n,)
+    blend_score: np.ndarray   # (n,)
 
 
 class Recommender:
@@ -106,10 +119,12 @@ class Recommender:
     Args:
         item_features_max_age_s: how long item/category features read from the online
             store are reused (0 reads them on every request).
+        exact_reasons: explain with exact TreeSHAP instead of per-path attributions
+            (same ranking, about 10x the explanation cost).
     """
 
     def __init__(self, store, registered: RegisteredModel, category_names: dict[int, str], popularity: np.ndarray,
-                 item_features_max_age_s: float = 60.0):
+                 item_features_max_age_s: float = 60.0, exact_reasons: bool = False):
         self.store = store
         self.registered = registered
         self.model = registered.model.eval()
@@ -118,18 +133,23 @@ class Recommender:
         self.blend: Blend = registered.blend
         self.config = registered.manifest["configs"]["training"]
         self.max_len = registered.manifest["configs"]["lstm"]["max_sequence_length"]
+        self.exact_reasons = exact_reasons
         self.features: ServiceFeatures = service_features(store, SERVING_SERVICE)
-        self.affinity = affinity_transformation(store)
+        self.user_refs = self.features.user + [USER_EMBEDDING_REF]
         self.category_names = category_names
         self.text_matrix = self.model.text_embeddings.numpy()
+        with torch.inference_mode():
+            self.item_representations = self.model.item_representations()
         self.index = CandidateIndex.build(self.vocabulary, popularity, self.text_matrix)
         self.device = torch.device("cpu")
         self.item_features = ItemFeatureCache(store, self.features.item + self.features.category, self.vocabulary.item_ids,
                                               self.vocabulary.item_category, item_features_max_age_s)
+        probe = self.text_matrix[1 : min(len(self.text_matrix), 17)]
+        check_user_affinity(affinity_transformation(store), probe[0] if len(probe) else None, probe)
 
     @classmethod
     def from_registry(cls, registry_root: Path, store, category_names: dict[int, str], version: str | None = None,
-                      item_features_max_age_s: float = 60.0) -> "Recommender":
+                      item_features_max_age_s: float = 60.0, exact_reasons: bool = False) -> "Recommender":
         """Load ``version`` (default: the serving one), verified against ``store``."""
         registered = ModelRegistry(registry_root).load(version, store=store)
         vocabulary = registered.vocabulary
@@ -146,73 +166,69 @@ class Recommender:
             )
         popularity = np.zeros(vocabulary.n_items + 1)
         popularity[1:] = [v or 0 for v in online["item_view_count_30d"]]
-        return cls(store, registered, category_names, popularity, item_features_max_age_s)
+        return cls(store, registered, category_names, popularity, item_features_max_age_s, exact_reasons)
 
-    def _user_frame(self, user_id: int) -> pd.DataFrame:
-        refs = self.features.user + [USER_EMBEDDING_REF]
-        frame = pd.DataFrame(self.store.get_online_features(features=refs, entity_rows=[{"user_id": int(user_id)}]).to_dict())
-        return frame
+    def online_user(self, user_id: int) -> dict[str, list]:
+        """The user's serving features and interest embedding from the online store (one
+        entry per feature name, each a one-element list)."""
+        return self.store.get_online_features(features=self.user_refs, entity_rows=[{"user_id": int(user_id)}]).to_dict()
 
-    def _model_outputs(self, users: pd.DataFrame):
-        batch = encode_sequences(users, self.vocabulary, self.max_len)
-        scores, categories, shift, _, _ = predict_all(self.model, batch, self.device)
+    def _model_outputs(self, user: dict[str, list]):
+        batch = encode_sequences(user, self.vocabulary, self.max_len)
+        with torch.inference_mode():
+            scores, categories, shift, _, _ = predict_all(self.model, batch, self.device, item_representations=self.item_representations)
         return scores, categories, shift
 
     @staticmethod
-    def _is_cold(users: pd.DataFrame) -> bool:
-        items = users.recent_item_ids.iloc[0]
+    def _is_cold(user: dict[str, list]) -> bool:
+        items = user["recent_item_ids"][0]
         return items is None or len(items) == 0
 
     def interests(self, user_id: int) -> InterestPrediction:
-        users = self._user_frame(user_id)
+        user = self.online_user(user_id)
         version = self.registered.version
-        if self._is_cold(users):
+        if self._is_cold(user):
             return InterestPrediction(int(user_id), {}, None, None, cold_start=True, model_version=version)
-        _, categories, shift = self._model_outputs(users)
+        _, categories, shift = self._model_outputs(user)
         order = np.argsort(-categories[0, 1:]) + 1
         mix = {self.category_names.get(int(c), str(c)): round(float(categories[0, c]), 4) for c in order}
-        dominant = users.dominant_category_30d.iloc[0]
+        dominant = user["dominant_category_30d"][0]
         return InterestPrediction(
             int(user_id), mix, float(shift[0]),
-            self.category_names.get(int(dominant)) if pd.notna(dominant) else None, model_version=version,
+            self.category_names.get(int(dominant)) if dominant is not None else None, model_version=version,
         )
 
-    def score_candidates(self, users: pd.DataFrame, candidate_items: np.ndarray, outputs=None) -> pd.DataFrame:
-        """Ranker, LSTM and blended scores of candidate item indices for one user row.
+    def score_candidates(self, user: dict[str, list], candidate_items: np.ndarray, outputs=None) -> ScoredCandidates:
+        """Ranker and blended scores of candidate item indices for one user.
 
-        Returns:
-            One row per candidate with item_id, the ranking features, lstm_item_score,
-            ranker_score and blend_score (higher is better). ``outputs``: this user's
-            ``_model_outputs`` when already computed.
+        Args:
+            user: ``online_user``'s answer; ``outputs``: its ``_model_outputs`` when
+                already computed.
         """
-        scores, categories, shift = outputs if outputs is not None else self._model_outputs(users)
-        frame = pd.DataFrame({
-            "point": 0, "item_index": candidate_items,
-            "item_id": self.vocabulary.item_ids[candidate_items],
-            "category_id": self.vocabulary.item_category[candidate_items].astype("int32"),
-        })
-        online = self.item_features.get().iloc[candidate_items - 1]
-        for column in online.columns:
-            if column not in frame.columns:
-                frame[column] = online[column].to_numpy()
-        frame["interest_item_cosine"] = affinity(
-            self.affinity, [users.interest_embedding.iloc[0]] * len(frame), list(self.text_matrix[candidate_items])
+        scores, categories, shift = outputs if outputs is not None else self._model_outputs(user)
+        candidate_items = np.asarray(candidate_items, np.int64)
+        candidates = CandidateRows(
+            point=np.zeros(len(candidate_items), np.int64), item_index=candidate_items,
+            item_id=self.vocabulary.item_ids[candidate_items], category_id=self.vocabulary.item_category[candidate_items].astype(np.int64),
+            item_values=self.item_features.get()[candidate_items],
+            interest_item_cosine=user_affinity(user["interest_embedding"][0], self.text_matrix[candidate_items]),
         )
-        matrix = build_matrix(users, frame, scores, categories, shift)
-        out = pd.concat([frame[["item_id", "item_index"]], matrix], axis=1)
-        out["ranker_score"] = self.ranker.predict(matrix)
-        out["blend_score"] = self.blend.combine(out.lstm_item_score.to_numpy(), out.ranker_score.to_numpy(), np.zeros(len(out), int))
-        return out
+        features = feature_matrix(UserRows.from_columns(user), candidates, scores, categories, shift)
+        ranker_score = self.ranker.predict(features)
+        lstm_score = features[:, FEATURE_COLUMNS.index("lstm_item_score")]
+        blend_score = self.blend.combine(lstm_score, ranker_score, np.zeros(len(candidate_items), int))
+        return ScoredCandidates(candidate_items, candidates.item_id, features, ranker_score, blend_score)
 
-    def _reasons(self, matrix: pd.DataFrame, top: int = 2) -> list[list[str]]:
-        contributions = self.ranker.contributions(matrix)
+    def _reasons(self, features: np.ndarray, top: int = 2) -> list[list[str]]:
+        """Up to ``top`` distinct phrases per row, from its largest positive contributions."""
+        contributions = self.ranker.contributions(features, approximate=not self.exact_reasons)
         reasons = []
-        for _, row in contributions.iterrows():
+        for row in contributions:
             words = []
-            for feature in row.sort_values(ascending=False).index:
-                if row[feature] <= 0 or len(words) >= top:
+            for column in np.argsort(-row, kind="stable"):
+                if row[column] <= 0 or len(words) >= top:
                     break
-                text = REASONS.get(feature)
+                text = REASONS.get(FEATURE_COLUMNS[column])
                 if text and text not in words:
                     words.append(text)
             reasons.append(words or ["popular with shoppers like you"])
@@ -225,32 +241,33 @@ class Recommender:
             candidates: item ids to rank (default: the candidate sources used in training).
             exclude_seen: drop items in the user's recent sequence.
         """
-        users = self._user_frame(user_id)
+        user = self.online_user(user_id)
         version = self.registered.version
-        if self._is_cold(users):
-            popular = [i for i in self.index.popular if not candidates or self.vocabulary.item_ids[i] in set(candidates)][:k]
+        if self._is_cold(user):
+            allowed = None if candidates is None else set(candidates)
+            popular = [i for i in self.index.popular if allowed is None or self.vocabulary.item_ids[i] in allowed][:k]
             return Recommendation(int(user_id), [RecommendedItem(int(self.vocabulary.item_ids[i]), 0.0, ["popular right now"]) for i in popular],
                                   cold_start=True, model_version=version)
-        recent = self.vocabulary.index_of(np.asarray(users.recent_item_ids.iloc[0], np.int64))
+        recent = self.vocabulary.index_of(np.asarray(user["recent_item_ids"][0], np.int64))
         exclude = [recent[recent > 0]] if exclude_seen else None
-        outputs = self._model_outputs(users)
+        outputs = self._model_outputs(user)
         if candidates is not None:
             items = self.vocabulary.index_of(np.asarray(candidates, np.int64))
             items = np.unique(items[items > 0])
             if exclude is not None:
                 items = items[~np.isin(items, exclude[0])]
         else:
-            scores = outputs[0]
             sizes = {**self.config["candidates"], "lstm_top": self.config["eval_candidates"], "random": 0}
             last = recent[-1] if len(recent) else 0
-            items = generate(self.index, scores, np.array([last]), self.vocabulary.item_category[[last]], sizes,
+            items = generate(self.index, outputs[0], np.array([last]), self.vocabulary.item_category[[last]], sizes,
                              np.random.default_rng(0), exclude=exclude)[0]
         if len(items) == 0:
             return Recommendation(int(user_id), [], model_version=version)
-        scored = self.score_candidates(users, items, outputs).sort_values("blend_score", ascending=False).head(k)
-        reasons = self._reasons(scored.drop(columns=["item_id", "item_index", "ranker_score", "blend_score"]))
+        scored = self.score_candidates(user, items, outputs)
+        best = np.argsort(-scored.blend_score, kind="stable")[:k]
+        reasons = self._reasons(scored.features[best])
         return Recommendation(
             int(user_id),
-            [RecommendedItem(int(i), round(float(s), 4), r) for i, s, r in zip(scored.item_id, scored.blend_score, reasons)],
+            [RecommendedItem(int(scored.item_id[i]), round(float(scored.blend_score[i]), 4), r) for i, r in zip(best, reasons)],
             model_version=version,
         )

@@ -112,3 +112,30 @@ def affinity(transformation, user_embeddings: list, item_embeddings: list) -> np
     """The on-demand view's cosine affinity, computed by the view's own transformation."""
     inputs = pd.DataFrame({"interest_embedding": user_embeddings, "embedding": item_embeddings})
     return transformation.transform(inputs)["interest_item_cosine"].to_numpy(dtype=np.float64)
+
+
+def user_affinity(user_embedding, item_embeddings: np.ndarray) -> np.ndarray:
+    """The same affinity for one user against many items, as one matrix product (serving).
+
+    Args:
+        user_embedding: (d,) or None; item_embeddings: (n, d), zero rows = no embedding.
+
+    Returns:
+        (n,) float64 cosine; NaN where either embedding is missing, empty or zero.
+    """
+    if user_embedding is None or len(user_embedding) == 0:
+        return np.full(len(item_embeddings), np.nan)
+    user = np.asarray(user_embedding, dtype=np.float64)
+    items = np.asarray(item_embeddings, dtype=np.float64)
+    norms = np.linalg.norm(user) * np.linalg.norm(items, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(norms > 0, (items @ user) / norms, np.nan)
+
+
+def check_user_affinity(transformation, user_embedding, item_embeddings: np.ndarray, rtol: float = 1e-9) -> None:
+    """Raise if ``user_affinity`` disagrees with the registered on-demand transformation
+    (the view's definition changed since this code was written)."""
+    registered = affinity(transformation, [user_embedding] * len(item_embeddings), list(item_embeddings))
+    ours = user_affinity(user_embedding, item_embeddings)
+    if not np.allclose(ours, registered, rtol=rtol, atol=1e-12, equal_nan=True):
+        raise ValueError(f"the registered {AFFINITY_VIEW} transformation no longer computes the cosine that serving uses")

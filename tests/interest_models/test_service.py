@@ -110,8 +110,8 @@ def test_pushed_events_change_the_sequence_and_the_answer(service):
             "user_id": user, "item_id": item, "event_type": "view",
             "event_timestamp": (last_time + dt.timedelta(minutes=step + 1)).isoformat()})
         assert response.status_code == 200, response.text
-    online = client.app.state.service.recommender._user_frame(user)
-    assert list(online.recent_item_ids.iloc[0])[-len(items):] == items
+    online = client.app.state.service.recommender.online_user(user)
+    assert list(online["recent_item_ids"][0])[-len(items):] == items
     after = client.post("/recommend", json={"user_id": user, "k": 10}, headers=KEY).json()
     assert [i["item_id"] for i in after["items"]] != [i["item_id"] for i in before["items"]]
     bad = client.post("/events", headers=KEY, json={"user_id": user, "item_id": 99_999_999, "event_type": "view"})

@@ -10,7 +10,7 @@ import pandas as pd
 import psycopg
 import pytest
 
-from interest_models.ranking_features import build_matrix
+from interest_models.ranking_features import FEATURE_COLUMNS, build_matrix
 from interest_models.registry import ModelRegistry, RegistryError
 from interest_models.sequence_model import encode_sequences
 from interest_models.sequence_training import predict_all
@@ -39,8 +39,7 @@ def test_online_scores_equal_offline_scores(served):
     pipeline, retrieval_conn, recommender = served
     user = int(pipeline.conn.execute("SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0])
     items = np.arange(1, 41)
-    online_users = recommender._user_frame(user)
-    online = recommender.score_candidates(online_users, items)
+    online = recommender.score_candidates(recommender.online_user(user), items)
 
     store, vocabulary = pipeline.store, recommender.vocabulary
     features = service_features(store, "user_item_training")
@@ -58,10 +57,9 @@ def test_online_scores_equal_offline_scores(served):
     ranker_scores = recommender.ranker.predict(matrix)
     blended = recommender.blend.combine(matrix.lstm_item_score.to_numpy(), ranker_scores, np.zeros(len(items), int))
 
-    pd.testing.assert_frame_equal(online[matrix.columns].reset_index(drop=True), matrix.reset_index(drop=True),
-                                  check_dtype=False, rtol=1e-6)
-    np.testing.assert_allclose(online.ranker_score.to_numpy(), ranker_scores, rtol=1e-6)
-    np.testing.assert_allclose(online.blend_score.to_numpy(), blended, rtol=1e-6, atol=1e-9)
+    pd.testing.assert_frame_equal(pd.DataFrame(online.features, columns=FEATURE_COLUMNS), matrix.reset_index(drop=True), rtol=1e-6)
+    np.testing.assert_allclose(online.ranker_score, ranker_scores, rtol=1e-6)
+    np.testing.assert_allclose(online.blend_score, blended, rtol=1e-6, atol=1e-9)
 
 
 def test_recommend_and_interests(served):
@@ -71,7 +69,7 @@ def test_recommend_and_interests(served):
     assert len(answer.items) == 5 and not answer.cold_start
     assert all(item.reasons for item in answer.items)
     assert [i.score for i in answer.items] == sorted((i.score for i in answer.items), reverse=True)
-    recent = set(recommender._user_frame(user).recent_item_ids.iloc[0])
+    recent = set(recommender.online_user(user)["recent_item_ids"][0])
     assert not recent & {i.item_id for i in answer.items}  # exclude_seen
     chosen = recommender.recommend(user, k=3, candidates=[1, 2, 3, 4], exclude_seen=False)
     assert {i.item_id for i in chosen.items} <= {1, 2, 3, 4}
