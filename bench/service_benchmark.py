@@ -1,123 +1,242 @@
-"""Latency of the HTTP service's /recommend against the stock Feast online read.
+"""Latency of the HTTP service's /recommend against the stock Feast feature server.
 
 Starts ``interest serve`` on loopback (the configured database must hold a trained,
-serving model: run ``make run`` first), drives ``POST /recommend`` (k=10, 100 explicit
-candidates) from concurrent clients, then reads the same features with the stock
-``FeatureStore.get_online_features`` at the same concurrency, and prints p50/p95/p99 and
-throughput of both, with the ratio. Requests are bounded in number and time.
+serving model: run ``make run`` first) and drives ``POST /recommend`` (k=10, 100 explicit
+candidates) from concurrent keep-alive clients. Then starts the stock ``feast serve`` with
+the same number of workers and drives ``POST /get-online-features`` for the same user and
+candidates through the serving feature service (the features a ranking call needs,
+without any model), and prints p50/p95/p99 latency, throughput and CPU per request of
+both, with the ratio. Last, it times the stages of one ``recommend`` call in process.
 
-    python bench/service_benchmark.py [--requests 400] [--concurrency 8] [--port 8799]
+    python bench/service_benchmark.py [--requests 2000] [--concurrency 8] [--workers 2]
+
+The load generator (one process per concurrent client, each with one keep-alive
+connection, sending its next request when the last one is answered) runs on the same
+machine and takes CPU from the servers; its CPU per request is printed so that it can
+be accounted for.
 """
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import multiprocessing
 import os
+import platform
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import httpx
 import numpy as np
+import psutil
 
 KEY = "benchmark-key"
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p95_ms": round(float(np.percentile(ms, 95)), 1),
-            "p99_ms": round(float(np.percentile(ms, 99)), 1)}
+    return {f"p{q}_ms": round(float(np.percentile(ms, q)), 2) for q in (50, 95, 99)}
 
 
-def drive(call, payloads: list, concurrency: int, deadline_s: float) -> tuple[list[float], float]:
-    started = time.perf_counter()
+def post(connection: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    connection.request("POST", path, body, headers)
+    response = connection.getresponse()
+    payload = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"{path}: HTTP {response.status}: {payload[:300]!r}")
+    return payload
 
-    def timed(payload):
-        if time.perf_counter() - started > deadline_s:
-            return None
+
+def client_process(port: int, path: str, headers: dict[str, str], bodies: list[bytes], start_at: float) -> tuple[list[float], float, float]:
+    """One closed-loop client: a keep-alive connection sending ``bodies`` one after another.
+
+    Returns:
+        Per-request latencies (s), the time its last answer arrived, its CPU seconds.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json", **headers}
+    post(connection, path, bodies[0], headers)  # connect before the clock starts
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu, latencies = time.process_time(), []
+    for body in bodies:
         t = time.perf_counter()
-        call(payload)
-        return time.perf_counter() - t
+        post(connection, path, body, headers)
+        latencies.append(time.perf_counter() - t)
+    return latencies, time.time(), time.process_time() - cpu
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        latencies = [t for t in pool.map(timed, payloads) if t is not None]
-    return latencies, time.perf_counter() - started
+
+def wait_ready(port: int, path: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited: {process.stderr.read().decode()[-3000:]}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", path)
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the server on port {port} was not ready after {timeout_s} s")
+
+
+def process_cpu_s(process: subprocess.Popen) -> float:
+    """User + system CPU seconds of a server process and its workers."""
+    root = psutil.Process(process.pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def drive(port: int, path: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, server: subprocess.Popen) -> dict:
+    """Send every body once from ``concurrency`` client processes (no shared GIL, so the
+    clients add no queueing of their own); latency of each, throughput and CPU per
+    request of the server and of the clients."""
+    with ProcessPoolExecutor(concurrency, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(time.sleep, [0.2] * concurrency))  # start the processes before timing
+        start_at = time.time() + 1.0
+        server_cpu = process_cpu_s(server)
+        runs = list(pool.map(client_process, [port] * concurrency, [path] * concurrency, [headers] * concurrency,
+                             [bodies[i::concurrency] for i in range(concurrency)], [start_at] * concurrency))
+        server_cpu = process_cpu_s(server) - server_cpu
+    latencies = [t for run in runs for t in run[0]]
+    wall = max(run[1] for run in runs) - start_at
+    n = len(latencies)
+    return {
+        **percentiles(latencies), "mean_ms": round(1000 * float(np.mean(latencies)), 2),
+        "throughput_rps": round(n / wall, 1),
+        "server_cpu_ms_per_request": round(1000 * server_cpu / n, 2),
+        "client_cpu_ms_per_request": round(1000 * sum(run[2] for run in runs) / n, 2),
+    }
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def serve_ours(args, bodies: list[bytes]) -> dict:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "materialize.cli", "serve", "--port", str(args.port), "--workers", str(args.workers)],
+        env={**os.environ, "INTEREST_API_KEY": KEY}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_ready(args.port, "/ready", server)
+        headers = {"X-API-Key": KEY}
+        answer = json.loads(post(http.client.HTTPConnection("127.0.0.1", args.port), "/recommend", bodies[0],
+                                 {"Content-Type": "application/json", **headers}))
+        assert len(answer["items"]) == 10 and not answer["degraded"] and not answer["cold_start"], answer
+        drive(args.port, "/recommend", headers, bodies[: args.warmup], args.concurrency, server)  # warm every worker
+        return drive(args.port, "/recommend", headers, bodies, args.concurrency, server)
+    finally:
+        stop(server)
+
+
+def serve_stock(args, settings, pgvector: bool, bodies: list[bytes]) -> dict:
+    from materialize.feast_store import export_feast_environment
+
+    server = subprocess.Popen(
+        ["feast", "serve", "--port", str(args.stock_port), "--workers", str(args.workers), "--no-access-log",
+         "--max-requests", "1000000"],  # its default recycles workers every 1,000 requests
+        cwd=settings.feature_repo_dir, env={**os.environ, **export_feast_environment(settings.postgres, pgvector),
+                                            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_ready(args.stock_port, "/health", server)
+        answer = json.loads(post(http.client.HTTPConnection("127.0.0.1", args.stock_port), "/get-online-features", bodies[0],
+                                 {"Content-Type": "application/json"}))
+        values = dict(zip(answer["metadata"]["feature_names"], answer["results"]))
+        assert len(values["item_view_count_7d"]["values"]) == 100 and any(v is not None for v in values["view_count_7d"]["values"])
+        drive(args.stock_port, "/get-online-features", {}, bodies[: args.warmup], args.concurrency, server)
+        return drive(args.stock_port, "/get-online-features", {}, bodies, args.concurrency, server)
+    finally:
+        stop(server)
+
+
+def stages(recommender, payloads: list[dict], repeats: int) -> dict[str, float]:
+    """Mean in-process milliseconds of each stage of ``recommend`` (one thread, no HTTP)."""
+    timings: dict[str, list[float]] = {}
+
+    def clock(name, fn, *a):
+        t = time.perf_counter()
+        out = fn(*a)
+        timings.setdefault(name, []).append(time.perf_counter() - t)
+        return out
+
+    for payload in payloads[:30]:  # load the item feature cache and warm up
+        recommender.recommend(payload["user_id"], 10, payload["candidates"])
+    for payload in payloads[:repeats]:
+        t = time.perf_counter()
+        user = clock("online store read (user)", recommender.online_user, payload["user_id"])
+        outputs = clock("LSTM", recommender._model_outputs, user)
+        items = recommender.vocabulary.index_of(np.asarray(payload["candidates"], np.int64))
+        scored = clock("features + XGBoost + blend", recommender.score_candidates, user, items, outputs)
+        best = np.argsort(-scored.blend_score, kind="stable")[:10]
+        clock("reasons (per-path attributions)", recommender._reasons, scored.features[best])
+        timings.setdefault("total of the stages", []).append(time.perf_counter() - t)
+        clock("recommend() as one call", recommender.recommend, payload["user_id"], 10, payload["candidates"], False)
+    return {name: round(1000 * float(np.mean(v)), 3) for name, v in timings.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of both servers")
+    parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--port", type=int, default=8799)
-    parser.add_argument("--deadline-s", type=float, default=300)
+    parser.add_argument("--stock-port", type=int, default=8798)
+    parser.add_argument("--stage-repeats", type=int, default=300)
     parser.add_argument("--out", type=Path, default=Path("bench/results/service.json"))
     args = parser.parse_args()
+    warnings.filterwarnings("ignore")
 
+    from interest_models.serving import Recommender
+    from interest_models.workflow import registry_for
     from materialize.pipeline import Pipeline
+    from materialize.postgres import has_pgvector
     from materialize.settings import load_settings
 
     settings = load_settings()
     with Pipeline(settings, progress=False) as pipeline:
-        users = [r[0] for r in pipeline.conn.execute(
-            "SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 200")]
-        items = [r[0] for r in pipeline.conn.execute("SELECT item_id FROM interest.items ORDER BY item_id")]
-        store = pipeline.store
+        conn = pipeline.conn
+        users = [r[0] for r in conn.execute("SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 200")]
+        items = dict(conn.execute("SELECT item_id, category_id FROM interest.items ORDER BY item_id"))
+        names = dict(conn.execute("SELECT category_id, category FROM interest.categories"))
+        pgvector = has_pgvector(conn)
+        conn.commit()
         rng = np.random.default_rng(0)
-        payloads = [{"user_id": int(rng.choice(users)), "k": 10,
-                     "candidates": [int(i) for i in rng.choice(items, 100, replace=False)]} for _ in range(args.requests)]
+        payloads = [{"user_id": int(rng.choice(users)), "k": 10, "candidates": [int(i) for i in rng.choice(list(items), 100, replace=False)]}
+                    for _ in range(args.requests)]
+        ours = [json.dumps(p).encode() for p in payloads]
+        stock = [json.dumps({"feature_service": "user_item_serving", "entities": {
+            "user_id": [p["user_id"]] * 100, "item_id": p["candidates"], "category_id": [items[i] for i in p["candidates"]]}}).encode()
+            for p in payloads]
 
-        server = subprocess.Popen(
-            [sys.executable, "-m", "materialize.cli", "serve", "--port", str(args.port)],
-            env={**os.environ, "INTEREST_API_KEY": KEY}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        try:
-            client = httpx.Client(base_url=f"http://127.0.0.1:{args.port}", headers={"X-API-Key": KEY}, timeout=30)
-            for _ in range(120):
-                try:
-                    if client.get("/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.5)
-            else:
-                raise RuntimeError("the service did not become ready: " + server.stderr.read().decode()[-2000:])
-            for payload in payloads[:20]:  # warm up
-                client.post("/recommend", json=payload).raise_for_status()
-
-            def recommend(payload):
-                response = client.post("/recommend", json=payload)
-                response.raise_for_status()
-                assert not response.json()["degraded"]
-
-            service_latency, service_wall = drive(recommend, payloads, args.concurrency, args.deadline_s)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-
-        features = store.get_feature_service("user_item_serving")
-        user_refs = [f"{p.name}:{f.name}" for p in features.feature_view_projections
-                     if p.name.startswith("user_") and p.name != "user_item_affinity" for f in p.features]
-        item_refs = [f"{p.name}:{f.name}" for p in features.feature_view_projections
-                     if p.name in ("item_popularity", "item_catalog") for f in p.features]
-
-        def stock(payload):
-            store.get_online_features(features=user_refs, entity_rows=[{"user_id": payload["user_id"]}]).to_dict()
-            store.get_online_features(features=item_refs, entity_rows=[{"item_id": i} for i in payload["candidates"]]).to_dict()
-
-        for payload in payloads[:20]:
-            stock(payload)
-        stock_latency, stock_wall = drive(stock, payloads, args.concurrency, args.deadline_s)
-
-    result = {
-        "machine": {"cores": os.cpu_count(), "load_average": os.getloadavg()},
-        "requests": len(service_latency), "concurrency": args.concurrency, "k": 10, "candidates": 100,
-        "recommend_http": {**percentiles(service_latency), "throughput_rps": round(len(service_latency) / service_wall, 1)},
-        "stock_get_online_features": {**percentiles(stock_latency), "throughput_rps": round(len(stock_latency) / stock_wall, 1),
-                                      "what": "user features + 100 items' features, in process, no model"},
-    }
-    result["ratio_p99_recommend_over_stock"] = round(result["recommend_http"]["p99_ms"] / result["stock_get_online_features"]["p99_ms"], 2)
+        result = {
+            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                        "load_average_before": [round(x, 2) for x in os.getloadavg()]},
+            "requests": args.requests, "concurrency": args.concurrency, "workers": args.workers, "k": 10, "candidates": 100,
+        }
+        result["recommend_http"] = serve_ours(args, ours)
+        result["stock_feast_serve"] = {**serve_stock(args, settings, pgvector, stock),
+                                       "what": "POST /get-online-features, feature service user_item_serving, 100 entity rows"}
+        result["ratio_p99_stock_over_recommend"] = round(result["stock_feast_serve"]["p99_ms"] / result["recommend_http"]["p99_ms"], 2)
+        recommender = Recommender.from_registry(registry_for(settings.project_dir).root, pipeline.store, names)
+        result["in_process_ms"] = stages(recommender, payloads, args.stage_repeats)
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

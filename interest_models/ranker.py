@@ -76,6 +76,10 @@ class ItemRanker:
                                                   iteration_range=self._iteration_range())
         return values[:, :-1]
 
+    def set_threads(self, threads: int) -> None:
+        """Threads per predict call (0 = all cores)."""
+        self.model.set_params(n_jobs=threads)
+
     def save(self, path: Path) -> None:
         self.model.save_model(str(path))
 

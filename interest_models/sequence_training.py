@@ -71,7 +71,7 @@ def predict_all(model: InterestShiftLSTM, data: SequenceBatch, device: torch.dev
     items = model.item_representations() if item_representations is None else item_representations
     total_loss = 0.0
     for index in _batches(len(data), batch_size, False, None):
-        batch = data.select(index).to(device)
+        batch = (data if len(index) == len(data) else data.select(index)).to(device)
         result = model(batch, items)
         scores = result.interest @ items.T
         scores[:, 0] = float("-inf")

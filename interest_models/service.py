@@ -1,6 +1,6 @@
 """HTTP service: recommendations, interest predictions and event intake (FastAPI).
 
-The model and the Feast store are loaded once. When PostgreSQL cannot be reached the
+The model and the Feast store are loaded once per worker process. When PostgreSQL cannot be reached the
 service answers recommendations from the popular items it cached at start-up, marks
 those answers ``degraded``, reports not-ready, and reconnects by itself on a later
 request once the database is back. Every endpoint but ``/health`` and ``/ready`` needs
@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import secrets
 import threading
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
@@ -118,6 +121,9 @@ class ServiceState:
 
     def available(self) -> Recommender | None:
         """The recommender, reconnecting (at most every few seconds) when it is down."""
+        recommender = self.recommender  # the common case takes no lock (an /events call may hold it)
+        if recommender is not None:
+            return recommender
         with self.lock:
             if self.recommender is None and time.monotonic() - self.last_attempt >= RECONNECT_INTERVAL_S:
                 self.last_attempt = time.monotonic()
@@ -148,21 +154,27 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
     if not api_key:
         raise ValueError("an API key is required (set INTEREST_API_KEY)")
     state = ServiceState(settings, registry_root, version)
-    app = FastAPI(title="Interest-shift recommender", version="0.1.0",
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        state.available()
+        yield
+
+    app = FastAPI(title="Interest-shift recommender", version="0.1.0", lifespan=lifespan,
                   description="Recommendations and interest predictions from the Feast online store.")
     app.state.service = state
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
-    def require_key(key: str | None = Depends(key_header)) -> None:
+    async def require_key(key: str | None = Depends(key_header)) -> None:
         if key is None or not secrets.compare_digest(key, api_key):
             raise HTTPException(status_code=401, detail="missing or wrong X-API-Key")
 
-    @app.on_event("startup")
-    def load() -> None:
-        state.available()
+    async def loaded() -> Recommender | None:
+        # Reconnecting may wait on the network, so it runs in a thread; a loaded model does not.
+        return state.recommender or await run_in_threadpool(state.available)
 
     @app.get("/health")
-    def health() -> dict:
+    async def health() -> dict:
         return {"status": "ok"}
 
     @app.get("/ready")
@@ -172,11 +184,14 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
         return JSONResponse(status_code=503, content={"ready": False, "reason": state.last_error or "not loaded"})
 
     @app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(require_key)])
-    def recommend(request: RecommendRequest) -> RecommendResponse:
-        recommender = state.available()
+    async def recommend(request: RecommendRequest) -> RecommendResponse:
+        # Scoring is a few milliseconds of CPU, so it runs on the event loop: a thread hand-off
+        # would cost more than it saves, as threads cannot score in parallel under the GIL.
+        # Worker processes (``interest serve --workers``) use the cores.
+        recommender = await loaded()
         if recommender is not None:
             try:
-                answer = recommender.recommend(request.user_id, request.k, request.candidates, request.exclude_seen)
+                answer = await recommender.recommend_async(request.user_id, request.k, request.candidates, request.exclude_seen)
                 return RecommendResponse(
                     user_id=answer.user_id, items=[RecommendedItemOut(**i.__dict__) for i in answer.items],
                     cold_start=answer.cold_start, degraded=False, model_version=answer.model_version,
@@ -192,13 +207,13 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
         )
 
     @app.get("/users/{user_id}/interests", response_model=InterestsResponse, dependencies=[Depends(require_key)])
-    def interests(user_id: int) -> InterestsResponse:
+    async def interests(user_id: int) -> InterestsResponse:
         if user_id <= 0:
             raise HTTPException(status_code=422, detail=[{"loc": ["path", "user_id"], "msg": "must be a positive integer"}])
-        recommender = state.available()
+        recommender = await loaded()
         if recommender is not None:
             try:
-                answer = recommender.interests(user_id)
+                answer = await recommender.interests_async(user_id)
                 return InterestsResponse(**{k: v for k, v in answer.__dict__.items() if k != "extra"})
             except _DATABASE_ERRORS as error:
                 state.failed(error)
@@ -221,6 +236,21 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
         return JSONResponse(status_code=422, content={"detail": str(error)})
 
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """``create_app`` configured from the environment (the factory each uvicorn worker
+    process calls): ``INTEREST_API_KEY``, optional ``INTEREST_MODEL_VERSION`` and the
+    usual ``INTEREST_*`` database settings."""
+    import torch
+
+    from interest_models.workflow import registry_for
+    from materialize.settings import load_settings
+
+    torch.set_num_threads(1)  # one short sequence per request; workers, not threads, use the cores
+    settings = load_settings()
+    return create_app(settings, registry_for(settings.project_dir).root, os.environ.get("INTEREST_API_KEY", ""),
+                      os.environ.get("INTEREST_MODEL_VERSION") or None)
 
 
 def _store_and_push(state: ServiceState, recommender: Recommender, event: EventIn) -> EventAccepted:

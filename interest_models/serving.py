@@ -130,6 +130,7 @@ class Recommender:
         self.model = registered.model.eval()
         self.vocabulary = registered.vocabulary
         self.ranker = registered.ranker
+        self.ranker.set_threads(1)  # ~100 rows per call: a thread team costs more than it saves
         self.blend: Blend = registered.blend
         self.config = registered.manifest["configs"]["training"]
         self.max_len = registered.manifest["configs"]["lstm"]["max_sequence_length"]
@@ -173,6 +174,12 @@ class Recommender:
         entry per feature name, each a one-element list)."""
         return self.store.get_online_features(features=self.user_refs, entity_rows=[{"user_id": int(user_id)}]).to_dict()
 
+    async def online_user_async(self, user_id: int) -> dict[str, list]:
+        """``online_user`` through Feast's async online read (the event loop runs other
+        requests while the database answers)."""
+        response = await self.store.get_online_features_async(features=self.user_refs, entity_rows=[{"user_id": int(user_id)}])
+        return response.to_dict()
+
     def _model_outputs(self, user: dict[str, list]):
         batch = encode_sequences(user, self.vocabulary, self.max_len)
         with torch.inference_mode():
@@ -185,7 +192,13 @@ class Recommender:
         return items is None or len(items) == 0
 
     def interests(self, user_id: int) -> InterestPrediction:
-        user = self.online_user(user_id)
+        """The user's predicted next-category mix and interest-shift probability."""
+        return self._interests(user_id, self.online_user(user_id))
+
+    async def interests_async(self, user_id: int) -> InterestPrediction:
+        return self._interests(user_id, await self.online_user_async(user_id))
+
+    def _interests(self, user_id: int, user: dict[str, list]) -> InterestPrediction:
         version = self.registered.version
         if self._is_cold(user):
             return InterestPrediction(int(user_id), {}, None, None, cold_start=True, model_version=version)
@@ -241,7 +254,14 @@ class Recommender:
             candidates: item ids to rank (default: the candidate sources used in training).
             exclude_seen: drop items in the user's recent sequence.
         """
-        user = self.online_user(user_id)
+        return self._recommend(user_id, self.online_user(user_id), k, candidates, exclude_seen)
+
+    async def recommend_async(self, user_id: int, k: int = 10, candidates: list[int] | None = None,
+                              exclude_seen: bool = True) -> Recommendation:
+        return self._recommend(user_id, await self.online_user_async(user_id), k, candidates, exclude_seen)
+
+    def _recommend(self, user_id: int, user: dict[str, list], k: int, candidates: list[int] | None,
+                   exclude_seen: bool) -> Recommendation:
         version = self.registered.version
         if self._is_cold(user):
             allowed = None if candidates is None else set(candidates)

@@ -264,22 +264,21 @@ def models_serve(version) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Worker processes (each loads the model).")
 @click.option("--version", "model_version", default=None, help="Model version (default: the serving one).")
-def serve(host, port, model_version) -> None:
+def serve(host, port, workers, model_version) -> None:
     """Start the HTTP service (needs INTEREST_API_KEY); docs at /docs."""
     import os
 
     import uvicorn
 
-    from interest_models.service import create_app
-    from interest_models.workflow import registry_for
-
-    api_key = os.environ.get("INTEREST_API_KEY", "")
-    if not api_key:
+    if not os.environ.get("INTEREST_API_KEY"):
         raise click.ClickException("set INTEREST_API_KEY: clients send it in the X-API-Key header")
-    settings = load_settings()
-    app = create_app(settings, registry_for(settings.project_dir).root, api_key, model_version)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    load_settings()  # fail here, not in every worker, on bad configuration
+    if model_version:
+        os.environ["INTEREST_MODEL_VERSION"] = model_version
+    uvicorn.run("interest_models.service:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                log_level="warning")
 
 
 @main.command()

@@ -3,19 +3,22 @@ stop and restart it), a trained registered model, and FastAPI's test client."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from interest_models.registry import ModelRegistry
 from interest_models.service import RECONNECT_INTERVAL_S, create_app
 from interest_models.training import train_models
+from interest_models.workflow import registry_for
 from materialize.pipeline import Pipeline
 from materialize.postgres import stop_embedded
 from materialize.settings import PostgresSettings
@@ -36,11 +39,14 @@ def service(settings):
                     psycopg.connect(pg.conninfo(), autocommit=True) as retrieval_conn:
                 pipeline.run(lambda p: p.load_synthetic(SHOP))
                 result = train_models(pipeline.store, pipeline.conn, retrieval_conn, GAP, overrides=FAST, device="cpu")
-            registry = ModelRegistry(pgdata.parent / f"{pgdata.name}-registry")
+            home = pgdata.parent / f"{pgdata.name}-home"  # a project folder for `interest serve`
+            home.mkdir()
+            (home / "feature_repo").symlink_to(service_settings.feature_repo_dir)
+            registry = registry_for(home)
             registry.set_serving(registry.register(result))
             app = create_app(service_settings, registry.root, "test-key")
             with TestClient(app) as client:
-                yield client, pgdata, pipeline
+                yield client, pgdata, pipeline, home
     finally:
         stop_embedded(pgdata)
 
@@ -51,7 +57,7 @@ def _top_user(client) -> int:
 
 
 def test_auth_is_required(service):
-    client, _, _ = service
+    client, *_ = service
     assert client.post("/recommend", json={"user_id": 1}).status_code == 401
     assert client.post("/recommend", json={"user_id": 1}, headers={"X-API-Key": "wrong"}).status_code == 401
     assert client.get("/users/1/interests").status_code == 401
@@ -69,14 +75,14 @@ def test_auth_is_required(service):
     ],
 )
 def test_bad_payloads_name_the_field(service, path, payload, field):
-    client, _, _ = service
+    client, *_ = service
     response = client.post(path, json=payload, headers=KEY)
     assert response.status_code == 422
     assert field in [str(part) for error in response.json()["detail"] for part in error["loc"]]
 
 
 def test_recommend_and_interests_end_to_end(service):
-    client, _, _ = service
+    client, *_ = service
     user = _top_user(client)
     answer = client.post("/recommend", json={"user_id": user, "k": 7}, headers=KEY).json()
     assert len(answer["items"]) == 7 and not answer["cold_start"] and not answer["degraded"]
@@ -87,13 +93,13 @@ def test_recommend_and_interests_end_to_end(service):
 
 
 def test_unknown_user_gets_a_flagged_cold_start(service):
-    client, _, _ = service
+    client, *_ = service
     answer = client.post("/recommend", json={"user_id": 123_456_789, "k": 5}, headers=KEY).json()
     assert answer["cold_start"] and len(answer["items"]) == 5
 
 
 def test_pushed_events_change_the_sequence_and_the_answer(service):
-    client, _, pipeline = service
+    client, _, pipeline, _ = service
     user = _top_user(client)
     before = client.post("/recommend", json={"user_id": user, "k": 10}, headers=KEY).json()
     conn = client.app.state.service.conn
@@ -118,8 +124,43 @@ def test_pushed_events_change_the_sequence_and_the_answer(service):
     assert bad.status_code == 422 and "item_id" in bad.text
 
 
+def test_cli_serves_from_several_worker_processes(service):
+    """`interest serve --workers 2`: each worker builds the app from the environment."""
+    client, pgdata, _, home = service
+    user = _top_user(client)
+    client.app.state.service.conn.commit()
+    database = client.app.state.service.settings.postgres.database
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTEREST_")}
+    env.update(INTEREST_HOME=str(home), INTEREST_PGDATA=str(pgdata), INTEREST_PG_DB=database, INTEREST_API_KEY="cli-key")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "materialize.cli", "serve", "--port", str(port), "--workers", "2"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stderr.read().decode()[-3000:]
+            try:
+                if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        answers = [httpx.post(f"{base}/recommend", json={"user_id": user, "k": 5}, headers={"X-API-Key": "cli-key"}, timeout=30)
+                   for _ in range(6)]
+        assert all(a.status_code == 200 for a in answers), answers[0].text
+        assert len({tuple(i["item_id"] for i in a.json()["items"]) for a in answers}) == 1  # every worker answers alike
+        assert len(answers[0].json()["items"]) == 5 and not answers[0].json()["degraded"]
+        assert httpx.post(f"{base}/recommend", json={"user_id": user}, timeout=30).status_code == 401
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_postgres_outage_degrades_then_recovers(service):
-    client, pgdata, _ = service
+    client, pgdata, *_ = service
     user = _top_user(client)
     assert client.get("/ready").status_code == 200
     stop_embedded(pgdata)

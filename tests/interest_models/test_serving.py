@@ -16,7 +16,9 @@ from interest_models.sequence_model import encode_sequences
 from interest_models.sequence_training import predict_all
 from interest_models.serving import Recommender
 from interest_models.training import train_models
-from interest_models.training_frames import affinity, affinity_transformation, candidate_features, service_features, user_features
+from interest_models.training_frames import (
+    affinity, affinity_transformation, candidate_features, service_features, user_affinity, user_features,
+)
 from materialize.pipeline import Pipeline
 from tests.conftest import new_database, settings_for
 from tests.interest_models.test_training import FAST, GAP, SHOP
@@ -93,3 +95,29 @@ def test_a_model_trained_on_another_catalogue_is_refused(served, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RegistryError, match="does not match this store's catalogue"):
         Recommender.from_registry(tmp_path / "registry", pipeline.store, {}, version=source.name)
+
+
+def test_reasons_explain_the_served_scores(served):
+    """Per-feature contributions add up to the served ranker score (plus one constant), for
+    the per-path attributions served by default and for exact TreeSHAP: both explain the
+    trees ``predict`` uses, not the ones early stopping discarded."""
+    pipeline, _, recommender = served
+    user = int(pipeline.conn.execute("SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0])
+    scored = recommender.score_candidates(recommender.online_user(user), np.arange(1, 61))
+    for approximate in (True, False):
+        contributions = recommender.ranker.contributions(scored.features, approximate=approximate)
+        assert contributions.shape == (60, len(FEATURE_COLUMNS))
+        bias = scored.ranker_score - contributions.sum(axis=1)
+        assert np.ptp(bias) < 1e-4, approximate
+
+
+def test_vectorised_affinity_equals_the_registered_on_demand_view(served):
+    pipeline, _, recommender = served
+    user = int(pipeline.conn.execute("SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0])
+    embedding = recommender.online_user(user)["interest_embedding"][0]
+    items = recommender.text_matrix[:50].copy()  # row 0 is padding: all zeros
+    transformation = affinity_transformation(pipeline.store)
+    for user_embedding in (embedding, None, []):
+        expected = affinity(transformation, [user_embedding] * len(items), list(items))
+        np.testing.assert_allclose(user_affinity(user_embedding, items), expected, rtol=1e-9, equal_nan=True)
+    assert np.isnan(user_affinity(embedding, items)[0]) and not np.isnan(user_affinity(embedding, items)[1:]).any()
