@@ -127,7 +127,9 @@ def stop(process: subprocess.Popen) -> None:
         process.kill()
 
 
-def serve_ours(args, bodies: list[bytes]) -> dict:
+def serve_ours(args, bodies: list[bytes], retrieved: list[bytes]) -> tuple[dict, dict]:
+    """Both kinds of /recommend call: with 100 given candidates, and with the candidates
+    retrieved by the service itself."""
     server = subprocess.Popen(
         [sys.executable, "-m", "materialize.cli", "serve", "--port", str(args.port), "--workers", str(args.workers)],
         env={**os.environ, "INTEREST_API_KEY": KEY}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -139,7 +141,8 @@ def serve_ours(args, bodies: list[bytes]) -> dict:
                                  {"Content-Type": "application/json", **headers}))
         assert len(answer["items"]) == 10 and not answer["degraded"] and not answer["cold_start"], answer
         drive(args.port, "/recommend", headers, bodies[: args.warmup], args.concurrency, server)  # warm every worker
-        return drive(args.port, "/recommend", headers, bodies, args.concurrency, server)
+        return (drive(args.port, "/recommend", headers, bodies, args.concurrency, server),
+                drive(args.port, "/recommend", headers, retrieved, args.concurrency, server))
     finally:
         stop(server)
 
@@ -231,12 +234,15 @@ def main() -> None:
                         "load_average_before": [round(x, 2) for x in os.getloadavg()]},
             "requests": args.requests, "concurrency": args.concurrency, "workers": args.workers, "k": 10, "candidates": 100,
         }
-        result["recommend_http"] = serve_ours(args, ours)
+        retrieved = [json.dumps({"user_id": p["user_id"], "k": 10}).encode() for p in payloads]
+        result["recommend_http"], result["recommend_http_retrieved_candidates"] = serve_ours(args, ours, retrieved)
         result["stock_feast_serve"] = {**serve_stock(args, settings, pgvector, stock),
                                        "what": "POST /get-online-features, feature service user_item_serving, 100 entity rows"}
         result["ratio_p99_stock_over_recommend"] = round(result["stock_feast_serve"]["p99_ms"] / result["recommend_http"]["p99_ms"], 2)
         recommender = Recommender.from_registry(registry_for(settings.project_dir).root, pipeline.store, names)
         result["in_process_ms"] = stages(recommender, payloads, args.stage_repeats)
+        user = recommender.online_user(payloads[0]["user_id"])
+        result["recommend_http_retrieved_candidates"]["candidates_per_call_example"] = int(len(recommender.candidate_items(user, recommender._model_outputs(user)[0])))
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

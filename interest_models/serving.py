@@ -232,6 +232,26 @@ class Recommender:
         blend_score = self.blend.combine(lstm_score, ranker_score, np.zeros(len(candidate_items), int))
         return ScoredCandidates(candidate_items, candidates.item_id, features, ranker_score, blend_score)
 
+    def candidate_items(self, user: dict[str, list], lstm_scores: np.ndarray, candidates: list[int] | None = None,
+                        exclude_seen: bool = True) -> np.ndarray:
+        """Unique vocabulary indices to rank: the given item ids (unknown ones dropped), or
+        by default the sources used in training: the LSTM's top items for this user, popular
+        items, popular items of the last item's category and that item's text neighbours.
+
+        Args:
+            lstm_scores: (1, n_items + 1) this user's sequence-model scores.
+        """
+        recent = self.vocabulary.index_of(np.asarray(user["recent_item_ids"][0] or [], np.int64))
+        seen = recent[recent > 0] if exclude_seen else np.empty(0, np.int64)
+        if candidates is not None:
+            items = self.vocabulary.index_of(np.asarray(candidates, np.int64))
+            items = np.unique(items[items > 0])
+            return items[~np.isin(items, seen)]
+        sizes = {**self.config["candidates"], "lstm_top": self.config["eval_candidates"], "random": 0}
+        last = recent[-1] if len(recent) else 0
+        return generate(self.index, lstm_scores, np.array([last]), self.vocabulary.item_category[[last]], sizes,
+                        np.random.default_rng(0), exclude=[seen])[0]
+
     def _reasons(self, features: np.ndarray, top: int = 2) -> list[list[str]]:
         """Up to ``top`` distinct phrases per row, from its largest positive contributions."""
         contributions = self.ranker.contributions(features, approximate=not self.exact_reasons)
@@ -268,19 +288,8 @@ class Recommender:
             popular = [i for i in self.index.popular if allowed is None or self.vocabulary.item_ids[i] in allowed][:k]
             return Recommendation(int(user_id), [RecommendedItem(int(self.vocabulary.item_ids[i]), 0.0, ["popular right now"]) for i in popular],
                                   cold_start=True, model_version=version)
-        recent = self.vocabulary.index_of(np.asarray(user["recent_item_ids"][0], np.int64))
-        exclude = [recent[recent > 0]] if exclude_seen else None
         outputs = self._model_outputs(user)
-        if candidates is not None:
-            items = self.vocabulary.index_of(np.asarray(candidates, np.int64))
-            items = np.unique(items[items > 0])
-            if exclude is not None:
-                items = items[~np.isin(items, exclude[0])]
-        else:
-            sizes = {**self.config["candidates"], "lstm_top": self.config["eval_candidates"], "random": 0}
-            last = recent[-1] if len(recent) else 0
-            items = generate(self.index, outputs[0], np.array([last]), self.vocabulary.item_category[[last]], sizes,
-                             np.random.default_rng(0), exclude=exclude)[0]
+        items = self.candidate_items(user, outputs[0], candidates, exclude_seen)
         if len(items) == 0:
             return Recommendation(int(user_id), [], model_version=version)
         scored = self.score_candidates(user, items, outputs)
