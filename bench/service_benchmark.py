@@ -130,9 +130,13 @@ def stop(process: subprocess.Popen) -> None:
 def serve_ours(args, bodies: list[bytes], retrieved: list[bytes]) -> tuple[dict, dict]:
     """Both kinds of /recommend call: with 100 given candidates, and with the candidates
     retrieved by the service itself."""
+    config = args.out.with_name("service_benchmark_serving.yaml")
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(json.dumps({"neighbour_search": args.neighbour_search}))  # JSON is YAML
     server = subprocess.Popen(
         [sys.executable, "-m", "materialize.cli", "serve", "--port", str(args.port), "--workers", str(args.workers)],
-        env={**os.environ, "INTEREST_API_KEY": KEY}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "INTEREST_API_KEY": KEY, "INTEREST_SERVING_CONFIG": str(config)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:
         wait_ready(args.port, "/ready", server)
@@ -172,6 +176,7 @@ def serve_stock(args, settings, pgvector: bool, bodies: list[bytes]) -> dict:
 def stages(recommender, payloads: list[dict], repeats: int) -> dict[str, float]:
     """Mean in-process milliseconds of each stage of ``recommend`` (one thread, no HTTP)."""
     timings: dict[str, list[float]] = {}
+    counts: list[int] = []
 
     def clock(name, fn, *a):
         t = time.perf_counter()
@@ -190,8 +195,11 @@ def stages(recommender, payloads: list[dict], repeats: int) -> dict[str, float]:
         best = np.argsort(-scored.blend_score, kind="stable")[:10]
         clock("reasons (per-path attributions)", recommender._reasons, scored.features[best])
         timings.setdefault("total of the stages", []).append(time.perf_counter() - t)
+        retrieved = clock("candidate retrieval, when none are given", recommender.candidate_items, user, outputs)
+        counts.append(len(retrieved))
         clock("recommend() as one call", recommender.recommend, payload["user_id"], 10, payload["candidates"], False)
-    return {name: round(1000 * float(np.mean(v)), 3) for name, v in timings.items()}
+    return {**{name: round(1000 * float(np.mean(v)), 3) for name, v in timings.items()},
+            "retrieved candidates per call (mean)": round(float(np.mean(counts)), 1)}
 
 
 def main() -> None:
@@ -203,6 +211,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8799)
     parser.add_argument("--stock-port", type=int, default=8798)
     parser.add_argument("--stage-repeats", type=int, default=300)
+    parser.add_argument("--neighbour-search", choices=["in_process", "pgvector"], default="in_process",
+                        help="the service's search for items near the user's interest embedding")
     parser.add_argument("--out", type=Path, default=Path("bench/results/service.json"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -233,16 +243,16 @@ def main() -> None:
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                         "load_average_before": [round(x, 2) for x in os.getloadavg()]},
             "requests": args.requests, "concurrency": args.concurrency, "workers": args.workers, "k": 10, "candidates": 100,
+            "neighbour_search": args.neighbour_search,
         }
         retrieved = [json.dumps({"user_id": p["user_id"], "k": 10}).encode() for p in payloads]
         result["recommend_http"], result["recommend_http_retrieved_candidates"] = serve_ours(args, ours, retrieved)
         result["stock_feast_serve"] = {**serve_stock(args, settings, pgvector, stock),
                                        "what": "POST /get-online-features, feature service user_item_serving, 100 entity rows"}
         result["ratio_p99_stock_over_recommend"] = round(result["stock_feast_serve"]["p99_ms"] / result["recommend_http"]["p99_ms"], 2)
-        recommender = Recommender.from_registry(registry_for(settings.project_dir).root, pipeline.store, names)
+        recommender = Recommender.from_registry(registry_for(settings.project_dir).root, pipeline.store, names,
+                                                config={"neighbour_search": args.neighbour_search})
         result["in_process_ms"] = stages(recommender, payloads, args.stage_repeats)
-        user = recommender.online_user(payloads[0]["user_id"])
-        result["recommend_http_retrieved_candidates"]["candidates_per_call_example"] = int(len(recommender.candidate_items(user, recommender._model_outputs(user)[0])))
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, Field
 
+from interest_models.examples import load_config
 from interest_models.serving import Recommender
 from materialize import ingest
 from materialize.database import fetch_frame
@@ -87,8 +88,8 @@ class EventAccepted(BaseModel):
 class ServiceState:
     """The loaded model, store and connection, and whether they currently work."""
 
-    def __init__(self, settings: Settings, registry_root: Path, version: str | None):
-        self.settings, self.registry_root, self.version = settings, registry_root, version
+    def __init__(self, settings: Settings, registry_root: Path, version: str | None, serving_config: dict | None):
+        self.settings, self.registry_root, self.version, self.serving_config = settings, registry_root, version, serving_config
         self.lock = threading.RLock()
         self.recommender: Recommender | None = None
         self.conn: psycopg.Connection | None = None
@@ -103,7 +104,7 @@ class ServiceState:
             store = open_store(self.settings.feature_repo_dir, self.settings.postgres, has_pgvector(conn))
             names = dict(conn.execute("SELECT category_id, category FROM interest.categories"))
             conn.commit()
-            recommender = Recommender.from_registry(self.registry_root, store, names, self.version)
+            recommender = Recommender.from_registry(self.registry_root, store, names, self.version, self.serving_config)
             self.conn, self.recommender, self.last_error = conn, recommender, None
             self.fallback = [int(recommender.vocabulary.item_ids[i]) for i in recommender.index.popular]
             self.fallback_version = recommender.registered.version
@@ -149,11 +150,17 @@ class ServiceState:
 _DATABASE_ERRORS = (psycopg.Error, OSError)
 
 
-def create_app(settings: Settings, registry_root: Path, api_key: str, version: str | None = None) -> FastAPI:
-    """The FastAPI application; the model and store load at start-up."""
+def create_app(settings: Settings, registry_root: Path, api_key: str, version: str | None = None,
+               serving_config: dict | None = None) -> FastAPI:
+    """The FastAPI application; the model and store load at start-up.
+
+    Args:
+        serving_config: overrides of ``interest_models/config/serving.yaml``.
+    """
     if not api_key:
         raise ValueError("an API key is required (set INTEREST_API_KEY)")
-    state = ServiceState(settings, registry_root, version)
+    load_config("serving", serving_config)  # unknown keys fail now, not as a "database down" later
+    state = ServiceState(settings, registry_root, version, serving_config)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -240,17 +247,21 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
 
 def app_from_environment() -> FastAPI:
     """``create_app`` configured from the environment (the factory each uvicorn worker
-    process calls): ``INTEREST_API_KEY``, optional ``INTEREST_MODEL_VERSION`` and the
-    usual ``INTEREST_*`` database settings."""
+    process calls): ``INTEREST_API_KEY``, optional ``INTEREST_MODEL_VERSION``, optional
+    ``INTEREST_SERVING_CONFIG`` (a YAML file of serving.yaml overrides) and the usual
+    ``INTEREST_*`` database settings."""
     import torch
+    import yaml
 
     from interest_models.workflow import registry_for
     from materialize.settings import load_settings
 
     torch.set_num_threads(1)  # one short sequence per request; workers, not threads, use the cores
     settings = load_settings()
+    config_path = os.environ.get("INTEREST_SERVING_CONFIG")
+    serving_config = yaml.safe_load(Path(config_path).read_text()) if config_path else None
     return create_app(settings, registry_for(settings.project_dir).root, os.environ.get("INTEREST_API_KEY", ""),
-                      os.environ.get("INTEREST_MODEL_VERSION") or None)
+                      os.environ.get("INTEREST_MODEL_VERSION") or None, serving_config)
 
 
 def _store_and_push(state: ServiceState, recommender: Recommender, event: EventIn) -> EventAccepted:

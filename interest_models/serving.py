@@ -18,6 +18,8 @@ import torch
 from interest_models.blend import Blend
 from interest_models.candidates import CandidateIndex, generate
 from interest_models.columns import as_float
+from interest_models.examples import load_config
+from interest_models.neighbour_search import neighbour_search
 from interest_models.ranking_features import FEATURE_COLUMNS, ITEM_COLUMNS, CandidateRows, UserRows, feature_matrix
 from interest_models.registry import ModelRegistry, RegisteredModel, RegistryError
 from interest_models.sequence_model import encode_sequences
@@ -117,14 +119,12 @@ class Recommender:
     """Scores one user at a time from the online store with a registered model.
 
     Args:
-        item_features_max_age_s: how long item/category features read from the online
-            store are reused (0 reads them on every request).
-        exact_reasons: explain with exact TreeSHAP instead of per-path attributions
-            (same ranking, about 10x the explanation cost).
+        config: ``config/serving.yaml`` (candidate sources, neighbour search, how long
+            item features are reused, exact or per-path reasons); see ``load_config``.
     """
 
     def __init__(self, store, registered: RegisteredModel, category_names: dict[int, str], popularity: np.ndarray,
-                 item_features_max_age_s: float = 60.0, exact_reasons: bool = False):
+                 config: dict):
         self.store = store
         self.registered = registered
         self.model = registered.model.eval()
@@ -132,9 +132,8 @@ class Recommender:
         self.ranker = registered.ranker
         self.ranker.set_threads(1)  # ~100 rows per call: a thread team costs more than it saves
         self.blend: Blend = registered.blend
-        self.config = registered.manifest["configs"]["training"]
+        self.config = config
         self.max_len = registered.manifest["configs"]["lstm"]["max_sequence_length"]
-        self.exact_reasons = exact_reasons
         self.features: ServiceFeatures = service_features(store, SERVING_SERVICE)
         self.user_refs = self.features.user + [USER_EMBEDDING_REF]
         self.category_names = category_names
@@ -142,16 +141,21 @@ class Recommender:
         with torch.inference_mode():
             self.item_representations = self.model.item_representations()
         self.index = CandidateIndex.build(self.vocabulary, popularity, self.text_matrix)
+        self.neighbours = neighbour_search(config["neighbour_search"], store, self.vocabulary, self.text_matrix)
         self.device = torch.device("cpu")
         self.item_features = ItemFeatureCache(store, self.features.item + self.features.category, self.vocabulary.item_ids,
-                                              self.vocabulary.item_category, item_features_max_age_s)
+                                              self.vocabulary.item_category, config["item_features_max_age_s"])
         probe = self.text_matrix[1 : min(len(self.text_matrix), 17)]
         check_user_affinity(affinity_transformation(store), probe[0] if len(probe) else None, probe)
 
     @classmethod
     def from_registry(cls, registry_root: Path, store, category_names: dict[int, str], version: str | None = None,
-                      item_features_max_age_s: float = 60.0, exact_reasons: bool = False) -> "Recommender":
-        """Load ``version`` (default: the serving one), verified against ``store``."""
+                      config: dict | None = None) -> "Recommender":
+        """Load ``version`` (default: the serving one), verified against ``store``.
+
+        Args:
+            config: overrides of ``config/serving.yaml`` keys.
+        """
         registered = ModelRegistry(registry_root).load(version, store=store)
         vocabulary = registered.vocabulary
         rows = [{"item_id": int(i)} for i in vocabulary.item_ids[1:]]
@@ -167,7 +171,7 @@ class Recommender:
             )
         popularity = np.zeros(vocabulary.n_items + 1)
         popularity[1:] = [v or 0 for v in online["item_view_count_30d"]]
-        return cls(store, registered, category_names, popularity, item_features_max_age_s, exact_reasons)
+        return cls(store, registered, category_names, popularity, load_config("serving", config))
 
     def online_user(self, user_id: int) -> dict[str, list]:
         """The user's serving features and interest embedding from the online store (one
@@ -232,29 +236,45 @@ class Recommender:
         blend_score = self.blend.combine(lstm_score, ranker_score, np.zeros(len(candidate_items), int))
         return ScoredCandidates(candidate_items, candidates.item_id, features, ranker_score, blend_score)
 
-    def candidate_items(self, user: dict[str, list], lstm_scores: np.ndarray, candidates: list[int] | None = None,
+    def candidate_items(self, user: dict[str, list], outputs, candidates: list[int] | None = None,
                         exclude_seen: bool = True) -> np.ndarray:
         """Unique vocabulary indices to rank: the given item ids (unknown ones dropped), or
-        by default the sources used in training: the LSTM's top items for this user, popular
-        items, popular items of the last item's category and that item's text neighbours.
+        by default the union of the sources in ``config["candidates"]``.
 
         Args:
-            lstm_scores: (1, n_items + 1) this user's sequence-model scores.
+            outputs: this user's ``_model_outputs`` (LSTM item scores, category
+                probabilities, shift probability).
         """
         recent = self.vocabulary.index_of(np.asarray(user["recent_item_ids"][0] or [], np.int64))
-        seen = recent[recent > 0] if exclude_seen else np.empty(0, np.int64)
+        seen = np.unique(recent[recent > 0]) if exclude_seen else np.empty(0, np.int64)
         if candidates is not None:
             items = self.vocabulary.index_of(np.asarray(candidates, np.int64))
             items = np.unique(items[items > 0])
             return items[~np.isin(items, seen)]
-        sizes = {**self.config["candidates"], "lstm_top": self.config["eval_candidates"], "random": 0}
+        sizes, (lstm_scores, categories, _) = self.config["candidates"], outputs
         last = recent[-1] if len(recent) else 0
-        return generate(self.index, lstm_scores, np.array([last]), self.vocabulary.item_category[[last]], sizes,
-                        np.random.default_rng(0), exclude=[seen])[0]
+        parts = list(generate(self.index, lstm_scores, np.array([last]), self.vocabulary.item_category[[last]],
+                              {**sizes, "random": 0}, np.random.default_rng(0), exclude=[seen]))
+        parts.append(self.neighbours.nearest(user["interest_embedding"][0], sizes["interest_neighbours"], seen))
+        for category in np.argsort(-categories[0, 1:], kind="stable")[: self.config["predicted_categories"]] + 1:
+            parts.append(self.index.popular_by_category.get(int(category), np.empty(0, np.int64))[: sizes["predicted_category_popular"]])
+        parts.append(self._trending(sizes["trending"]))
+        items = np.unique(np.concatenate(parts).astype(np.int64))
+        return items[(items > 0) & ~np.isin(items, seen)]
+
+    def _trending(self, k: int) -> np.ndarray:
+        """The ``k`` items with the highest 1-day vs 7-day view trend among items with at
+        least ``trending_min_views_7d`` views this week."""
+        values = self.item_features.get()
+        trend = values[:, ITEM_COLUMNS.index("item_trend_1d_vs_7d")]
+        eligible = values[:, ITEM_COLUMNS.index("item_view_count_7d")] >= self.config["trending_min_views_7d"]
+        trend = np.where(eligible & np.isfinite(trend), trend, -np.inf)
+        k = min(k, int(np.isfinite(trend).sum()))
+        return np.argpartition(-trend, k - 1)[:k] if k > 0 else np.empty(0, np.int64)
 
     def _reasons(self, features: np.ndarray, top: int = 2) -> list[list[str]]:
         """Up to ``top`` distinct phrases per row, from its largest positive contributions."""
-        contributions = self.ranker.contributions(features, approximate=not self.exact_reasons)
+        contributions = self.ranker.contributions(features, approximate=not self.config["exact_reasons"])
         reasons = []
         for row in contributions:
             words = []
@@ -289,7 +309,7 @@ class Recommender:
             return Recommendation(int(user_id), [RecommendedItem(int(self.vocabulary.item_ids[i]), 0.0, ["popular right now"]) for i in popular],
                                   cold_start=True, model_version=version)
         outputs = self._model_outputs(user)
-        items = self.candidate_items(user, outputs[0], candidates, exclude_seen)
+        items = self.candidate_items(user, outputs, candidates, exclude_seen)
         if len(items) == 0:
             return Recommendation(int(user_id), [], model_version=version)
         scored = self.score_candidates(user, items, outputs)

@@ -10,7 +10,8 @@ import pandas as pd
 import psycopg
 import pytest
 
-from interest_models.ranking_features import FEATURE_COLUMNS, build_matrix
+from interest_models.neighbour_search import InProcessSearch, PgvectorSearch
+from interest_models.ranking_features import FEATURE_COLUMNS, ITEM_COLUMNS, build_matrix
 from interest_models.registry import ModelRegistry, RegistryError
 from interest_models.sequence_model import encode_sequences
 from interest_models.sequence_training import predict_all
@@ -121,3 +122,40 @@ def test_vectorised_affinity_equals_the_registered_on_demand_view(served):
         expected = affinity(transformation, [user_embedding] * len(items), list(items))
         np.testing.assert_allclose(user_affinity(user_embedding, items), expected, rtol=1e-9, equal_nan=True)
     assert np.isnan(user_affinity(embedding, items)[0]) and not np.isnan(user_affinity(embedding, items)[1:]).any()
+
+
+def test_retrieved_candidates_come_from_every_source(served):
+    pipeline, _, recommender = served
+    user_id = int(pipeline.conn.execute("SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0])
+    user = recommender.online_user(user_id)
+    outputs = recommender._model_outputs(user)
+    items = recommender.candidate_items(user, outputs)
+    seen = recommender.vocabulary.index_of(np.asarray(user["recent_item_ids"][0]))
+    assert len(items) == len(np.unique(items)) and not np.isin(items, seen).any()
+    neighbours = recommender.neighbours.nearest(user["interest_embedding"][0], 10, seen)
+    likely = int(np.argmax(outputs[1][0, 1:]) + 1)
+    popular_in_likely = recommender.index.popular_by_category[likely][:5]
+    trending = recommender._trending(5)
+    assert len(neighbours) == 10 and len(popular_in_likely) == 5 and len(trending) == 5
+    for source in (neighbours, popular_in_likely, trending):  # every unseen item of each source is ranked
+        assert np.isin(source[~np.isin(source, seen)], items).all()
+    assert (recommender.vocabulary.item_category[popular_in_likely] == likely).all()
+    values = recommender.item_features.get()
+    assert (values[trending, ITEM_COLUMNS.index("item_view_count_7d")] >= recommender.config["trending_min_views_7d"]).all()
+    given = recommender.candidate_items(user, outputs, candidates=[int(i) for i in recommender.vocabulary.item_ids[1:30]] + [99_999_999])
+    assert set(given) <= set(range(1, 30)) - set(seen)
+
+
+def test_pgvector_search_finds_the_in_process_neighbours(served):
+    pipeline, _, recommender = served
+    if not pipeline.store.config.online_store.vector_enabled:
+        pytest.skip("this server has no pgvector")
+    pgvector = Recommender.from_registry(recommender.registered.path.parent, pipeline.store, {}, config={"neighbour_search": "pgvector"})
+    assert isinstance(pgvector.neighbours, PgvectorSearch) and isinstance(recommender.neighbours, InProcessSearch)
+    user_id = int(pipeline.conn.execute("SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0])
+    user = recommender.online_user(user_id)
+    query, exclude = user["interest_embedding"][0], np.array([1, 2, 3])
+    np.testing.assert_array_equal(pgvector.neighbours.nearest(query, 15, exclude), recommender.neighbours.nearest(query, 15, exclude))
+    assert pgvector.recommend(user_id, k=5).items
+    with pytest.raises(KeyError, match="unknown serving config key"):
+        Recommender.from_registry(recommender.registered.path.parent, pipeline.store, {}, config={"neighbour_serach": "pgvector"})
