@@ -174,7 +174,13 @@ def serve_stock(args, settings, pgvector: bool, bodies: list[bytes]) -> dict:
 
 
 def stages(recommender, payloads: list[dict], repeats: int) -> dict[str, float]:
-    """Mean in-process milliseconds of each stage of ``recommend`` (one thread, no HTTP)."""
+    """Mean in-process milliseconds of each stage of ``recommend`` (one thread, no HTTP;
+    thread pools limited to one thread, as in a service worker)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(limits=1)
     timings: dict[str, list[float]] = {}
     counts: list[int] = []
 
