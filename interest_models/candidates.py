@@ -3,7 +3,8 @@
 Sources (sizes in ``config/training.yaml``): the LSTM's top items, popular items, popular
 items of the user's current category, text-embedding neighbours of the user's last item,
 and random items. The true next item is never added: the ranker trains on what the
-sources retrieve, as it will serve.
+sources retrieve. Serving draws from these sources and a few more (``config/serving.yaml``,
+``Recommender.candidate_items``).
 """
 from __future__ import annotations
 
