@@ -8,6 +8,7 @@ sources retrieve. Serving draws from these sources and a few more (``config/serv
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,11 +29,6 @@ class CandidateIndex:
               n_popular: int = 200, n_neighbours: int = 20) -> "CandidateIndex":
         """Args: popularity (n_items + 1,) interaction counts before the period served;
         text_matrix (n_items + 1, d) unit-norm text embeddings (zero rows allowed)."""
-        order = np.argsort(-popularity[1:], kind="stable") + 1
-        by_category = {
-            int(c): order[vocabulary.item_category[order] == c][:n_popular]
-            for c in np.unique(vocabulary.item_category[1:])
-        }
         neighbours = np.zeros((len(text_matrix), n_neighbours), np.int64)
         for start in range(1, len(text_matrix), 1024):
             block = text_matrix[start : start + 1024] @ text_matrix.T
@@ -41,7 +37,18 @@ class CandidateIndex:
             top = np.argpartition(-block, n_neighbours, axis=1)[:, :n_neighbours]
             ranked = np.take_along_axis(block, top, axis=1).argsort(axis=1)[:, ::-1]
             neighbours[start : start + len(block)] = np.take_along_axis(top, ranked, axis=1)
-        return cls(order[:n_popular], by_category, neighbours)
+        return cls(*_popular_lists(vocabulary, popularity, n_popular), neighbours)
+
+    def with_popularity(self, vocabulary: Vocabulary, popularity: np.ndarray, n_popular: int = 200) -> "CandidateIndex":
+        """The same neighbours, with popular lists from new ``popularity`` (n_items + 1,)."""
+        popular, by_category = _popular_lists(vocabulary, popularity, n_popular)
+        return dataclasses.replace(self, popular=popular, popular_by_category=by_category)
+
+
+def _popular_lists(vocabulary: Vocabulary, popularity: np.ndarray, n_popular: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    order = np.argsort(-popularity[1:], kind="stable") + 1
+    by_category = {int(c): order[vocabulary.item_category[order] == c][:n_popular] for c in np.unique(vocabulary.item_category[1:])}
+    return order[:n_popular], by_category
 
 
 def generate(index: CandidateIndex, lstm_scores: np.ndarray, last_items: np.ndarray, last_categories: np.ndarray,

@@ -141,6 +141,7 @@ class Recommender:
         with torch.inference_mode():
             self.item_representations = self.model.item_representations()
         self.index = CandidateIndex.build(self.vocabulary, popularity, self.text_matrix)
+        self._index_popularity: np.ndarray | None = None  # the item feature values the popular lists follow
         self.neighbours = neighbour_search(config["neighbour_search"], store, self.vocabulary, self.text_matrix)
         self.device = torch.device("cpu")
         self.item_features = ItemFeatureCache(store, self.features.item + self.features.category, self.vocabulary.item_ids,
@@ -251,16 +252,25 @@ class Recommender:
             items = self.vocabulary.index_of(np.asarray(candidates, np.int64))
             items = np.unique(items[items > 0])
             return items[~np.isin(items, seen)]
-        sizes, (lstm_scores, categories, _) = self.config["candidates"], outputs
+        sizes, (lstm_scores, categories, _), index = self.config["candidates"], outputs, self.candidate_index()
         last = recent[-1] if len(recent) else 0
-        parts = list(generate(self.index, lstm_scores, np.array([last]), self.vocabulary.item_category[[last]],
+        parts = list(generate(index, lstm_scores, np.array([last]), self.vocabulary.item_category[[last]],
                               {**sizes, "random": 0}, np.random.default_rng(0), exclude=[seen]))
         parts.append(self.neighbours.nearest(user["interest_embedding"][0], sizes["interest_neighbours"], seen))
         for category in np.argsort(-categories[0, 1:], kind="stable")[: self.config["predicted_categories"]] + 1:
-            parts.append(self.index.popular_by_category.get(int(category), np.empty(0, np.int64))[: sizes["predicted_category_popular"]])
+            parts.append(index.popular_by_category.get(int(category), np.empty(0, np.int64))[: sizes["predicted_category_popular"]])
         parts.append(self._trending(sizes["trending"]))
         items = np.unique(np.concatenate(parts).astype(np.int64))
         return items[(items > 0) & ~np.isin(items, seen)]
+
+    def candidate_index(self) -> CandidateIndex:
+        """The candidate index; its popular lists follow the 30-day views of the item
+        feature cache (re-read every ``item_features_max_age_s``)."""
+        values = self.item_features.get()
+        if values is not self._index_popularity:
+            popularity = np.nan_to_num(values[:, ITEM_COLUMNS.index("item_view_count_30d")])
+            self.index, self._index_popularity = self.index.with_popularity(self.vocabulary, popularity), values
+        return self.index
 
     def _trending(self, k: int) -> np.ndarray:
         """The ``k`` items with the highest 1-day vs 7-day view trend among items with at
@@ -305,7 +315,7 @@ class Recommender:
         version = self.registered.version
         if self._is_cold(user):
             allowed = None if candidates is None else set(candidates)
-            popular = [i for i in self.index.popular if allowed is None or self.vocabulary.item_ids[i] in allowed][:k]
+            popular = [i for i in self.candidate_index().popular if allowed is None or self.vocabulary.item_ids[i] in allowed][:k]
             return Recommendation(int(user_id), [RecommendedItem(int(self.vocabulary.item_ids[i]), 0.0, ["popular right now"]) for i in popular],
                                   cold_start=True, model_version=version)
         outputs = self._model_outputs(user)

@@ -159,3 +159,27 @@ def test_pgvector_search_finds_the_in_process_neighbours(served):
     assert pgvector.recommend(user_id, k=5).items
     with pytest.raises(KeyError, match="unknown serving config key"):
         Recommender.from_registry(recommender.registered.path.parent, pipeline.store, {}, config={"neighbour_serach": "pgvector"})
+
+
+def test_popular_lists_follow_the_online_store(served):
+    """A recommender re-reads item features after ``item_features_max_age_s`` and its popular
+    lists (cold start, popular candidates) follow: here an item made most viewed online."""
+    pipeline, _, recommender = served
+    store = pipeline.store
+    fresh = Recommender.from_registry(recommender.registered.path.parent, store, {}, config={"item_features_max_age_s": 0})
+    least = int(fresh.candidate_index().popular[-1])
+    item_id = int(fresh.vocabulary.item_ids[least])
+    view = store.get_feature_view("item_popularity")
+    names = [f.name for f in view.features]
+    before = store.get_online_features(features=[f"item_popularity:{n}" for n in names], entity_rows=[{"item_id": item_id}]).to_dict()
+    row = pd.DataFrame({**{n: before[n] for n in names}, "item_id": [item_id], "event_timestamp": [pd.Timestamp.now(tz="UTC")],
+                        "created_timestamp": [pd.Timestamp.now(tz="UTC")]})
+    try:
+        store.write_to_online_store("item_popularity", row.assign(item_view_count_30d=10**6))
+        assert int(fresh.candidate_index().popular[0]) == least
+        assert fresh.recommend(987_654_321, k=1).items[0].item_id == item_id  # cold start: most popular
+        category = int(fresh.vocabulary.item_category[least])
+        assert int(fresh.candidate_index().popular_by_category[category][0]) == least
+    finally:
+        store.write_to_online_store("item_popularity", row.assign(event_timestamp=pd.Timestamp.now(tz="UTC"), created_timestamp=pd.Timestamp.now(tz="UTC")))
+    assert int(fresh.candidate_index().popular[0]) != least
