@@ -123,8 +123,7 @@ class Recommender:
             item features are reused, exact or per-path reasons); see ``load_config``.
     """
 
-    def __init__(self, store, registered: RegisteredModel, category_names: dict[int, str], popularity: np.ndarray,
-                 config: dict):
+    def __init__(self, store, registered: RegisteredModel, category_names: dict[int, str], config: dict):
         self.store = store
         self.registered = registered
         self.model = registered.model.eval()
@@ -140,12 +139,12 @@ class Recommender:
         self.text_matrix = self.model.text_embeddings.numpy()
         with torch.inference_mode():
             self.item_representations = self.model.item_representations()
-        self.index = CandidateIndex.build(self.vocabulary, popularity, self.text_matrix)
-        self._index_popularity: np.ndarray | None = None  # the item feature values the popular lists follow
         self.neighbours = neighbour_search(config["neighbour_search"], store, self.vocabulary, self.text_matrix)
         self.device = torch.device("cpu")
         self.item_features = ItemFeatureCache(store, self.features.item + self.features.category, self.vocabulary.item_ids,
                                               self.vocabulary.item_category, config["item_features_max_age_s"])
+        self._index_popularity = self.item_features.get()  # the item feature values the popular lists follow
+        self.index = CandidateIndex.build(self.vocabulary, self._popularity(self._index_popularity), self.text_matrix)
         probe = self.text_matrix[1 : min(len(self.text_matrix), 17)]
         check_user_affinity(affinity_transformation(store), probe[0] if len(probe) else None, probe)
 
@@ -161,7 +160,7 @@ class Recommender:
         vocabulary = registered.vocabulary
         rows = [{"item_id": int(i)} for i in vocabulary.item_ids[1:]]
         online = store.get_online_features(
-            features=["item_popularity:item_view_count_30d", "item_catalog:item_category_id"], entity_rows=rows
+            features=["item_catalog:item_category_id"], entity_rows=rows
         ).to_dict()
         served = np.array([-1 if c is None else c for c in online["item_category_id"]])
         mismatched = int(np.sum(served != vocabulary.item_category[1:]))
@@ -170,9 +169,7 @@ class Recommender:
                 f"model {registered.version} does not match this store's catalogue: {mismatched} of its "
                 f"{vocabulary.n_items} items are missing or in another category (trained on another database?)"
             )
-        popularity = np.zeros(vocabulary.n_items + 1)
-        popularity[1:] = [v or 0 for v in online["item_view_count_30d"]]
-        return cls(store, registered, category_names, popularity, load_config("serving", config))
+        return cls(store, registered, category_names, load_config("serving", config))
 
     def online_user(self, user_id: int) -> dict[str, list]:
         """The user's serving features and interest embedding from the online store (one
@@ -268,9 +265,13 @@ class Recommender:
         feature cache (re-read every ``item_features_max_age_s``)."""
         values = self.item_features.get()
         if values is not self._index_popularity:
-            popularity = np.nan_to_num(values[:, ITEM_COLUMNS.index("item_view_count_30d")])
-            self.index, self._index_popularity = self.index.with_popularity(self.vocabulary, popularity), values
+            self.index, self._index_popularity = self.index.with_popularity(self.vocabulary, self._popularity(values)), values
         return self.index
+
+    @staticmethod
+    def _popularity(item_values: np.ndarray) -> np.ndarray:
+        """(n_items + 1,) 30-day views from the item feature cache (0 where unknown)."""
+        return np.nan_to_num(item_values[:, ITEM_COLUMNS.index("item_view_count_30d")])
 
     def _trending(self, k: int) -> np.ndarray:
         """The ``k`` items with the highest 1-day vs 7-day view trend among items with at
