@@ -46,11 +46,11 @@ import pandas as pd  # noqa: E402
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from materialize import ingest  # noqa: E402
+from materialize.ingest import loader as ingest  # noqa: E402
 from materialize.pipeline import Pipeline  # noqa: E402
-from materialize.postgres import drop_database  # noqa: E402
+from materialize.database.server import drop_database  # noqa: E402
 from materialize.settings import PostgresSettings, load_settings  # noqa: E402
-from materialize.sources.synthetic import SyntheticConfig, SyntheticShop  # noqa: E402
+from materialize.ingest.sources.synthetic import SyntheticConfig, SyntheticShop  # noqa: E402
 
 TRAINING_SERVICE = "user_item_training"
 PLAIN_VIEWS = ("user_activity", "user_interest_shift", "user_recent_sequence", "item_popularity", "item_catalog",
@@ -282,7 +282,7 @@ def quiet(enabled: bool):
 def materialize_views(pipeline: Pipeline, quiet_output: bool) -> dict:
     """``store.materialize`` from 1970 to now, one view at a time (what
     ``materialize.feast_store.materialize_online`` does in one call for fresh views)."""
-    from materialize.feast_store import FIRST_MATERIALIZATION_START, online_entity_counts
+    from materialize.feature_store.repo import FIRST_MATERIALIZATION_START, online_entity_counts
 
     store = pipeline.store
     end = dt.datetime.now(dt.timezone.utc)
@@ -366,7 +366,7 @@ def _stock_worker(pg: PostgresSettings, pgvector: bool, repo_dir: str, entity_pa
     """Child process: stock ``get_historical_features(...).to_df()``, timed after imports."""
     os.environ["PGAPPNAME"] = STOCK_APPLICATION_NAME  # lets the parent cancel our query
     try:
-        from materialize.feast_store import open_store
+        from materialize.feature_store.repo import open_store
 
         store = open_store(Path(repo_dir), pg, pgvector)
         silence_known_warnings()
@@ -511,7 +511,7 @@ def compare_frames(ours: pd.DataFrame, stock: pd.DataFrame, sample_rows: int, se
 
 def measure_retrieval(pipeline: Pipeline, n_rows: int, feature_set: str, features, args, workdir: Path) -> dict:
     """Ours (``training_frame``) then stock Feast, on the same entity rows."""
-    from materialize.retrieval import training_frame
+    from materialize.feature_store.retrieval import training_frame
 
     store = pipeline.store
     entity_df = sample_entity_rows(pipeline.conn, n_rows, seed=args.seed + n_rows)

@@ -24,10 +24,10 @@ import xgboost as xgb
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from interest_models.examples import load_config
-from interest_models.ranker import ItemRanker
-from interest_models.ranking_features import FEATURE_COLUMNS
-from interest_models.sequence_model import InterestShiftLSTM, SequenceBatch
+from interest_models.config import load_config
+from interest_models.models.item_ranker import ItemRanker
+from interest_models.data.ranking_features import FEATURE_COLUMNS
+from interest_models.models.interest_shift_lstm import InterestShiftLSTM, SequenceBatch
 from materialize.devices import select_device
 
 
@@ -35,7 +35,7 @@ class PackedInterestLSTM(InterestShiftLSTM):
     """The same model, run the stock way: packed variable-length sequences."""
 
     def forward(self, batch, item_representations=None):
-        from interest_models.sequence_model import InterestOutputs
+        from interest_models.models.interest_shift_lstm import InterestOutputs
 
         items = (self.item_representations() if item_representations is None else item_representations)[batch.items]
         steps = torch.cat([items, self.category_embedding(batch.categories), self.event_type_embedding(batch.event_types),

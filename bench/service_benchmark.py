@@ -134,7 +134,7 @@ def serve_ours(args, bodies: list[bytes], retrieved: list[bytes]) -> tuple[dict,
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(json.dumps({"neighbour_search": args.neighbour_search}))  # JSON is YAML
     server = subprocess.Popen(
-        [sys.executable, "-m", "materialize.cli", "serve", "--port", str(args.port), "--workers", str(args.workers)],
+        [sys.executable, "-m", "interest_shift.cli", "serve", "--port", str(args.port), "--workers", str(args.workers)],
         env={**os.environ, "INTEREST_API_KEY": KEY, "INTEREST_SERVING_CONFIG": str(config)},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
@@ -152,7 +152,7 @@ def serve_ours(args, bodies: list[bytes], retrieved: list[bytes]) -> tuple[dict,
 
 
 def serve_stock(args, settings, pgvector: bool, bodies: list[bytes]) -> dict:
-    from materialize.feast_store import export_feast_environment
+    from materialize.feature_store.repo import export_feast_environment
 
     server = subprocess.Popen(
         ["feast", "serve", "--port", str(args.stock_port), "--workers", str(args.workers), "--no-access-log",
@@ -223,10 +223,10 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
-    from interest_models.serving import Recommender
-    from interest_models.workflow import registry_for
+    from interest_models.serving.recommender import Recommender
+    from interest_models.registry.model_registry import registry_for
     from materialize.pipeline import Pipeline
-    from materialize.postgres import has_pgvector
+    from materialize.database.server import has_pgvector
     from materialize.settings import load_settings
 
     settings = load_settings()

@@ -1,6 +1,10 @@
-"""Choosing the torch device: CUDA when present, the CPU otherwise."""
+"""The torch runtime: the device (CUDA when present, the CPU otherwise) and seeding."""
 from __future__ import annotations
 
+import os
+import random
+
+import numpy as np
 import torch
 
 
@@ -25,3 +29,14 @@ def select_device(preferred: str | None = None) -> torch.device:
             f"(torch {torch.__version__}); use 'cpu' or leave the device unset"
         )
     return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA) and ask torch for deterministic kernels
+    (where one has none it warns instead of failing)."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)

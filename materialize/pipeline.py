@@ -15,11 +15,11 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 
-from materialize import ingest
-from materialize.database import create_schema, fetch_frame
-from materialize.features import FeatureBuildReport, build_features
-from materialize.ingest import IngestReport
-from materialize.postgres import connect, enable_pgvector, ensure_database
+from materialize.ingest import loader as ingest
+from materialize.database.tables import create_schema, fetch_frame
+from materialize.features.builder import FeatureBuildReport, build_features
+from materialize.ingest.loader import IngestReport
+from materialize.database.server import connect, enable_pgvector, ensure_database
 from materialize.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Pipeline:
 
     def load_synthetic(self, config) -> list[IngestReport]:
         """Generate and load the synthetic shop, and keep its planted shifts."""
-        from materialize.sources.synthetic import SyntheticShop
+        from materialize.ingest.sources.synthetic import SyntheticShop
 
         shop = SyntheticShop(config)
         fingerprint = hashlib.sha256(repr(config).encode()).hexdigest()[:12]
@@ -106,7 +106,7 @@ class Pipeline:
 
     def load_movielens(self) -> list[IngestReport]:
         """Load MovieLens-100K (ratings as events, first genre as category)."""
-        from materialize.sources.movielens import MovieLens100K
+        from materialize.ingest.sources.movielens import MovieLens100K
 
         movielens = MovieLens100K(self.settings.cache_dir / "recbole")
         return [
@@ -119,8 +119,8 @@ class Pipeline:
 
     def embed(self, device: str | None = None):
         """Embed item texts not embedded before (see ``materialize.item_embeddings``)."""
-        from materialize.embedder import TextEmbedder
-        from materialize.item_embeddings import embed_new_item_texts
+        from materialize.embeddings.embedder import TextEmbedder
+        from materialize.embeddings.item_embeddings import embed_new_item_texts
 
         embedder = TextEmbedder(device=device, batch_size=self.settings.pipeline.embedding_batch_size)
         return embed_new_item_texts(self.conn, embedder, progress=self.progress)
@@ -135,21 +135,21 @@ class Pipeline:
     def store(self):
         """The ``feast.FeatureStore`` of ``feature_repo/`` on this database."""
         if self._store is None:
-            from materialize.feast_store import open_store
+            from materialize.feature_store.repo import open_store
 
             self._store = open_store(self.settings.feature_repo_dir, self.settings.postgres, self.pgvector)
         return self._store
 
     def apply(self) -> None:
         """``feast apply`` of the feature repo."""
-        from materialize.feast_store import apply_repo
+        from materialize.feature_store.repo import apply_repo
 
         apply_repo(self.settings.feature_repo_dir, self.settings.postgres, self.pgvector)
         self._store = None
 
     def materialize(self, end: dt.datetime | None = None):
         """Load the latest feature values into the online store."""
-        from materialize.feast_store import materialize_online
+        from materialize.feature_store.repo import materialize_online
 
         return materialize_online(self.store, end)
 

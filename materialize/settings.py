@@ -10,9 +10,13 @@ Connection (all optional; set ``INTEREST_PG_HOST`` to use your own server over T
 Without ``INTEREST_PG_HOST`` an embedded server (pgserver) runs in ``INTEREST_PGDATA``
 (default ``<project>/.pgdata``).
 
-Other:
-    INTEREST_HOME         project folder (default: the checkout this package lives in)
-    INTEREST_CONFIG       YAML file whose keys override ``materialize/pipeline.yaml``
+Project:
+    INTEREST_HOME         the project folder (``interest init DIR`` writes one): its
+                          ``feature_repo/``, optional ``config/*.yaml`` overrides, and the
+                          models, reports and embedded database it accumulates. Default:
+                          the source checkout when running from one, else the current folder.
+    INTEREST_CONFIG       YAML file whose keys override the pipeline settings (after
+                          ``materialize/pipeline.yaml`` and ``$INTEREST_HOME/config/pipeline.yaml``)
 """
 from __future__ import annotations
 
@@ -91,13 +95,14 @@ class PipelineConfig:
     feature_ttl_days: int
 
     @classmethod
-    def load(cls, override: Path | None = None) -> "PipelineConfig":
+    def load(cls, *overrides: Path) -> "PipelineConfig":
+        """``pipeline.yaml`` with the keys of each override file applied in order."""
         values = yaml.safe_load((_PACKAGE_DIR / "pipeline.yaml").read_text())
-        if override is not None:
+        for override in overrides:
             values.update(yaml.safe_load(Path(override).read_text()) or {})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown pipeline config keys: {sorted(unknown)}")
+            unknown = set(values) - set(cls.__dataclass_fields__)
+            if unknown:
+                raise ValueError(f"unknown pipeline config keys in {override}: {sorted(unknown)}")
         return cls(**values)
 
 
@@ -120,13 +125,29 @@ class Settings:
     def feature_repo_dir(self) -> Path:
         return self.project_dir / "feature_repo"
 
+    @property
+    def config_dir(self) -> Path:
+        """Optional per-project overrides of the packaged YAML configs (``<name>.yaml``)."""
+        return self.project_dir / "config"
+
+
+def default_project_dir() -> Path:
+    """The source checkout this package runs from, else the current folder."""
+    checkout = _PACKAGE_DIR.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "feature_repo").is_dir():
+        return checkout
+    return Path.cwd()
+
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read settings from the environment (``os.environ`` by default)."""
     env = os.environ if environ is None else environ
-    project_dir = Path(env.get("INTEREST_HOME") or _PACKAGE_DIR.parent).resolve()
-    config_path = env.get("INTEREST_CONFIG")
-    pipeline = PipelineConfig.load(Path(config_path) if config_path else None)
+    project_dir = Path(env.get("INTEREST_HOME") or default_project_dir()).resolve()
+    project_config = project_dir / "config" / "pipeline.yaml"
+    overrides = [project_config] if project_config.is_file() else []
+    if env.get("INTEREST_CONFIG"):
+        overrides.append(Path(env["INTEREST_CONFIG"]))
+    pipeline = PipelineConfig.load(*overrides)
     if env.get("INTEREST_PG_HOST"):
         postgres = PostgresSettings(
             host=env["INTEREST_PG_HOST"],

@@ -10,8 +10,8 @@ import uuid
 import psycopg
 import pytest
 
-from materialize.database import create_schema
-from materialize.postgres import drop_database, enable_pgvector, ensure_database
+from materialize.database.tables import create_schema
+from materialize.database.server import drop_database, enable_pgvector, ensure_database
 from materialize.settings import PostgresSettings, load_settings
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from materialize.database import fetch_frame
-from materialize.ingest import load_frames
+from materialize.database.tables import fetch_frame
+from materialize.ingest.loader import load_frames
 from materialize.pipeline import Pipeline
-from materialize.sources.synthetic import SyntheticConfig, SyntheticShop
+from materialize.ingest.sources.synthetic import SyntheticConfig, SyntheticShop
 from tests.conftest import new_database, settings_for
 
 CONFIG = SyntheticConfig(n_users=1000, n_items=150, n_categories=6, days=45, sessions_per_user_mean=4.0, seed=5)

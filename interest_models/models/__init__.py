@@ -1,0 +1,4 @@
+"""The models, one per module, all honouring ``base.Model`` (fit / score / save / load):
+``InterestShiftLSTM``, ``ItemRanker``, ``Blend`` and the baselines (``MostPopular``,
+``PopularInLastCategory``, ``ItemKNN``). No database or Feast access here.
+"""

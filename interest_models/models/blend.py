@@ -1,0 +1,60 @@
+"""Blend: the ensemble, a learned mix of the sequence model's and the ranker's scores.
+
+Within each decision point both scores are standardised over its candidates, then mixed
+as ``weight * lstm + (1 - weight) * ranker``. ``fit`` chooses the weight on the
+validation period (by an objective such as NDCG@10 of the full ranking), never on test.
+Saved as ``blend.json``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+MODEL_FILE = "blend.json"
+
+
+def standardise_within(scores: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Scores minus their query's mean, over their query's standard deviation (1 if 0)."""
+    out = np.empty_like(scores, dtype=np.float64)
+    for q in np.unique(query):
+        rows = query == q
+        values = scores[rows].astype(np.float64)
+        spread = values.std()
+        out[rows] = (values - values.mean()) / (spread if spread > 0 else 1.0)
+    return out
+
+
+class Blend:
+    """Args: lstm_weight in [0, 1]; 1 = sequence model only, 0 = ranker only."""
+
+    def __init__(self, lstm_weight: float = 0.5):
+        self.lstm_weight = float(lstm_weight)
+        self.search: dict[float, float] = {}  # objective at every weight ``fit`` tried
+
+    def fit(self, lstm_scores: np.ndarray, ranker_scores: np.ndarray, query: np.ndarray, objective,
+            grid: np.ndarray | None = None) -> "Blend":
+        """Pick the weight that maximises ``objective(blended_scores)`` (higher is better;
+        ties go to the weight nearest 0.5).
+
+        Args:
+            lstm_scores, ranker_scores, query: (n,) per candidate row.
+            grid: weights to try (default 0, 0.05, ..., 1).
+        """
+        grid = np.round(np.linspace(0, 1, 21), 2) if grid is None else grid
+        lstm_z, ranker_z = standardise_within(lstm_scores, query), standardise_within(ranker_scores, query)
+        self.search = {float(w): float(objective(w * lstm_z + (1 - w) * ranker_z)) for w in grid}
+        self.lstm_weight = max(self.search, key=lambda w: (self.search[w], -abs(w - 0.5)))
+        return self
+
+    def score(self, lstm_scores: np.ndarray, ranker_scores: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """(n,) blended scores of candidate rows; comparable within a query only."""
+        return self.lstm_weight * standardise_within(lstm_scores, query) + (1 - self.lstm_weight) * standardise_within(ranker_scores, query)
+
+    def save(self, directory: Path) -> None:
+        (Path(directory) / MODEL_FILE).write_text(json.dumps({"lstm_weight": self.lstm_weight}))
+
+    @classmethod
+    def load(cls, directory: Path) -> "Blend":
+        return cls(json.loads((Path(directory) / MODEL_FILE).read_text())["lstm_weight"])

@@ -1,0 +1,254 @@
+"""InterestShiftLSTM: where a user's interest is moving, from their recent sequence.
+
+The model contract (``interest_models.models.base``): ``fit`` trains with Adam and early
+stopping on validation NDCG@10 of the full item ranking (seeded, deterministic kernels,
+autocast on CUDA), ``score`` gives every item's score, ``save``/``load`` a state dict
+(``weights_only``) and its constructor arguments as JSON. As in RecBole, ``calculate_loss``,
+``full_sort_predict`` and ``predict`` are the training step and the two ways to score.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from interest_models.data.sequences import N_EVENT_TYPES, SequenceBatch
+from interest_models.evaluation.metrics import ndcg_at_k, target_ranks
+from materialize.devices import seed_everything
+
+WEIGHTS_FILE = "lstm.pt"
+ARGUMENTS_FILE = "lstm.json"
+
+
+@dataclass
+class LearningCurve:
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    valid_loss: list[float] = field(default_factory=list)
+    valid_ndcg_at_10: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    sequences_per_second: float = 0.0
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _batches(n: int, size: int, shuffle: bool, generator: torch.Generator | None):
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for start in range(0, n, size):
+        yield order[start : start + size]
+
+
+@torch.no_grad()
+def predict_all(model: "InterestShiftLSTM", data: SequenceBatch, device: torch.device, batch_size: int = 512,
+                loss_weights: dict[str, float] | None = None, item_representations: torch.Tensor | None = None):
+    """Full-ranking scores, next-category and shift probabilities (and the loss, when
+    ``loss_weights`` is given and ``data`` has targets), in one pass.
+    ``item_representations``: the eval-mode model's, when the caller keeps them (serving).
+
+    Returns:
+        item_scores (n, n_items + 1) float32, category_probabilities (n, n_categories + 1)
+        float32, shift_probability (n,) float32, interest (n, item_dim) float32, mean loss
+        (float, NaN without ``loss_weights``).
+    """
+    model.eval()
+    outputs = {"scores": [], "categories": [], "shift": [], "interest": []}
+    items = model.item_representations() if item_representations is None else item_representations
+    total_loss = 0.0
+    for index in _batches(len(data), batch_size, False, None):
+        batch = (data if len(index) == len(data) else data.select(index)).to(device)
+        result = model(batch, items)
+        scores = result.interest @ items.T
+        scores[:, 0] = float("-inf")
+        if loss_weights is not None:
+            total_loss += model.loss(result, scores, batch, loss_weights)[0].item() * len(index)
+        outputs["scores"].append(scores.float().cpu())
+        outputs["categories"].append(torch.softmax(result.category_logits.float(), dim=-1).cpu())
+        outputs["shift"].append(torch.sigmoid(result.shift_logit.float()).cpu())
+        outputs["interest"].append(result.interest.float().cpu())
+    arrays = tuple(torch.cat(v).numpy() for v in outputs.values())
+    mean_loss = total_loss / max(len(data), 1) if loss_weights is not None else float("nan")
+    return (*arrays, mean_loss)
+
+
+@dataclass
+class InterestOutputs:
+    category_logits: torch.Tensor  # (batch, n_categories + 1); column 0 is padding
+    shift_logit: torch.Tensor      # (batch,) logit of P(next category != 30-day dominant)
+    interest: torch.Tensor         # (batch, item_dim) user interest vector in item space
+
+
+class InterestShiftLSTM(nn.Module):
+    """LSTM over (item, category, event type, time gap, projected text embedding).
+
+    Args:
+        n_items, n_categories: vocabulary sizes (index 0 is padding in both).
+        text_embeddings: (n_items + 1, text_dim) float32 item text embeddings as known
+            at training time; kept as a buffer (saved in the state dict).
+        item_dim, category_dim, event_type_dim, hidden_dim, dropout: see ``config/lstm.yaml``.
+    """
+
+    def __init__(self, n_items: int, n_categories: int, text_embeddings: torch.Tensor, item_dim: int = 64,
+                 category_dim: int = 16, event_type_dim: int = 4, hidden_dim: int = 128, dropout: float = 0.2):
+        super().__init__()
+        self.n_items, self.n_categories = n_items, n_categories
+        self._arguments = {"n_items": n_items, "n_categories": n_categories, "text_dim": int(text_embeddings.shape[1]),
+                           "item_dim": item_dim, "category_dim": category_dim, "event_type_dim": event_type_dim,
+                           "hidden_dim": hidden_dim, "dropout": dropout}
+        self.learning_curve: LearningCurve | None = None
+        self.register_buffer("text_embeddings", text_embeddings.float())
+        self.item_embedding = nn.Embedding(n_items + 1, item_dim, padding_idx=0)
+        self.text_projection = nn.Linear(text_embeddings.shape[1], item_dim, bias=False)
+        self.category_embedding = nn.Embedding(n_categories + 1, category_dim, padding_idx=0)
+        self.event_type_embedding = nn.Embedding(N_EVENT_TYPES + 1, event_type_dim, padding_idx=0)
+        self.input_dropout = nn.Dropout(dropout)
+        self.lstm = nn.LSTM(item_dim + category_dim + event_type_dim + 1, hidden_dim, batch_first=True)
+        self.state_dropout = nn.Dropout(dropout)
+        self.category_head = nn.Linear(hidden_dim, n_categories + 1)
+        self.shift_head = nn.Sequential(nn.Linear(hidden_dim + category_dim, hidden_dim // 2), nn.ReLU(), nn.Linear(hidden_dim // 2, 1))
+        self.interest_head = nn.Linear(hidden_dim, item_dim)
+        nn.init.normal_(self.item_embedding.weight, std=0.02)
+
+    def item_representations(self) -> torch.Tensor:
+        """(n_items + 1, item_dim) learned id embedding + projected text embedding."""
+        return self.item_embedding.weight + self.text_projection(self.text_embeddings)
+
+    def forward(self, batch: SequenceBatch, item_representations: torch.Tensor | None = None) -> InterestOutputs:
+        """Args: item_representations: ``self.item_representations()`` when the caller
+        already has it (it is reused to score items)."""
+        if item_representations is None:
+            item_representations = self.item_representations()
+        items = item_representations[batch.items]
+        steps = torch.cat(
+            [items, self.category_embedding(batch.categories), self.event_type_embedding(batch.event_types), batch.log_gaps.unsqueeze(-1)],
+            dim=-1,
+        )
+        # Right-padded and causal: the output at the last real position ignores the padding
+        # after it, exactly as a packed sequence would, but runs as one fused kernel.
+        outputs, _ = self.lstm(self.input_dropout(steps))
+        last = outputs[torch.arange(len(batch.lengths), device=outputs.device), batch.lengths - 1]
+        state = self.state_dropout(last)
+        shift_input = torch.cat([state, self.category_embedding(batch.dominant_category)], dim=-1)
+        category_logits = self.category_head(state)
+        category_logits[:, 0] = float("-inf")
+        return InterestOutputs(category_logits, self.shift_head(shift_input).squeeze(-1), self.interest_head(state))
+
+    def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
+        """(batch, n_items + 1) scores of every item; padding gets -inf."""
+        items = self.item_representations()
+        scores = self(batch, items).interest @ items.T
+        scores[:, 0] = float("-inf")
+        return scores
+
+    def predict(self, batch: SequenceBatch, candidates: torch.Tensor) -> torch.Tensor:
+        """(batch, k) scores of candidate item indices (batch, k)."""
+        items = self.item_representations()
+        return torch.einsum("bd,bkd->bk", self(batch, items).interest, items[candidates])
+
+    def calculate_loss(self, batch: SequenceBatch, weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted sum of next-item (full softmax), next-category and shift losses."""
+        items = self.item_representations()
+        outputs = self(batch, items)
+        item_logits = outputs.interest @ items.T
+        item_logits[:, 0] = float("-inf")
+        return self.loss(outputs, item_logits, batch, weights)
+
+    @staticmethod
+    def loss(outputs: InterestOutputs, item_logits: torch.Tensor, batch: SequenceBatch,
+             weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss from already computed outputs and (batch, n_items + 1) item logits."""
+        item_loss = F.cross_entropy(item_logits.float(), batch.target_item)
+        category_loss = F.cross_entropy(outputs.category_logits.float(), batch.target_category)
+        known = ~torch.isnan(batch.shifted)
+        shift_loss = (
+            F.binary_cross_entropy_with_logits(outputs.shift_logit[known].float(), batch.shifted[known])
+            if known.any() else torch.zeros((), device=item_loss.device)
+        )
+        loss = weights["item"] * item_loss + weights["category"] * category_loss + weights["shift"] * shift_loss
+        return loss, {"item": item_loss.item(), "category": category_loss.item(), "shift": shift_loss.item()}
+
+    def fit(self, train: SequenceBatch, valid: SequenceBatch, config: dict, device: torch.device, seed: int,
+            progress: bool = False) -> "InterestShiftLSTM":
+        """Train with Adam and early stopping on validation NDCG@10; restores the best epoch
+        and keeps the per-epoch figures in ``learning_curve``.
+
+        Args:
+            train, valid: sequences with targets; config: ``config/lstm.yaml``.
+        """
+        seed_everything(seed)
+        generator = torch.Generator().manual_seed(seed)
+        self.to(device)
+        optimizer = torch.optim.Adam(self.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config["mixed_precision"])
+        curve, best_state, best_ndcg, waited = LearningCurve(), None, -1.0, 0
+        trained_sequences, train_seconds = 0, 0.0
+        for epoch in tqdm(range(1, config["max_epochs"] + 1), desc="LSTM epochs", disable=not progress):
+            self.train()
+            started = time.perf_counter()
+            losses = []
+            for index in _batches(len(train), config["batch_size"], True, generator):
+                batch = train.select(index).to(device)
+                optimizer.zero_grad(set_to_none=True)
+                with _autocast(device, config["mixed_precision"]):
+                    loss, _ = self.calculate_loss(batch, config["loss_weights"])
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(self.parameters(), 5.0)
+                scaler.step(optimizer)
+                scaler.update()
+                losses.append(loss.item())
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            epoch_seconds = time.perf_counter() - started
+            trained_sequences += len(train)
+            train_seconds += epoch_seconds
+            scores, _, _, _, valid_loss = predict_all(self, valid, device, loss_weights=config["loss_weights"])
+            ndcg = ndcg_at_k(target_ranks(scores, valid.target_item.numpy()), 10)
+            curve.epoch.append(epoch)
+            curve.train_loss.append(float(np.mean(losses)))
+            curve.valid_loss.append(valid_loss)
+            curve.valid_ndcg_at_10.append(float(ndcg))
+            curve.seconds.append(epoch_seconds)
+            if ndcg > best_ndcg:
+                best_ndcg, best_state, waited, curve.best_epoch = ndcg, copy.deepcopy(self.state_dict()), 0, epoch
+            else:
+                waited += 1
+                if waited >= config["patience"]:
+                    break
+        self.load_state_dict(best_state)
+        curve.sequences_per_second = trained_sequences / max(train_seconds, 1e-9)
+        self.learning_curve = curve
+        return self
+
+    def score(self, batch: SequenceBatch, device: torch.device | None = None) -> np.ndarray:
+        """(batch, n_items + 1) float32 scores of every item; padding gets -inf."""
+        return predict_all(self, batch, device or torch.device("cpu"))[0]
+
+    def save(self, directory: Path) -> None:
+        """``lstm.pt`` (state dict, text embeddings included) and ``lstm.json``."""
+        directory = Path(directory)
+        torch.save(self.state_dict(), directory / WEIGHTS_FILE)
+        (directory / ARGUMENTS_FILE).write_text(json.dumps(self._arguments))
+
+    @classmethod
+    def load(cls, directory: Path) -> "InterestShiftLSTM":
+        """The saved model in eval mode on the CPU (no pickle: ``weights_only=True``)."""
+        directory = Path(directory)
+        arguments = json.loads((directory / ARGUMENTS_FILE).read_text())
+        text_dim = arguments.pop("text_dim")
+        model = cls(text_embeddings=torch.zeros(arguments["n_items"] + 1, text_dim), **arguments)
+        model.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+        return model.eval()

@@ -1,0 +1,96 @@
+"""ItemRanker: XGBoost LambdaMART over the point-in-time ranking features.
+
+Query groups are decision points; ``device="cuda"`` when a GPU is present. The model
+contract (``interest_models.models.base``): ``fit`` with early stopping on a validation
+set, ``score`` candidate rows, ``save``/``load`` as XGBoost JSON (no pickle), which keeps
+the hyper-parameters and the best iteration.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from interest_models.data.ranking_features import FEATURE_COLUMNS
+
+MODEL_FILE = "ranker.json"
+
+
+def _float32(features: pd.DataFrame | np.ndarray) -> np.ndarray:
+    # A plain float32 array skips XGBoost's per-call DataFrame conversion.
+    if isinstance(features, pd.DataFrame):
+        features = features[FEATURE_COLUMNS].to_numpy()
+    return np.ascontiguousarray(features, dtype=np.float32)
+
+
+def xgboost_device(preferred: str | None = None) -> str:
+    """"cuda" when torch sees a GPU (or when asked), else "cpu"."""
+    if preferred:
+        return preferred
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class ItemRanker:
+    """LambdaMART over ``FEATURE_COLUMNS``; scores are comparable within a query only."""
+
+    def __init__(self, config: dict, seed: int, device: str | None = None):
+        self.device = xgboost_device(device)
+        self.model = xgb.XGBRanker(**config, random_state=seed, device=self.device, n_jobs=0)
+
+    def fit(self, features: pd.DataFrame, relevance: np.ndarray, query: np.ndarray,
+            valid: tuple[pd.DataFrame, np.ndarray, np.ndarray]) -> "ItemRanker":
+        """Args: features in ``FEATURE_COLUMNS`` order, relevance (n,) 1 for the true next
+        item else 0, query (n,) decision point id, rows of one query contiguous."""
+        valid_features, valid_relevance, valid_query = valid
+        self.model.fit(
+            features[FEATURE_COLUMNS], relevance, qid=query,
+            eval_set=[(valid_features[FEATURE_COLUMNS], valid_relevance)], eval_qid=[valid_query], verbose=False,
+        )
+        return self
+
+    def score(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """(n,) scores of rows in ``FEATURE_COLUMNS`` order (a DataFrame is reordered)."""
+        return self.model.predict(_float32(features))
+
+    @property
+    def best_iteration(self) -> int:
+        return int(getattr(self.model, "best_iteration", self.model.n_estimators))
+
+    def _iteration_range(self) -> tuple[int, int]:
+        """The trees ``predict`` uses: up to the early-stopping best iteration ((0, 0) = all)."""
+        best = getattr(self.model, "best_iteration", None)
+        return (0, 0) if best is None else (0, int(best) + 1)
+
+    def feature_importance(self) -> pd.Series:
+        gain = self.model.get_booster().get_score(importance_type="gain")
+        return pd.Series({c: gain.get(c, 0.0) for c in FEATURE_COLUMNS}).sort_values(ascending=False)
+
+    def contributions(self, features: pd.DataFrame | np.ndarray, approximate: bool = False) -> np.ndarray:
+        """(n, len(FEATURE_COLUMNS)) per-row contribution of each feature to the score, over
+        the trees ``predict`` uses: exact TreeSHAP, or with ``approximate`` the per-path
+        (Saabas) attribution, about 10x cheaper."""
+        matrix = xgb.DMatrix(_float32(features), feature_names=FEATURE_COLUMNS)
+        values = self.model.get_booster().predict(matrix, pred_contribs=True, approx_contribs=approximate,
+                                                  iteration_range=self._iteration_range())
+        return values[:, :-1]
+
+    def set_threads(self, threads: int) -> None:
+        """Threads per predict call (0 = all cores)."""
+        self.model.set_params(n_jobs=threads)
+
+    def save(self, directory: Path) -> None:
+        """``ranker.json``: the booster, its hyper-parameters and best iteration."""
+        self.model.save_model(str(Path(directory) / MODEL_FILE))
+
+    @classmethod
+    def load(cls, directory: Path, device: str | None = None) -> "ItemRanker":
+        ranker = cls.__new__(cls)
+        ranker.device = xgboost_device(device)
+        ranker.model = xgb.XGBRanker()
+        ranker.model.load_model(str(Path(directory) / MODEL_FILE))
+        ranker.model.set_params(device=ranker.device, n_jobs=0)
+        return ranker

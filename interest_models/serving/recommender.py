@@ -1,0 +1,334 @@
+"""Online recommendations and interest predictions from the Feast online store.
+
+``Recommender.from_registry`` loads the serving model version once (checksums and the
+feature service verified) and scores users exactly as training did: the same sequence
+encoding, candidate sources, ranking features, ranker and blend, with the features read
+from the online store instead of point-in-time retrieval.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interest_models.models.blend import Blend
+from interest_models.candidates.sources import CandidateIndex, generate
+from interest_models.data.columns import as_float
+from interest_models.config import load_config
+from interest_models.candidates.neighbour_search import neighbour_search
+from interest_models.data.ranking_features import FEATURE_COLUMNS, ITEM_COLUMNS, CandidateRows, UserRows, feature_matrix
+from interest_models.registry.model_registry import ModelRegistry, RegisteredModel, RegistryError
+from interest_models.data.sequences import encode_sequences
+from interest_models.models.interest_shift_lstm import predict_all
+from interest_models.data.feature_frames import (
+    USER_EMBEDDING_REF, ServiceFeatures, affinity_transformation, check_user_affinity, service_features, user_affinity,
+)
+
+SERVING_SERVICE = "user_item_serving"
+
+REASONS = {
+    "lstm_item_rank": "fits where your recent browsing is heading",
+    "lstm_item_score": "fits where your recent browsing is heading",
+    "lstm_category_probability": "from the category you are most likely to shop next",
+    "interest_item_cosine": "similar to items you looked at recently",
+    "user_category_share_7d": "from a category you browsed a lot this week",
+    "user_category_share_30d": "from a category you like this month",
+    "is_dominant_category_7d": "from your top category this week",
+    "is_dominant_category_30d": "from your top category this month",
+    "same_category_as_last": "same category as the last item you viewed",
+    "times_in_recent": "you looked at it recently",
+    "steps_since_in_recent": "you looked at it recently",
+    "item_view_count_7d": "popular this week",
+    "item_view_count_30d": "popular this month",
+    "item_view_count_1d": "popular today",
+    "item_unique_users_7d": "many shoppers viewed it this week",
+    "item_purchase_count_30d": "often bought",
+    "item_conversion_rate_30d": "often bought after being viewed",
+    "item_trend_1d_vs_7d": "trending today",
+    "category_trend_7d_vs_30d": "its category is trending",
+    "category_event_share_7d": "its category is busy this week",
+    "item_price": "its price suits you",
+}
+
+
+@dataclass
+class RecommendedItem:
+    item_id: int
+    score: float
+    reasons: list[str]
+
+
+@dataclass
+class Recommendation:
+    user_id: int
+    items: list[RecommendedItem]
+    cold_start: bool = False
+    model_version: str = ""
+
+
+@dataclass
+class InterestPrediction:
+    user_id: int
+    next_category: dict[str, float]   # category name -> probability, most likely first
+    shift_probability: float | None   # P(next category differs from the 30-day dominant)
+    dominant_category_30d: str | None
+    cold_start: bool = False
+    model_version: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+class ItemFeatureCache:
+    """Item and category features of every catalogue item, read from the online store in
+    one call and re-read when older than ``max_age_s`` (they change when the store is
+    materialized, not per request)."""
+
+    def __init__(self, store, refs: list[str], item_ids: np.ndarray, item_category: np.ndarray, max_age_s: float):
+        self.store, self.refs, self.max_age_s = store, refs, max_age_s
+        self.rows = [{"item_id": int(i), "category_id": int(c)} for i, c in zip(item_ids[1:], item_category[1:])]
+        self.lock = threading.Lock()
+        self.values: np.ndarray | None = None
+        self.loaded_at = 0.0
+
+    def get(self) -> np.ndarray:
+        """(n_items + 1, len(ITEM_COLUMNS)) float64; row i is item index i, row 0 is NaN."""
+        with self.lock:
+            if self.values is None or time.monotonic() - self.loaded_at > self.max_age_s:
+                online = self.store.get_online_features(features=self.refs, entity_rows=self.rows).to_dict()
+                values = np.full((len(self.rows) + 1, len(ITEM_COLUMNS)), np.nan)
+                values[1:] = np.column_stack([as_float(online[c]) for c in ITEM_COLUMNS])
+                self.values, self.loaded_at = values, time.monotonic()
+            return self.values
+
+
+@dataclass
+class ScoredCandidates:
+    """Scores of one user's candidates (arrays aligned by row; higher scores are better)."""
+
+    item_index: np.ndarray    # (n,) vocabulary indices
+    item_id: np.ndarray       # (n,)
+    features: np.ndarray      # (n, len(FEATURE_COLUMNS)) the ranker's input
+    ranker_score: np.ndarray  # (n,)
+    blend_score: np.ndarray   # (n,)
+
+
+class Recommender:
+    """Scores one user at a time from the online store with a registered model.
+
+    Args:
+        config: ``config/serving.yaml`` (candidate sources, neighbour search, how long
+            item features are reused, exact or per-path reasons); see ``load_config``.
+    """
+
+    def __init__(self, store, registered: RegisteredModel, category_names: dict[int, str], config: dict):
+        self.store = store
+        self.registered = registered
+        self.model = registered.model.eval()
+        self.vocabulary = registered.vocabulary
+        self.ranker = registered.ranker
+        self.ranker.set_threads(1)  # ~100 rows per call: a thread team costs more than it saves
+        self.blend: Blend = registered.blend
+        self.config = config
+        self.max_len = registered.manifest["configs"]["lstm"]["max_sequence_length"]
+        self.features: ServiceFeatures = service_features(store, SERVING_SERVICE)
+        self.user_refs = self.features.user + [USER_EMBEDDING_REF]
+        self.category_names = category_names
+        self.text_matrix = self.model.text_embeddings.numpy()
+        with torch.inference_mode():
+            self.item_representations = self.model.item_representations()
+        self.neighbours = neighbour_search(config["neighbour_search"], store, self.vocabulary, self.text_matrix)
+        self.device = torch.device("cpu")
+        self.item_features = ItemFeatureCache(store, self.features.item + self.features.category, self.vocabulary.item_ids,
+                                              self.vocabulary.item_category, config["item_features_max_age_s"])
+        self._index_popularity = self.item_features.get()  # the item feature values the popular lists follow
+        self.index = CandidateIndex.build(self.vocabulary, self._popularity(self._index_popularity), self.text_matrix)
+        probe = self.text_matrix[1 : min(len(self.text_matrix), 17)]
+        check_user_affinity(affinity_transformation(store), probe[0] if len(probe) else None, probe)
+
+    @classmethod
+    def from_registry(cls, registry_root: Path, store, category_names: dict[int, str], version: str | None = None,
+                      config: dict | None = None, config_dir: Path | None = None) -> "Recommender":
+        """Load ``version`` (default: the serving one), verified against ``store``.
+
+        Args:
+            config: overrides of ``config/serving.yaml`` keys.
+            config_dir: a project's config folder (its ``serving.yaml`` is applied first).
+        """
+        registered = ModelRegistry(registry_root).load(version, store=store)
+        vocabulary = registered.vocabulary
+        rows = [{"item_id": int(i)} for i in vocabulary.item_ids[1:]]
+        online = store.get_online_features(
+            features=["item_catalog:item_category_id"], entity_rows=rows
+        ).to_dict()
+        served = np.array([-1 if c is None else c for c in online["item_category_id"]])
+        mismatched = int(np.sum(served != vocabulary.item_category[1:]))
+        if mismatched > 0.01 * vocabulary.n_items:
+            raise RegistryError(
+                f"model {registered.version} does not match this store's catalogue: {mismatched} of its "
+                f"{vocabulary.n_items} items are missing or in another category (trained on another database?)"
+            )
+        return cls(store, registered, category_names, load_config("serving", config, config_dir))
+
+    def online_user(self, user_id: int) -> dict[str, list]:
+        """The user's serving features and interest embedding from the online store (one
+        entry per feature name, each a one-element list)."""
+        return self.store.get_online_features(features=self.user_refs, entity_rows=[{"user_id": int(user_id)}]).to_dict()
+
+    async def online_user_async(self, user_id: int) -> dict[str, list]:
+        """``online_user`` through Feast's async online read (the event loop runs other
+        requests while the database answers)."""
+        response = await self.store.get_online_features_async(features=self.user_refs, entity_rows=[{"user_id": int(user_id)}])
+        return response.to_dict()
+
+    def _model_outputs(self, user: dict[str, list]):
+        batch = encode_sequences(user, self.vocabulary, self.max_len)
+        with torch.inference_mode():
+            scores, categories, shift, _, _ = predict_all(self.model, batch, self.device, item_representations=self.item_representations)
+        return scores, categories, shift
+
+    @staticmethod
+    def _is_cold(user: dict[str, list]) -> bool:
+        items = user["recent_item_ids"][0]
+        return items is None or len(items) == 0
+
+    def interests(self, user_id: int) -> InterestPrediction:
+        """The user's predicted next-category mix and interest-shift probability."""
+        return self._interests(user_id, self.online_user(user_id))
+
+    async def interests_async(self, user_id: int) -> InterestPrediction:
+        return self._interests(user_id, await self.online_user_async(user_id))
+
+    def _interests(self, user_id: int, user: dict[str, list]) -> InterestPrediction:
+        version = self.registered.version
+        if self._is_cold(user):
+            return InterestPrediction(int(user_id), {}, None, None, cold_start=True, model_version=version)
+        _, categories, shift = self._model_outputs(user)
+        order = np.argsort(-categories[0, 1:]) + 1
+        mix = {self.category_names.get(int(c), str(c)): round(float(categories[0, c]), 4) for c in order}
+        dominant = user["dominant_category_30d"][0]
+        return InterestPrediction(
+            int(user_id), mix, float(shift[0]),
+            self.category_names.get(int(dominant)) if dominant is not None else None, model_version=version,
+        )
+
+    def score_candidates(self, user: dict[str, list], candidate_items: np.ndarray, outputs=None) -> ScoredCandidates:
+        """Ranker and blended scores of candidate item indices for one user.
+
+        Args:
+            user: ``online_user``'s answer; ``outputs``: its ``_model_outputs`` when
+                already computed.
+        """
+        scores, categories, shift = outputs if outputs is not None else self._model_outputs(user)
+        candidate_items = np.asarray(candidate_items, np.int64)
+        candidates = CandidateRows(
+            point=np.zeros(len(candidate_items), np.int64), item_index=candidate_items,
+            item_id=self.vocabulary.item_ids[candidate_items], category_id=self.vocabulary.item_category[candidate_items].astype(np.int64),
+            item_values=self.item_features.get()[candidate_items],
+            interest_item_cosine=user_affinity(user["interest_embedding"][0], self.text_matrix[candidate_items]),
+        )
+        features = feature_matrix(UserRows.from_columns(user), candidates, scores, categories, shift)
+        ranker_score = self.ranker.score(features)
+        lstm_score = features[:, FEATURE_COLUMNS.index("lstm_item_score")]
+        blend_score = self.blend.score(lstm_score, ranker_score, np.zeros(len(candidate_items), int))
+        return ScoredCandidates(candidate_items, candidates.item_id, features, ranker_score, blend_score)
+
+    def candidate_items(self, user: dict[str, list], outputs, candidates: list[int] | None = None,
+                        exclude_seen: bool = True) -> np.ndarray:
+        """Unique vocabulary indices to rank: the given item ids (unknown ones dropped), or
+        by default the union of the sources in ``config["candidates"]``.
+
+        Args:
+            outputs: this user's ``_model_outputs`` (LSTM item scores, category
+                probabilities, shift probability).
+        """
+        recent = self.vocabulary.index_of(np.asarray(user["recent_item_ids"][0] or [], np.int64))
+        seen = np.unique(recent[recent > 0]) if exclude_seen else np.empty(0, np.int64)
+        if candidates is not None:
+            items = self.vocabulary.index_of(np.asarray(candidates, np.int64))
+            items = np.unique(items[items > 0])
+            return items[~np.isin(items, seen)]
+        sizes, (lstm_scores, categories, _), index = self.config["candidates"], outputs, self.candidate_index()
+        last = recent[-1] if len(recent) else 0
+        parts = list(generate(index, lstm_scores, np.array([last]), self.vocabulary.item_category[[last]],
+                              {**sizes, "random": 0}, np.random.default_rng(0), exclude=[seen]))
+        parts.append(self.neighbours.nearest(user["interest_embedding"][0], sizes["interest_neighbours"], seen))
+        for category in np.argsort(-categories[0, 1:], kind="stable")[: self.config["predicted_categories"]] + 1:
+            parts.append(index.popular_by_category.get(int(category), np.empty(0, np.int64))[: sizes["predicted_category_popular"]])
+        parts.append(self._trending(sizes["trending"]))
+        items = np.unique(np.concatenate(parts).astype(np.int64))
+        return items[(items > 0) & ~np.isin(items, seen)]
+
+    def candidate_index(self) -> CandidateIndex:
+        """The candidate index; its popular lists follow the 30-day views of the item
+        feature cache (re-read every ``item_features_max_age_s``)."""
+        values = self.item_features.get()
+        if values is not self._index_popularity:
+            self.index, self._index_popularity = self.index.with_popularity(self.vocabulary, self._popularity(values)), values
+        return self.index
+
+    @staticmethod
+    def _popularity(item_values: np.ndarray) -> np.ndarray:
+        """(n_items + 1,) 30-day views from the item feature cache (0 where unknown)."""
+        return np.nan_to_num(item_values[:, ITEM_COLUMNS.index("item_view_count_30d")])
+
+    def _trending(self, k: int) -> np.ndarray:
+        """The ``k`` items with the highest 1-day vs 7-day view trend among items with at
+        least ``trending_min_views_7d`` views this week."""
+        values = self.item_features.get()
+        trend = values[:, ITEM_COLUMNS.index("item_trend_1d_vs_7d")]
+        eligible = values[:, ITEM_COLUMNS.index("item_view_count_7d")] >= self.config["trending_min_views_7d"]
+        trend = np.where(eligible & np.isfinite(trend), trend, -np.inf)
+        k = min(k, int(np.isfinite(trend).sum()))
+        return np.argpartition(-trend, k - 1)[:k] if k > 0 else np.empty(0, np.int64)
+
+    def _reasons(self, features: np.ndarray, top: int = 2) -> list[list[str]]:
+        """Up to ``top`` distinct phrases per row, from its largest positive contributions."""
+        contributions = self.ranker.contributions(features, approximate=not self.config["exact_reasons"])
+        reasons = []
+        for row in contributions:
+            words = []
+            for column in np.argsort(-row, kind="stable"):
+                if row[column] <= 0 or len(words) >= top:
+                    break
+                text = REASONS.get(FEATURE_COLUMNS[column])
+                if text and text not in words:
+                    words.append(text)
+            reasons.append(words or ["popular with shoppers like you"])
+        return reasons
+
+    def recommend(self, user_id: int, k: int = 10, candidates: list[int] | None = None, exclude_seen: bool = True) -> Recommendation:
+        """The top ``k`` items for ``user_id`` with scores and reasons.
+
+        Args:
+            candidates: item ids to rank (default: the candidate sources used in training).
+            exclude_seen: drop items in the user's recent sequence.
+        """
+        return self._recommend(user_id, self.online_user(user_id), k, candidates, exclude_seen)
+
+    async def recommend_async(self, user_id: int, k: int = 10, candidates: list[int] | None = None,
+                              exclude_seen: bool = True) -> Recommendation:
+        return self._recommend(user_id, await self.online_user_async(user_id), k, candidates, exclude_seen)
+
+    def _recommend(self, user_id: int, user: dict[str, list], k: int, candidates: list[int] | None,
+                   exclude_seen: bool) -> Recommendation:
+        version = self.registered.version
+        if self._is_cold(user):
+            allowed = None if candidates is None else set(candidates)
+            popular = [i for i in self.candidate_index().popular if allowed is None or self.vocabulary.item_ids[i] in allowed][:k]
+            return Recommendation(int(user_id), [RecommendedItem(int(self.vocabulary.item_ids[i]), 0.0, ["popular right now"]) for i in popular],
+                                  cold_start=True, model_version=version)
+        outputs = self._model_outputs(user)
+        items = self.candidate_items(user, outputs, candidates, exclude_seen)
+        if len(items) == 0:
+            return Recommendation(int(user_id), [], model_version=version)
+        scored = self.score_candidates(user, items, outputs)
+        best = np.argsort(-scored.blend_score, kind="stable")[:k]
+        reasons = self._reasons(scored.features[best])
+        return Recommendation(
+            int(user_id),
+            [RecommendedItem(int(scored.item_id[i]), round(float(scored.blend_score[i]), 4), r) for i, r in zip(best, reasons)],
+            model_version=version,
+        )

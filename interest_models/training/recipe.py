@@ -1,0 +1,392 @@
+"""Train, evaluate and compare: sequence model, ranker, blend and baselines.
+
+``train_models`` runs the whole recipe on what the feature store holds:
+
+1. decision points and labels from the event history, split by time (``examples``);
+2. their features through Feast point-in-time retrieval (``training_frames``);
+3. the LSTM on the earliest training period, early-stopped on validation;
+4. the ranker on the next period, with the LSTM's (out-of-sample) outputs as features;
+5. the blend weight on validation; every number reported for test comes from a model
+   that never saw the test period.
+
+Rankings are over ALL items: the blend re-orders its candidates (LSTM top items plus the
+other sources), which go first; every other item follows in LSTM order.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg
+import torch
+
+from interest_models.candidates import sources as candidate_sources
+from interest_models.config import load_config
+from interest_models.data.decision_points import SPLITS, decision_points, seen_items
+from interest_models.data.sequences import encode_sequences
+from interest_models.data.vocabulary import Vocabulary, load_vocabulary
+from interest_models.models.blend import Blend
+from interest_models.evaluation.metrics import accuracy_at_k, calibration_bins, ranking_metrics, roc_auc, target_ranks
+from interest_models.models.item_ranker import ItemRanker
+from interest_models.data.ranking_features import build_matrix
+from interest_models.models.interest_shift_lstm import InterestShiftLSTM, predict_all
+from interest_models.data.feature_frames import (
+    ServiceFeatures, affinity, affinity_transformation, candidate_features, item_text_matrix, service_features, user_features,
+)
+from materialize.database.tables import fetch_frame
+from interest_models.models.item_knn import ItemKNN
+from interest_models.models.most_popular import MostPopular
+from interest_models.models.popular_in_last_category import PopularInLastCategory
+from materialize.devices import seed_everything, select_device
+
+log = logging.getLogger(__name__)
+CANDIDATE_OFFSET = 1e6  # puts re-ranked candidates ahead of every other item
+
+
+@dataclass
+class SplitOutputs:
+    """Everything computed for the decision points of one split."""
+
+    points: pd.DataFrame
+    users: pd.DataFrame
+    lstm_scores: np.ndarray            # (n, n_items + 1)
+    category_probabilities: np.ndarray  # (n, n_categories + 1)
+    shift_probability: np.ndarray       # (n,)
+    interest: np.ndarray                # (n, item_dim)
+    exclude: list[np.ndarray] | None = None
+    candidates: pd.DataFrame | None = None  # point, item_index, ... features, ranker/blend scores
+
+
+@dataclass
+class TrainingResult:
+    vocabulary: Vocabulary
+    features: ServiceFeatures
+    model: InterestShiftLSTM
+    ranker: ItemRanker
+    blend: Blend
+    configs: dict[str, dict]
+    data_window: dict
+    metrics: pd.DataFrame                # model/baseline x metric, on test
+    valid_metrics: pd.DataFrame
+    category_metrics: dict[str, float]
+    shift_metrics: dict[str, float]
+    confusion: pd.DataFrame              # next-category confusion on test (rows true, cols predicted)
+    calibration: pd.DataFrame
+    timelines: pd.DataFrame              # per user/point: true category and predicted mix
+    sizes: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+
+
+def _popularity_before(conn: psycopg.Connection, vocabulary: Vocabulary, before: pd.Timestamp) -> np.ndarray:
+    counts = fetch_frame(
+        conn, "SELECT item_id, count(*) AS n FROM interest.events WHERE event_timestamp < %s GROUP BY item_id",
+        (before.to_pydatetime(),),
+    )
+    popularity = np.zeros(vocabulary.n_items + 1)
+    popularity[vocabulary.index_of(counts.item_id)] = counts.n.to_numpy()
+    popularity[0] = 0
+    return popularity
+
+
+def _training_histories(conn: psycopg.Connection, vocabulary: Vocabulary, protocol: str, before: pd.Timestamp) -> list[np.ndarray]:
+    """The baselines' training data: every user's events before the evaluated period
+    (time_split), or all but each user's last two events (leave_one_out)."""
+    if protocol == "leave_one_out":
+        query = """
+            SELECT user_id, item_id FROM (
+                SELECT user_id, item_id, event_timestamp,
+                       row_number() OVER (PARTITION BY user_id ORDER BY event_timestamp DESC, item_id DESC, event_type DESC) AS from_end
+                FROM interest.events) e
+            WHERE from_end > 2 ORDER BY user_id, event_timestamp"""
+        events = fetch_frame(conn, query)
+    else:
+        events = fetch_frame(
+            conn, "SELECT user_id, item_id FROM interest.events WHERE event_timestamp < %s ORDER BY user_id, event_timestamp",
+            (before.to_pydatetime(),),
+        )
+    events["index"] = vocabulary.index_of(events.item_id)
+    return [group["index"].to_numpy() for _, group in events.groupby("user_id", sort=False)]
+
+
+def _full_ranking(lstm_scores: np.ndarray, candidates: pd.DataFrame, column: str) -> np.ndarray:
+    """LSTM scores for all items, with candidates lifted above and ordered by ``column``."""
+    scores = lstm_scores.astype(np.float64, copy=True)
+    values = candidates[column].to_numpy(np.float64)
+    scores[candidates.point.to_numpy(), candidates.item_index.to_numpy()] = CANDIDATE_OFFSET + values
+    return scores
+
+
+def _recent_lists(users: pd.DataFrame, vocabulary: Vocabulary) -> list[np.ndarray]:
+    return [vocabulary.index_of(np.asarray(v, np.int64)) if v is not None else np.empty(0, np.int64) for v in users.recent_item_ids]
+
+
+class _Trainer:
+    """Holds the connections and configs of one training run."""
+
+    def __init__(self, store, conn: psycopg.Connection, retrieval_conn: psycopg.Connection, session_gap: dt.timedelta,
+                 overrides: dict[str, dict] | None, config_dir, device: str | None, progress: bool):
+        overrides = overrides or {}
+        self.store, self.conn, self.retrieval_conn, self.progress = store, conn, retrieval_conn, progress
+        self.training_config = load_config("training", overrides.get("training"), config_dir)
+        self.lstm_config = load_config("lstm", overrides.get("lstm"), config_dir)
+        self.ranker_config = load_config("ranker", overrides.get("ranker"), config_dir)
+        self.session_gap = session_gap
+        self.device = select_device(device)
+        self.seed = int(self.training_config["seed"])
+        self.rng = np.random.default_rng(self.seed)
+        self.seconds: dict[str, float] = {}
+
+    def _timed(self, name: str, started: float) -> None:
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+        log.info("%s done in %.1f s", name, self.seconds[name])
+
+    def run(self) -> TrainingResult:
+        seed_everything(self.seed)
+        started = time.perf_counter()
+        self.vocabulary = load_vocabulary(self.conn)
+        points = decision_points(self.conn, self.training_config, self.session_gap)
+        self.features = service_features(self.store)
+        users = user_features(self.store, self.retrieval_conn, points, self.features)
+        earliest = points.as_of.min()
+        self.text_matrix = item_text_matrix(self.store, self.retrieval_conn, self.vocabulary, earliest)
+        self._timed("retrieve user features", started)
+
+        started = time.perf_counter()
+        longest = max((len(v) for v in users.recent_item_ids if v is not None), default=1)
+        max_len = min(longest, self.lstm_config["max_sequence_length"])
+        split_rows = {s: np.flatnonzero(points.split.to_numpy() == s) for s in SPLITS}
+        for split, rows in split_rows.items():
+            if len(rows) == 0:
+                raise ValueError(f"no decision points in split {split!r}: not enough history for training")
+        sequences = {
+            s: encode_sequences(users.iloc[rows].reset_index(drop=True), self.vocabulary, max_len, points.iloc[rows].reset_index(drop=True))
+            for s, rows in split_rows.items()
+        }
+        self.model = InterestShiftLSTM(
+            self.vocabulary.n_items, self.vocabulary.n_categories, torch.from_numpy(self.text_matrix),
+            **{k: self.lstm_config[k] for k in ("item_dim", "category_dim", "event_type_dim", "hidden_dim", "dropout")},
+        )
+        self.model.fit(sequences["train_sequence"], sequences["valid"], self.lstm_config, self.device, self.seed, self.progress)
+        self._timed("train LSTM", started)
+
+        outputs = {}
+        for split in ("train_ranker", "valid", "test"):
+            rows = split_rows[split]
+            scores, categories, shift, interest, _ = predict_all(self.model, sequences[split], self.device)
+            outputs[split] = SplitOutputs(points.iloc[rows].reset_index(drop=True), users.iloc[rows].reset_index(drop=True),
+                                          scores, categories, shift, interest)
+            if self.training_config["exclude_seen"]:
+                outputs[split].exclude = seen_items(self.conn, outputs[split].points, self.vocabulary)
+
+        started = time.perf_counter()
+        candidate_frames = self._candidates(outputs)
+        self._timed("candidates and their features", started)
+
+        started = time.perf_counter()
+        train, valid_retrieved = candidate_frames["train_ranker"], candidate_frames["valid_retrieved"]
+        self.ranker = ItemRanker(self.ranker_config, self.seed, "cuda" if self.device.type == "cuda" else "cpu")
+        self.ranker.fit(train, train.relevance.to_numpy(), train.point.to_numpy(),
+                        (valid_retrieved, valid_retrieved.relevance.to_numpy(), valid_retrieved.point.to_numpy()))
+        self._timed("train ranker", started)
+
+        for split in ("valid", "test"):
+            frame = candidate_frames[split]
+            frame["ranker_score"] = self.ranker.score(frame)
+            outputs[split].candidates = frame
+        valid = outputs["valid"]
+        valid_targets = self.vocabulary.index_of(valid.points.label_item_id)
+
+        def valid_ndcg(blended: np.ndarray) -> float:
+            frame = valid.candidates.assign(blend_score=blended)
+            ranks = target_ranks(_full_ranking(valid.lstm_scores, frame, "blend_score"), valid_targets, valid.exclude)
+            return ranking_metrics(ranks, ks=(10,))["NDCG@10"]
+
+        self.blend = Blend().fit(
+            valid.candidates.lstm_item_score.to_numpy(), valid.candidates.ranker_score.to_numpy(), valid.candidates.point.to_numpy(), valid_ndcg
+        )
+        for split in ("valid", "test"):
+            frame = outputs[split].candidates
+            frame["blend_score"] = self.blend.score(frame.lstm_item_score.to_numpy(), frame.ranker_score.to_numpy(), frame.point.to_numpy())
+
+        baselines = self._baselines(points)
+        result = TrainingResult(
+            vocabulary=self.vocabulary, features=self.features, model=self.model.cpu(), ranker=self.ranker, blend=self.blend,
+            configs={"training": self.training_config, "lstm": self.lstm_config, "ranker": self.ranker_config},
+            data_window=self._data_window(points),
+            metrics=self._ranking_table(outputs["test"], baselines["test"]),
+            valid_metrics=self._ranking_table(outputs["valid"], baselines["valid"]),
+            category_metrics=self._category_metrics(outputs["test"]),
+            shift_metrics=self._shift_metrics(outputs),
+            confusion=self._confusion(outputs["test"]),
+            calibration=calibration_bins(*self._shift_labels(outputs["test"])),
+            timelines=self._timelines(outputs),
+            sizes={f"points_{s}": int(len(r)) for s, r in split_rows.items()}
+            | {"items": self.vocabulary.n_items, "categories": self.vocabulary.n_categories,
+               "ranker_rows": int(len(train)), "ranker_queries": int(train.point.nunique())},
+            seconds=self.seconds, device=str(self.device),
+        )
+        return result
+
+    # ------------------------------------------------------------------ candidates
+
+    def _candidates(self, outputs: dict[str, SplitOutputs]) -> dict[str, pd.DataFrame]:
+        sizes = self.training_config["candidates"]
+        eval_sizes = {"lstm_top": self.training_config["eval_candidates"], "popular": sizes["popular"],
+                      "same_category": sizes["same_category"], "embedding_neighbours": sizes["embedding_neighbours"], "random": 0}
+        # The ranker learns on the candidates the sources really retrieve: decision points
+        # whose true item was not retrieved are dropped (``retrieved_only``), so training
+        # and serving see the same candidate distribution.
+        plans = [("train_ranker", "train_ranker", sizes, True), ("valid_retrieved", "valid", sizes, True),
+                 ("valid", "valid", eval_sizes, False), ("test", "test", eval_sizes, False)]
+        frames = []
+        indexes: dict[str, candidate_sources.CandidateIndex] = {}  # one per split (valid serves two plans)
+        for name, split, plan_sizes, retrieved_only in plans:
+            out = outputs[split]
+            if split not in indexes:
+                popularity = _popularity_before(self.conn, self.vocabulary, out.points.as_of.min())
+                indexes[split] = candidate_sources.CandidateIndex.build(self.vocabulary, popularity, self.text_matrix)
+            index = indexes[split]
+            recent = _recent_lists(out.users, self.vocabulary)
+            last_items = np.array([r[-1] if len(r) else 0 for r in recent])
+            targets = self.vocabulary.index_of(out.points.label_item_id)
+            lists = candidate_sources.generate(
+                index, out.lstm_scores, last_items, self.vocabulary.item_category[last_items], plan_sizes, self.rng,
+                exclude=out.exclude,
+            )
+            if retrieved_only:
+                lists = [c if targets[i] in c else np.empty(0, np.int64) for i, c in enumerate(lists)]
+            counts = np.array([len(c) for c in lists])
+            point = np.repeat(np.arange(len(lists)), counts)
+            item_index = np.concatenate(lists)
+            frames.append(pd.DataFrame({
+                "set": name, "point": point, "item_index": item_index,
+                "item_id": self.vocabulary.item_ids[item_index], "category_id": self.vocabulary.item_category[item_index],
+                "as_of": out.points.as_of.to_numpy()[point], "relevance": (item_index == targets[point]).astype(int),
+            }))
+        everything = pd.concat(frames, ignore_index=True)
+        everything["row"] = np.arange(len(everything))
+        retrieved = candidate_features(self.store, self.retrieval_conn, everything, self.features)
+        item_columns = [c for c in retrieved.columns if c not in ("row", "item_id", "category_id", "event_timestamp")]
+        everything = everything.join(retrieved.set_index("row")[item_columns], on="row")
+        result = {}
+        for name, split, _, _ in plans:
+            out = outputs[split]
+            frame = everything[everything.set == name].reset_index(drop=True)
+            frame["interest_item_cosine"] = affinity(
+                affinity_transformation(self.store),
+                list(out.users.interest_embedding.to_numpy()[frame.point.to_numpy()]),
+                list(self.text_matrix[frame.item_index.to_numpy()]),
+            )
+            matrix = build_matrix(out.users, frame, out.lstm_scores, out.category_probabilities, out.shift_probability)
+            result[name] = pd.concat([frame[["point", "item_index", "item_id", "relevance"]], matrix], axis=1)
+        return result
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _baselines(self, points: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
+        out = {}
+        for split in ("valid", "test"):
+            before = points[points.split == split].as_of.min()
+            histories = _training_histories(self.conn, self.vocabulary, self.training_config["protocol"], before)
+            out[split] = {}
+            for baseline in (MostPopular(), PopularInLastCategory(), ItemKNN()):
+                baseline.fit(histories, self.vocabulary.n_items, self.vocabulary.item_category)
+                out[split][baseline.name] = baseline
+        return out
+
+    def _ranking_table(self, out: SplitOutputs, baselines: dict) -> pd.DataFrame:
+        targets = self.vocabulary.index_of(out.points.label_item_id)
+        rows = {
+            "blend (LSTM + XGBoost)": _full_ranking(out.lstm_scores, out.candidates, "blend_score"),
+            "XGBoost ranker": _full_ranking(out.lstm_scores, out.candidates, "ranker_score"),
+            "LSTM": out.lstm_scores,
+        }
+        recent = _recent_lists(out.users, self.vocabulary)
+        for name, baseline in baselines.items():
+            rows[f"baseline: {name}"] = baseline.score(recent)
+        table = {name: ranking_metrics(target_ranks(scores, targets, out.exclude), ks=(10,)) for name, scores in rows.items()}
+        return pd.DataFrame(table).T
+
+    def _category_metrics(self, out: SplitOutputs) -> dict[str, float]:
+        target = out.points.label_category_id.to_numpy()
+        probabilities = out.category_probabilities
+        last = np.array([v[-1] if v is not None and len(v) else 0 for v in out.users.recent_category_ids])
+        dominant = out.users.dominant_category_30d.fillna(0).to_numpy(np.int64)
+        return {
+            "LSTM accuracy@1": accuracy_at_k(probabilities, target, 1),
+            "LSTM accuracy@3": accuracy_at_k(probabilities, target, 3),
+            "baseline last category accuracy@1": float(np.mean(last == target)),
+            "baseline 30-day dominant category accuracy@1": float(np.mean(dominant == target)),
+        }
+
+    def _shift_labels(self, out: SplitOutputs) -> tuple[np.ndarray, np.ndarray]:
+        dominant = out.users.dominant_category_30d.fillna(0).to_numpy(np.int64)
+        known = dominant > 0
+        labels = (out.points.label_category_id.to_numpy() != dominant)[known].astype(int)
+        return labels, out.shift_probability[known]
+
+    def _shift_metrics(self, outputs: dict[str, SplitOutputs]) -> dict[str, float]:
+        """Observed shifts on test; planted shifts (synthetic ground truth) on every point
+        the LSTM did not train on (ranker training, validation and test periods)."""
+        labels, probability = self._shift_labels(outputs["test"])
+        metrics = {"AUC, next category differs from the 30-day dominant (test)": roc_auc(labels, probability),
+                   "rate of such shifts (test)": float(labels.mean()) if len(labels) else float("nan")}
+        planted = fetch_frame(self.conn, "SELECT user_id, drift_start, drift_end FROM interest.planted_interest_shifts")
+        if len(planted):
+            held_out = [outputs[s] for s in ("train_ranker", "valid", "test")]
+            points = pd.concat([o.points[["user_id", "as_of"]] for o in held_out], ignore_index=True)
+            probability = np.concatenate([o.shift_probability for o in held_out])
+            horizon = pd.Timedelta(days=self.training_config["shift_horizon_days"])
+            joined = points.merge(planted, on="user_id", how="left")
+            start, end = pd.to_datetime(joined.drift_start, utc=True), pd.to_datetime(joined.drift_end, utc=True)
+            in_shift = ((joined.as_of >= start) & (joined.as_of <= end + horizon)).fillna(False).to_numpy().astype(int)
+            metrics["AUC, planted shift under way (ground truth, held-out points)"] = roc_auc(in_shift, probability)
+            metrics["held-out points inside a planted shift"] = int(in_shift.sum())
+            metrics["held-out points"] = int(len(in_shift))
+        return metrics
+
+    def _confusion(self, out: SplitOutputs) -> pd.DataFrame:
+        predicted = out.category_probabilities.argmax(axis=1)
+        return pd.crosstab(pd.Series(out.points.label_category_id.to_numpy(), name="true"), pd.Series(predicted, name="predicted"))
+
+    def _timelines(self, outputs: dict[str, SplitOutputs]) -> pd.DataFrame:
+        frames = []
+        for split in ("train_ranker", "valid", "test"):
+            out = outputs[split]
+            frame = out.points[["user_id", "as_of", "label_category_id"]].copy()
+            frame["split"] = split
+            frame["predicted_mix"] = list(out.category_probabilities[:, 1:])
+            frame["shift_probability"] = out.shift_probability
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True)
+
+    def _data_window(self, points: pd.DataFrame) -> dict:
+        return {
+            "protocol": self.training_config["protocol"],
+            **{f"{s}_first_as_of": str(points[points.split == s].as_of.min()) for s in SPLITS},
+            **{f"{s}_last_as_of": str(points[points.split == s].as_of.max()) for s in SPLITS},
+        }
+
+
+def train_models(store, conn: psycopg.Connection, retrieval_conn: psycopg.Connection, session_gap: dt.timedelta,
+                 overrides: dict[str, dict] | None = None, device: str | None = None, progress: bool = False,
+                 config_dir: Path | None = None) -> TrainingResult:
+    """Train and evaluate everything; see the module docstring.
+
+    Args:
+        store: the project's ``feast.FeatureStore`` (applied and built).
+        conn: a connection for the raw event history (decision points, labels, baselines).
+        retrieval_conn: an autocommit connection for Feast point-in-time retrieval.
+        session_gap: the pipeline's session gap (decision points are session starts).
+        overrides: per config ("training", "lstm", "ranker") keys replacing the YAML's.
+        config_dir: a project's config folder whose ``<name>.yaml`` files override the
+            packaged ones (``overrides`` win over both).
+        device: "cpu", "cuda" or None for CUDA when available.
+    """
+    return _Trainer(store, conn, retrieval_conn, session_gap, overrides, config_dir, device, progress).run()

@@ -1,0 +1,66 @@
+"""Train, register and report in one call, on the database a ``Pipeline`` is connected to."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import psycopg
+
+from interest_models.registry.model_registry import registry_for
+from interest_models.evaluation.report import write_report
+from interest_models.training.recipe import TrainingResult, train_models
+from materialize.database.tables import fetch_frame
+
+PUBLISHED_MOVIELENS_100K = pd.DataFrame(
+    {"HR@10": [0.1103], "NDCG@10": [0.0513], "MRR@10": [0.0337]},
+    index=["RecBole GRU4Rec, default settings (quick start)"],
+)
+"""Chronological leave-one-out on ML-100K, ranked against all items."""
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    result: TrainingResult
+    version: str | None
+    serving: bool
+    report: Path
+
+
+def train_register_report(pipeline, protocol: str = "time_split", device: str | None = None,
+                          overrides: dict[str, dict] | None = None, register: bool = True, serve: bool = False) -> TrainingRun:
+    """Train on everything the store holds, register the version and write its report.
+
+    Args:
+        pipeline: a ``materialize.pipeline.Pipeline`` whose repo is applied and built.
+        protocol: "time_split" or "leave_one_out" (MovieLens' standard protocol).
+        serve: also mark the new version as the serving one.
+    """
+    overrides = {k: dict(v) for k, v in (overrides or {}).items()}
+    training = overrides.setdefault("training", {})
+    training.setdefault("protocol", protocol)
+    if protocol == "leave_one_out":
+        training.setdefault("exclude_seen", True)
+    settings = pipeline.settings
+    with psycopg.connect(settings.postgres.conninfo(), autocommit=True) as retrieval_conn:
+        result = train_models(
+            pipeline.store, pipeline.conn, retrieval_conn, dt.timedelta(minutes=settings.pipeline.session_gap_minutes),
+            overrides=overrides, device=device, progress=pipeline.progress, config_dir=settings.config_dir,
+        )
+    registry = registry_for(settings.project_dir)
+    version = registry.register(result, extra={"database": settings.postgres.database}) if register else None
+    if version and serve:
+        registry.set_serving(version)
+    names = dict(pipeline.conn.execute("SELECT category_id, category FROM interest.categories"))
+    planted = fetch_frame(pipeline.conn, "SELECT * FROM interest.planted_interest_shifts")
+    is_movielens = pipeline.conn.execute(
+        "SELECT count(*) > 0 FROM interest.ingest_runs WHERE source LIKE 'movielens-100k%%'"
+    ).fetchone()[0]
+    report_dir = settings.project_dir / "reports" / (version or f"unregistered-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    report = write_report(
+        result, report_dir, version or "unregistered", f"Interest-shift models ({protocol})", names,
+        planted=planted if len(planted) else None,
+        references=PUBLISHED_MOVIELENS_100K if is_movielens and protocol == "leave_one_out" else None,
+    )
+    return TrainingRun(result, version, bool(version and serve), report)

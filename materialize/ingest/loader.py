@@ -1,0 +1,400 @@
+"""Bulk loading of catalogues and events into Postgres with validation and quarantine.
+
+Every row read ends up in exactly one of: loaded (inserted or updated), quarantined (kept
+with its reason in ``interest.quarantine``) or duplicate (counted, not stored twice), so
+``rows_read == loaded + quarantined + duplicate`` after every load. Rows travel by COPY.
+Each chunk commits on its own: a failure later in a file keeps what was loaded, and
+loading the same input again changes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from materialize.embeddings.item_text import item_text, text_sha256
+from materialize.ingest.schema import EVENTS, ITEMS, TableSchema
+from materialize.ingest.validation import Rejection, check_columns, raw_json, validate_events, validate_items
+
+log = logging.getLogger(__name__)
+
+EXAMPLES_KEPT = 20
+"""Rejections quoted in a report (all of them are in the quarantine table)."""
+
+
+@dataclass
+class RawChunk:
+    """Rows of one input chunk before validation."""
+
+    frame: pd.DataFrame                 # schema columns, strings (files) or typed (generators)
+    lines: np.ndarray                   # (n,) int64 line of each row in its source
+    malformed: list[Rejection] = field(default_factory=list)  # lines that could not be parsed
+
+
+@dataclass
+class IngestReport:
+    """Counts of one load; ``reconciles`` must always hold."""
+
+    kind: str
+    source: str
+    run_id: int = 0
+    rows_read: int = 0
+    loaded: int = 0
+    updated: int = 0
+    quarantined: int = 0
+    duplicate: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def reconciles(self) -> bool:
+        return self.rows_read == self.loaded + self.quarantined + self.duplicate
+
+    def summary(self) -> str:
+        return (
+            f"{self.kind} from {self.source}: read {self.rows_read:,} = loaded {self.loaded:,}"
+            f" (updated {self.updated:,}) + quarantined {self.quarantined:,} + duplicate {self.duplicate:,}"
+        )
+
+
+# ---------------------------------------------------------------------------- readers
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _csv_chunks(path: Path, schema: TableSchema, chunk_rows: int) -> Iterator[RawChunk]:
+    with open(path, newline="") as handle:
+        header = [c.strip() for c in handle.readline().rstrip("\r\n").split(",")]
+    check_columns(header, schema, str(path))
+    malformed: list[Rejection] = []
+
+    def on_invalid_row(row) -> str:
+        malformed.append(
+            Rejection(
+                line=int(row.number),
+                field=None,
+                reason=f"malformed line: expected {row.expected_columns} fields, found {row.actual_columns}",
+                raw={"text": row.text},
+            )
+        )
+        return "skip"
+
+    reader = pa_csv.open_csv(
+        path,
+        read_options=pa_csv.ReadOptions(use_threads=False, block_size=1 << 22),
+        parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid_row),
+        convert_options=pa_csv.ConvertOptions(
+            column_types={c: pa.string() for c in header}, strings_can_be_null=True, quoted_strings_can_be_null=False
+        ),
+    )
+    next_line = 2  # line 1 is the header
+    pending: list[pd.DataFrame] = []
+    pending_lines: list[np.ndarray] = []
+    pending_rows = 0
+    for batch in reader:
+        n = batch.num_rows
+        known_bad = np.array(sorted(r.line for r in malformed if r.line >= next_line), dtype=np.int64)
+        candidates = np.arange(next_line, next_line + n + len(known_bad), dtype=np.int64)
+        lines = np.setdiff1d(candidates, known_bad, assume_unique=True)[:n]
+        if n:
+            next_line = int(lines[-1]) + 1
+        pending.append(batch.to_pandas())
+        pending_lines.append(lines)
+        pending_rows += n
+        if pending_rows >= chunk_rows:
+            yield RawChunk(pd.concat(pending, ignore_index=True), np.concatenate(pending_lines), malformed)
+            pending, pending_lines, pending_rows, malformed = [], [], 0, []
+    yield RawChunk(
+        pd.concat(pending, ignore_index=True) if pending else pd.DataFrame(columns=header),
+        np.concatenate(pending_lines) if pending_lines else np.empty(0, np.int64),
+        malformed,
+    )
+
+
+def _parquet_chunks(path: Path, schema: TableSchema, chunk_rows: int) -> Iterator[RawChunk]:
+    parquet = pq.ParquetFile(path)
+    check_columns(parquet.schema_arrow.names, schema, str(path))
+    first_row = 1
+    for batch in parquet.iter_batches(batch_size=chunk_rows):
+        frame = batch.to_pandas()
+        yield RawChunk(frame, np.arange(first_row, first_row + len(frame), dtype=np.int64))
+        first_row += len(frame)
+
+
+def read_file(path: Path, schema: TableSchema, chunk_rows: int) -> Iterator[RawChunk]:
+    """Chunks of a CSV (comma separated, header line) or Parquet file.
+
+    Raises:
+        SchemaError: the column set is wrong (names the file and the columns).
+        ValueError: the file type is not supported.
+    """
+    suffix = path.suffix.lower()
+    if suffix in {".csv", ".txt"}:
+        return _csv_chunks(path, schema, chunk_rows)
+    if suffix in {".parquet", ".pq"}:
+        return _parquet_chunks(path, schema, chunk_rows)
+    raise ValueError(f"{path}: unsupported file type {suffix!r} (use .csv or .parquet)")
+
+
+def frames_as_chunks(frames: Iterable[pd.DataFrame], schema: TableSchema, source: str) -> Iterator[RawChunk]:
+    """Adapt in-memory frames (a generator's output) to chunks; lines count rows from 1."""
+    first_row = 1
+    for frame in frames:
+        check_columns(list(frame.columns), schema, source)
+        yield RawChunk(frame.reset_index(drop=True), np.arange(first_row, first_row + len(frame), dtype=np.int64))
+        first_row += len(frame)
+
+
+# ---------------------------------------------------------------------------- loaders
+
+
+def _copy_frame(cur: psycopg.Cursor, table: str, frame: pd.DataFrame) -> None:
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, header=False, na_rep="", date_format="%Y-%m-%d %H:%M:%S.%f%z")
+    columns = ", ".join(frame.columns)
+    with cur.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv, NULL '')") as copy:
+        copy.write(buffer.getvalue())
+
+
+def _quarantine(cur: psycopg.Cursor, report: IngestReport, sha: str, rejections: list[Rejection]) -> None:
+    if not rejections:
+        return
+    cur.execute("CREATE TEMP TABLE IF NOT EXISTS stage_quarantine (line bigint, field text, reason text, raw jsonb)")
+    cur.execute("TRUNCATE stage_quarantine")
+    with cur.copy("COPY stage_quarantine (line, field, reason, raw) FROM STDIN") as copy:
+        for r in rejections:
+            copy.write_row((r.line, r.field, r.reason, raw_json(r.raw)))
+    cur.execute(
+        """
+        INSERT INTO interest.quarantine (kind, source, source_sha256, line, field, reason, raw, run_id)
+        SELECT %s, %s, %s, line, field, reason, raw, %s FROM stage_quarantine
+        ON CONFLICT (kind, source_sha256, line) DO NOTHING
+        """,
+        (report.kind, report.source, sha, report.run_id),
+    )
+    report.quarantined += len(rejections)
+    for r in rejections[: max(0, EXAMPLES_KEPT - len(report.examples))]:
+        report.examples.append(r.describe(report.source))
+
+
+def _load_events_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clean: pd.DataFrame) -> None:
+    cur.execute(
+        """
+        CREATE TEMP TABLE IF NOT EXISTS stage_events (
+            line bigint, user_id bigint, item_id bigint, event_type smallint,
+            event_timestamp timestamptz, price numeric(14, 2), session_id text)
+        """
+    )
+    cur.execute("TRUNCATE stage_events")
+    _copy_frame(cur, "stage_events", clean)
+    unknown = cur.execute(
+        """
+        SELECT s.line, s.user_id, s.item_id, s.event_type, s.event_timestamp, s.price, s.session_id
+        FROM stage_events s
+        WHERE NOT EXISTS (SELECT 1 FROM interest.items i WHERE i.item_id = s.item_id)
+        """
+    ).fetchall()
+    if unknown:
+        _quarantine(
+            cur,
+            report,
+            sha,
+            [
+                Rejection(
+                    line=row[0],
+                    field="item_id",
+                    reason=f"item_id: unknown item {row[2]} (not in the catalogue)",
+                    raw=dict(
+                        zip(
+                            ("user_id", "item_id", "event_type", "event_timestamp", "price", "session_id"),
+                            (str(v) if v is not None else None for v in row[1:]),
+                        )
+                    ),
+                )
+                for row in unknown
+            ],
+        )
+        cur.execute("DELETE FROM stage_events s WHERE NOT EXISTS (SELECT 1 FROM interest.items i WHERE i.item_id = s.item_id)")
+    staged = len(clean) - len(unknown)
+    cur.execute(
+        """
+        INSERT INTO interest.events (user_id, item_id, event_type, event_timestamp, price, session_id, run_id)
+        SELECT DISTINCT ON (user_id, event_timestamp, item_id, event_type)
+               user_id, item_id, event_type, event_timestamp, price, session_id, %s
+        FROM stage_events
+        ORDER BY user_id, event_timestamp, item_id, event_type, line
+        ON CONFLICT DO NOTHING
+        """,
+        (report.run_id,),
+    )
+    report.loaded += cur.rowcount
+    report.duplicate += staged - cur.rowcount
+
+
+def _load_items_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clean: pd.DataFrame) -> None:
+    # Within a file the first row of an item wins; a later identical row is a duplicate,
+    # a later conflicting row is quarantined.
+    first = ~clean.duplicated("item_id", keep="first")
+    repeats = clean[~first]
+    kept = clean[first].copy()
+    if len(repeats):
+        originals = kept.set_index("item_id")
+        conflicts = []
+        for row in repeats.itertuples(index=False):
+            original = originals.loc[row.item_id]
+            same = all(
+                (pd.isna(getattr(row, c)) and pd.isna(original[c])) or getattr(row, c) == original[c]
+                for c in ("category", "title", "description", "price")
+            )
+            if same:
+                report.duplicate += 1
+            else:
+                conflicts.append(
+                    Rejection(
+                        line=int(row.line),
+                        field="item_id",
+                        reason=f"item_id: item {row.item_id} repeats line {int(original['line'])} with different values",
+                        raw={k: (None if pd.isna(v) else str(v)) for k, v in row._asdict().items() if k != "line"},
+                    )
+                )
+        _quarantine(cur, report, sha, conflicts)
+    descriptions = kept["description"].astype(object).where(kept["description"].notna(), None)
+    kept["text_sha256"] = [text_sha256(item_text(t, d)) for t, d in zip(kept["title"], descriptions)]
+    cur.execute(
+        """
+        CREATE TEMP TABLE IF NOT EXISTS stage_items (
+            line bigint, item_id bigint, category text, title text, description text,
+            price numeric(14, 2), text_sha256 text)
+        """
+    )
+    cur.execute("TRUNCATE stage_items")
+    _copy_frame(cur, "stage_items", kept)
+    cur.execute(
+        "INSERT INTO interest.categories (category) SELECT DISTINCT category FROM stage_items ORDER BY 1 ON CONFLICT DO NOTHING"
+    )
+    rows = cur.execute(
+        """
+        INSERT INTO interest.items AS i (item_id, category_id, title, description, price, text_sha256, valid_from)
+        SELECT s.item_id, c.category_id, s.title, s.description, s.price, s.text_sha256,
+               CASE WHEN EXISTS (SELECT 1 FROM interest.items o WHERE o.item_id = s.item_id)
+                    THEN now() ELSE 'epoch'::timestamptz END
+        FROM stage_items s JOIN interest.categories c USING (category)
+        ON CONFLICT (item_id) DO UPDATE
+           SET category_id = excluded.category_id, title = excluded.title,
+               description = excluded.description, price = excluded.price,
+               text_sha256 = excluded.text_sha256, valid_from = now(), created_at = now()
+         WHERE (i.category_id, i.title, i.description, i.price)
+               IS DISTINCT FROM (excluded.category_id, excluded.title, excluded.description, excluded.price)
+        RETURNING (xmax = 0) AS inserted
+        """
+    ).fetchall()
+    inserted = sum(1 for (was_insert,) in rows if was_insert)
+    report.loaded += len(rows)
+    report.updated += len(rows) - inserted
+    report.duplicate += len(kept) - len(rows)
+
+
+def load(
+    conn: psycopg.Connection,
+    kind: str,
+    chunks: Iterable[RawChunk],
+    source: str,
+    source_sha256: str,
+    now: pd.Timestamp | None = None,
+    future_tolerance_s: int = 300,
+    progress: bool = False,
+    total_rows: int | None = None,
+) -> IngestReport:
+    """Validate and load chunks of ``kind`` ('items' or 'events').
+
+    Args:
+        conn: an open connection (not in autocommit); each chunk commits.
+        source: a name for the input, kept with every quarantined row.
+        source_sha256: content hash of the input; quarantine rows are unique per (hash, line).
+        now: reference time for future timestamps (default: current UTC time).
+
+    Returns:
+        The reconciled counts; also stored in ``interest.ingest_runs``.
+    """
+    if kind not in (ITEMS.name, EVENTS.name):
+        raise ValueError(f"unknown kind {kind!r}")
+    now = now or pd.Timestamp.now(tz="UTC")
+    report = IngestReport(kind=kind, source=source)
+    with conn.cursor() as cur:
+        report.run_id = cur.execute(
+            "INSERT INTO interest.ingest_runs (kind, source, source_sha256) VALUES (%s, %s, %s) RETURNING run_id",
+            (kind, source, source_sha256),
+        ).fetchone()[0]
+        conn.commit()
+        bar = tqdm(total=total_rows, unit="rows", desc=f"load {kind}", disable=not progress)
+        for chunk in chunks:
+            _quarantine(cur, report, source_sha256, chunk.malformed)
+            if kind == EVENTS.name:
+                clean, rejected = validate_events(chunk.frame, chunk.lines, now, future_tolerance_s)
+                _quarantine(cur, report, source_sha256, rejected)
+                if len(clean):
+                    _load_events_chunk(cur, report, source_sha256, clean)
+            else:
+                clean, rejected = validate_items(chunk.frame, chunk.lines)
+                _quarantine(cur, report, source_sha256, rejected)
+                if len(clean):
+                    _load_items_chunk(cur, report, source_sha256, clean)
+            chunk_rows = len(chunk.frame) + len(chunk.malformed)
+            report.rows_read += chunk_rows
+            _record(cur, report, status="running")
+            conn.commit()
+            bar.update(chunk_rows)
+        bar.close()
+        if not report.reconciles:  # a bug, never bad input
+            raise AssertionError(f"counts do not reconcile: {report.summary()}")
+        _record(cur, report, status="done")
+        conn.commit()
+    if report.quarantined:
+        log.warning("%s quarantined %d rows; first: %s", source, report.quarantined, report.examples[0])
+    return report
+
+
+def _record(cur: psycopg.Cursor, report: IngestReport, status: str) -> None:
+    cur.execute(
+        """
+        UPDATE interest.ingest_runs
+           SET status = %s, rows_read = %s, loaded = %s, updated = %s, quarantined = %s, duplicate = %s,
+               finished_at = CASE WHEN %s = 'done' THEN now() END
+         WHERE run_id = %s
+        """,
+        (status, report.rows_read, report.loaded, report.updated, report.quarantined, report.duplicate, status, report.run_id),
+    )
+
+
+def load_file(conn: psycopg.Connection, kind: str, path: Path, chunk_rows: int, **kwargs) -> IngestReport:
+    """Load a CSV or Parquet file of ``kind`` (see ``load`` for the keyword arguments)."""
+    path = Path(path)
+    schema = EVENTS if kind == EVENTS.name else ITEMS
+    chunks = read_file(path, schema, chunk_rows)
+    return load(conn, kind, chunks, source=str(path), source_sha256=file_sha256(path), **kwargs)
+
+
+def load_frames(
+    conn: psycopg.Connection, kind: str, frames: Iterable[pd.DataFrame], source: str, **kwargs
+) -> IngestReport:
+    """Load in-memory frames (a generator's output); ``source`` should identify them exactly."""
+    schema = EVENTS if kind == EVENTS.name else ITEMS
+    sha = hashlib.sha256(source.encode()).hexdigest()
+    return load(conn, kind, frames_as_chunks(frames, schema, source), source=source, source_sha256=sha, **kwargs)
+

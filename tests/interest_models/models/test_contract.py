@@ -1,0 +1,77 @@
+"""Every model honours the contract of ``interest_models.models.base``: fit returns the
+model, score gives arrays, and save/load (no pickle) gives back the same scores."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from interest_models.data.ranking_features import FEATURE_COLUMNS
+from interest_models.data.sequences import SequenceBatch
+from interest_models.models.base import Model
+from interest_models.models.blend import Blend
+from interest_models.models.interest_shift_lstm import InterestShiftLSTM
+from interest_models.models.item_knn import ItemKNN
+from interest_models.models.item_ranker import ItemRanker
+from interest_models.models.most_popular import MostPopular
+from interest_models.models.popular_in_last_category import PopularInLastCategory
+
+RNG = np.random.default_rng(3)
+N_ITEMS, N_CATEGORIES = 30, 4
+ITEM_CATEGORY = np.concatenate([[0], RNG.integers(1, N_CATEGORIES + 1, N_ITEMS)])
+
+
+def _sequences(n: int) -> SequenceBatch:
+    items = torch.from_numpy(RNG.integers(1, N_ITEMS + 1, (n, 6)))
+    return SequenceBatch(
+        items=items, categories=torch.from_numpy(ITEM_CATEGORY[items.numpy()]),
+        event_types=torch.from_numpy(RNG.integers(1, 5, (n, 6))), log_gaps=torch.rand(n, 6),
+        lengths=torch.from_numpy(RNG.integers(1, 7, n)), dominant_category=torch.from_numpy(RNG.integers(0, N_CATEGORIES + 1, n)),
+        target_item=torch.from_numpy(RNG.integers(1, N_ITEMS + 1, n)),
+        target_category=torch.from_numpy(RNG.integers(1, N_CATEGORIES + 1, n)),
+        shifted=torch.from_numpy(RNG.integers(0, 2, n).astype(np.float32)),
+    )
+
+
+def test_lstm_round_trip(tmp_path):
+    config = {"learning_rate": 0.01, "weight_decay": 0.0, "mixed_precision": False, "max_epochs": 2, "batch_size": 16,
+              "loss_weights": {"item": 1.0, "category": 0.5, "shift": 0.5}, "patience": 2}
+    model = InterestShiftLSTM(N_ITEMS, N_CATEGORIES, torch.randn(N_ITEMS + 1, 8), item_dim=8, category_dim=4, hidden_dim=16)
+    train, valid = _sequences(64), _sequences(32)
+    assert model.fit(train, valid, config, torch.device("cpu"), seed=1) is model
+    assert isinstance(model, Model) and len(model.learning_curve.epoch) >= 1
+    scores = model.score(valid)
+    assert scores.shape == (32, N_ITEMS + 1) and np.isneginf(scores[:, 0]).all()
+    model.save(tmp_path)
+    np.testing.assert_allclose(InterestShiftLSTM.load(tmp_path).score(valid), scores, rtol=1e-6)
+
+
+def test_ranker_round_trip(tmp_path):
+    features = pd.DataFrame(RNG.normal(size=(400, len(FEATURE_COLUMNS))), columns=FEATURE_COLUMNS)
+    relevance, query = (features.lstm_item_score > 1).astype(int).to_numpy(), np.repeat(np.arange(40), 10)
+    config = {"objective": "rank:ndcg", "n_estimators": 20, "max_depth": 3, "early_stopping_rounds": 5, "eval_metric": "ndcg@10"}
+    ranker = ItemRanker(config, seed=1, device="cpu")
+    assert ranker.fit(features, relevance, query, (features, relevance, query)) is ranker and isinstance(ranker, Model)
+    ranker.save(tmp_path)
+    loaded = ItemRanker.load(tmp_path, device="cpu")
+    np.testing.assert_allclose(loaded.score(features), ranker.score(features), rtol=1e-6)
+    assert loaded.best_iteration == ranker.best_iteration
+
+
+def test_blend_round_trip(tmp_path):
+    lstm, ranker, query = RNG.normal(size=60), RNG.normal(size=60), np.repeat(np.arange(6), 10)
+    blend = Blend().fit(lstm, ranker, query, objective=lambda blended: -abs(np.corrcoef(blended, lstm)[0, 1] - 0.8))
+    assert isinstance(blend, Model) and set(blend.search) == set(np.round(np.linspace(0, 1, 21), 2))
+    blend.save(tmp_path)
+    np.testing.assert_array_equal(Blend.load(tmp_path).score(lstm, ranker, query), blend.score(lstm, ranker, query))
+
+
+def test_baselines_round_trip(tmp_path):
+    histories = [RNG.integers(1, N_ITEMS + 1, RNG.integers(2, 12)) for _ in range(50)]
+    recent = [h[-3:] for h in histories[:10]]
+    for model in (MostPopular(), PopularInLastCategory(), ItemKNN(neighbours=5, decay=0.7, last_n=4)):
+        assert model.fit(histories, N_ITEMS, ITEM_CATEGORY) is model and isinstance(model, Model)
+        model.save(tmp_path)
+        loaded = type(model).load(tmp_path)
+        np.testing.assert_array_equal(loaded.score(recent), model.score(recent))
+    assert (ItemKNN.load(tmp_path).neighbours, ItemKNN.load(tmp_path).decay) == (5, 0.7)
