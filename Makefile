@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install clean-db
+.PHONY: run test install check-wheel clean-db
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ run: $(STAMP)  ## the main job: embedded Postgres, synthetic shop, features, Fea
 
 test: $(STAMP)  ## the test suite (real Postgres, Feast, models on small data)
 	$(VENV)/bin/python -m pytest -q
+
+check-wheel:  ## build the wheel, install it in a fresh venv outside the checkout, run init/status/pipeline
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" bash .ci/check_wheel.sh
 
 clean-db:  ## stop the embedded server and delete its data
 	-$(VENV)/bin/interest stop

@@ -118,7 +118,7 @@ class Pipeline:
     # ------------------------------------------------------------------ features
 
     def embed(self, device: str | None = None):
-        """Embed item texts not embedded before (see ``materialize.item_embeddings``)."""
+        """Embed item texts not embedded before (see ``materialize.embeddings.item_embeddings``)."""
         from materialize.embeddings.embedder import TextEmbedder
         from materialize.embeddings.item_embeddings import embed_new_item_texts
 

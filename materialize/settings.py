@@ -1,4 +1,4 @@
-"""One place that reads configuration: environment variables and the pipeline YAML.
+"""Configuration of the data plane: environment variables and the pipeline YAML.
 
 Connection (all optional; set ``INTEREST_PG_HOST`` to use your own server over TCP):
     INTEREST_PG_HOST      host name or socket directory of an external PostgreSQL

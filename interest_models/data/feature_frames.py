@@ -3,7 +3,7 @@
 The training feature service is split by entity so that user features (with their long
 sequence arrays) are fetched once per decision point and item/category features once per
 candidate row, instead of repeating every user array on every candidate row. Both calls
-go through ``materialize.retrieval.training_frame`` (Feast's point-in-time SQL) with the
+go through ``materialize.feature_store.retrieval.training_frame`` (Feast's point-in-time SQL) with the
 entity timestamp ``as_of``. The on-demand user-item affinity is computed with the
 on-demand view's own transformation from its two point-in-time inputs.
 """

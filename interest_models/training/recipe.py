@@ -2,8 +2,8 @@
 
 ``train_models`` runs the whole recipe on what the feature store holds:
 
-1. decision points and labels from the event history, split by time (``examples``);
-2. their features through Feast point-in-time retrieval (``training_frames``);
+1. decision points and labels from the event history, split by time (``data.decision_points``);
+2. their features through Feast point-in-time retrieval (``data.feature_frames``);
 3. the LSTM on the earliest training period, early-stopped on validation;
 4. the ranker on the next period, with the LSTM's (out-of-sample) outputs as features;
 5. the blend weight on validation; every number reported for test comes from a model

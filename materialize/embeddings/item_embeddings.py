@@ -27,7 +27,7 @@ def embed_new_item_texts(conn: psycopg.Connection, embedder, progress: bool = Fa
 
     Args:
         conn: an open connection; commits when done.
-        embedder: a ``materialize.embedder.TextEmbedder`` (anything with ``embed`` and
+        embedder: a ``materialize.embeddings.embedder.TextEmbedder`` (anything with ``embed`` and
             ``model_version``).
     """
     import time

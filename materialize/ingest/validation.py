@@ -1,4 +1,4 @@
-"""Row validation of events and catalogue items against ``materialize.schema``.
+"""Row validation of events and catalogue items against ``materialize.ingest.schema``.
 
 Validation is vectorised over a chunk. Every rejected row becomes a ``Rejection`` naming
 its line, the first offending field and all reasons; nothing is dropped silently.

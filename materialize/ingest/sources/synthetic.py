@@ -1,7 +1,7 @@
 """Synthetic e-commerce shop with planted interest shifts.
 
 A seeded, deterministic generator of an item catalogue and an event stream in the documented
-schemas (``materialize.schema``), plus the ground truth of which users changed their dominant
+schemas (``materialize.ingest.schema``), plus the ground truth of which users changed their dominant
 category, when, and how.
 
 The model of the shop:

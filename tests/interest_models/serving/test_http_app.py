@@ -23,7 +23,7 @@ from materialize.pipeline import Pipeline
 from materialize.database.server import stop_embedded
 from materialize.settings import PostgresSettings
 from tests.conftest import new_database, settings_for
-from tests.interest_models.test_training import FAST, GAP, SHOP
+from tests.interest_models.training.test_recipe import FAST, GAP, SHOP
 
 KEY = {"X-API-Key": "test-key"}
 
@@ -171,7 +171,7 @@ def test_postgres_outage_degrades_then_recovers(service):
         assert client.post("/events", headers=KEY, json={"user_id": user, "item_id": 1, "event_type": "view"}).status_code == 503
     finally:
         # A fresh process: pgserver caches the handle of a server it started in this one.
-        subprocess.run([sys.executable, "-c", f"from pathlib import Path; from materialize.postgres import start_embedded; "
+        subprocess.run([sys.executable, "-c", f"from pathlib import Path; from materialize.database.server import start_embedded; "
                         f"start_embedded(Path({str(pgdata)!r}))"], check=True, capture_output=True)
     deadline = time.monotonic() + 30
     while client.get("/ready").status_code != 200 and time.monotonic() < deadline:

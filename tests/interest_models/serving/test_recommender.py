@@ -22,7 +22,7 @@ from interest_models.data.feature_frames import (
 )
 from materialize.pipeline import Pipeline
 from tests.conftest import new_database, settings_for
-from tests.interest_models.test_training import FAST, GAP, SHOP
+from tests.interest_models.training.test_recipe import FAST, GAP, SHOP
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,7 @@ def test_models_learn_and_beat_popularity(trained):
     assert trained.category_metrics["LSTM accuracy@1"] > 1 / SHOP.n_categories
     assert trained.shift_metrics["AUC, next category differs from the 30-day dominant (test)"] > 0.5
     assert trained.shift_metrics["held-out points inside a planted shift"] > 0
-    assert trained.curve.best_epoch >= 1 and len(trained.curve.epoch) <= FAST["lstm"]["max_epochs"]
+    assert trained.model.learning_curve.best_epoch >= 1 and len(trained.model.learning_curve.epoch) <= FAST["lstm"]["max_epochs"]
 
 
 def test_training_is_deterministic_with_a_seed(pipeline, retrieval_conn, trained):
@@ -105,7 +105,7 @@ def test_registry_round_trip_and_refusals(trained, pipeline, tmp_path):
     version = registry.register(trained)
     registry.set_serving(version)
     loaded = registry.load(store=pipeline.store)
-    assert loaded.version == version and loaded.blend == trained.blend
+    assert loaded.version == version and loaded.blend.lstm_weight == trained.blend.lstm_weight
     for name, tensor in trained.model.state_dict().items():
         assert torch.equal(tensor, loaded.model.state_dict()[name]), name
     sample = pd.DataFrame(np.random.default_rng(0).normal(size=(5, len(loaded.manifest["ranking_feature_columns"]))),
