@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import xgboost as xgb
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from harness import load_average, machine_info
 from interest_models.config import load_config
 from interest_models.models.item_ranker import ItemRanker
 from interest_models.data.ranking_features import FEATURE_COLUMNS
@@ -50,9 +49,8 @@ class PackedInterestLSTM(InterestShiftLSTM):
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "xgboost": xgb.__version__,
-            "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()}
+    info = {**machine_info(packages=("torch", "xgboost")), "torch_threads": torch.get_num_threads(),
+            "load_average": load_average()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

@@ -14,6 +14,9 @@ The load generator (one process per concurrent client, each with one keep-alive
 connection, sending its next request when the last one is answered) runs on the same
 machine and takes CPU from the servers; its CPU per request is printed so that it can
 be accounted for.
+
+Both servers run in their own process group and are stopped with all their workers
+however the run ends (Ctrl-C and SIGTERM included); so are the client processes.
 """
 from __future__ import annotations
 
@@ -22,18 +25,19 @@ import http.client
 import json
 import multiprocessing
 import os
-import platform
-import subprocess
 import sys
+import tempfile
 import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import psutil
 
+from harness import ServerProcess, embedded_server_stopped_if_started, load_average, machine_info, server_process, stop_on_sigterm
+
 KEY = "benchmark-key"
+SERVICE_PACKAGES = ("feast", "fastapi", "uvicorn", "gunicorn", "torch", "xgboost")
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -68,11 +72,11 @@ def client_process(port: int, path: str, headers: dict[str, str], bodies: list[b
     return latencies, time.time(), time.process_time() - cpu
 
 
-def wait_ready(port: int, path: str, process: subprocess.Popen, timeout_s: float = 180) -> None:
+def wait_ready(port: int, path: str, server: ServerProcess, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited: {process.stderr.read().decode()[-3000:]}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"the server exited: {server.log_tail()}")
         try:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             connection.request("GET", path)
@@ -84,9 +88,9 @@ def wait_ready(port: int, path: str, process: subprocess.Popen, timeout_s: float
     raise RuntimeError(f"the server on port {port} was not ready after {timeout_s} s")
 
 
-def process_cpu_s(process: subprocess.Popen) -> float:
+def process_cpu_s(server: ServerProcess) -> float:
     """User + system CPU seconds of a server process and its workers."""
-    root = psutil.Process(process.pid)
+    root = psutil.Process(server.process.pid)
     total = 0.0
     for proc in [root, *root.children(recursive=True)]:
         try:
@@ -97,16 +101,17 @@ def process_cpu_s(process: subprocess.Popen) -> float:
     return total
 
 
-def drive(port: int, path: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, server: subprocess.Popen) -> dict:
+def drive(port: int, path: str, headers: dict[str, str], bodies: list[bytes], concurrency: int, server: ServerProcess) -> dict:
     """Send every body once from ``concurrency`` client processes (no shared GIL, so the
     clients add no queueing of their own); latency of each, throughput and CPU per
-    request of the server and of the clients."""
-    with ProcessPoolExecutor(concurrency, mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(time.sleep, [0.2] * concurrency))  # start the processes before timing
+    request of the server and of the clients. The pool's processes are terminated when
+    the block ends, also when a client or this process fails."""
+    with multiprocessing.get_context("spawn").Pool(concurrency) as pool:
+        pool.map(time.sleep, [0.2] * concurrency, chunksize=1)  # start the processes before timing
         start_at = time.time() + 1.0
         server_cpu = process_cpu_s(server)
-        runs = list(pool.map(client_process, [port] * concurrency, [path] * concurrency, [headers] * concurrency,
-                             [bodies[i::concurrency] for i in range(concurrency)], [start_at] * concurrency))
+        runs = pool.starmap(client_process, [(port, path, headers, bodies[i::concurrency], start_at)
+                                             for i in range(concurrency)], chunksize=1)
         server_cpu = process_cpu_s(server) - server_cpu
     latencies = [t for run in runs for t in run[0]]
     wall = max(run[1] for run in runs) - start_at
@@ -119,26 +124,21 @@ def drive(port: int, path: str, headers: dict[str, str], bodies: list[bytes], co
     }
 
 
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+def serving_config(folder: Path, neighbour_search: str) -> str:
+    """A serving config file in ``folder`` (a temporary one), for INTEREST_SERVING_CONFIG."""
+    path = folder / "serving.yaml"
+    path.write_text(json.dumps({"neighbour_search": neighbour_search}))  # JSON is YAML
+    return str(path)
 
 
 def serve_ours(args, bodies: list[bytes], retrieved: list[bytes]) -> tuple[dict, dict]:
     """Both kinds of /recommend call: with 100 given candidates, and with the candidates
     retrieved by the service itself."""
-    config = args.out.with_name("service_benchmark_serving.yaml")
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(json.dumps({"neighbour_search": args.neighbour_search}))  # JSON is YAML
-    server = subprocess.Popen(
+    with tempfile.TemporaryDirectory(prefix="service_bench_") as config_dir, server_process(
         [sys.executable, "-m", "interest_shift.cli", "serve", "--port", str(args.port), "--workers", str(args.workers)],
-        env={**os.environ, "INTEREST_API_KEY": KEY, "INTEREST_SERVING_CONFIG": str(config)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
+        env={**os.environ, "INTEREST_API_KEY": KEY,
+             "INTEREST_SERVING_CONFIG": serving_config(Path(config_dir), args.neighbour_search)},
+    ) as server:
         wait_ready(args.port, "/ready", server)
         headers = {"X-API-Key": KEY}
         answer = json.loads(post(http.client.HTTPConnection("127.0.0.1", args.port), "/recommend", bodies[0],
@@ -147,21 +147,17 @@ def serve_ours(args, bodies: list[bytes], retrieved: list[bytes]) -> tuple[dict,
         drive(args.port, "/recommend", headers, bodies[: args.warmup], args.concurrency, server)  # warm every worker
         return (drive(args.port, "/recommend", headers, bodies, args.concurrency, server),
                 drive(args.port, "/recommend", headers, retrieved, args.concurrency, server))
-    finally:
-        stop(server)
 
 
 def serve_stock(args, settings, pgvector: bool, bodies: list[bytes]) -> dict:
     from materialize.feature_store.repo import export_feast_environment
 
-    server = subprocess.Popen(
+    with server_process(
         ["feast", "serve", "--port", str(args.stock_port), "--workers", str(args.workers), "--no-access-log",
          "--max-requests", "1000000"],  # its default recycles workers every 1,000 requests
         cwd=settings.feature_repo_dir, env={**os.environ, **export_feast_environment(settings.postgres, pgvector),
                                             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
+    ) as server:
         wait_ready(args.stock_port, "/health", server)
         answer = json.loads(post(http.client.HTTPConnection("127.0.0.1", args.stock_port), "/get-online-features", bodies[0],
                                  {"Content-Type": "application/json"}))
@@ -169,8 +165,6 @@ def serve_stock(args, settings, pgvector: bool, bodies: list[bytes]) -> dict:
         assert len(values["item_view_count_7d"]["values"]) == 100 and any(v is not None for v in values["view_count_7d"]["values"])
         drive(args.stock_port, "/get-online-features", {}, bodies[: args.warmup], args.concurrency, server)
         return drive(args.stock_port, "/get-online-features", {}, bodies, args.concurrency, server)
-    finally:
-        stop(server)
 
 
 def stages(recommender, payloads: list[dict], repeats: int) -> dict[str, float]:
@@ -222,6 +216,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/service.json"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    stop_on_sigterm()
 
     from interest_models.serving.recommender import Recommender
     from interest_models.registry.model_registry import registry_for
@@ -230,7 +225,7 @@ def main() -> None:
     from materialize.settings import load_settings
 
     settings = load_settings()
-    with Pipeline(settings, progress=False) as pipeline:
+    with embedded_server_stopped_if_started(settings.postgres), Pipeline(settings, progress=False) as pipeline:
         conn = pipeline.conn
         users = [r[0] for r in conn.execute("SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 200")]
         items = dict(conn.execute("SELECT item_id, category_id FROM interest.items ORDER BY item_id"))
@@ -246,8 +241,7 @@ def main() -> None:
             for p in payloads]
 
         result = {
-            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                        "load_average_before": [round(x, 2) for x in os.getloadavg()]},
+            "machine": {**machine_info(packages=SERVICE_PACKAGES), "load_average_before": load_average()},
             "requests": args.requests, "concurrency": args.concurrency, "workers": args.workers, "k": 10, "candidates": 100,
             "neighbour_search": args.neighbour_search,
         }
