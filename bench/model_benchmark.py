@@ -26,7 +26,8 @@ from harness import load_average, machine_info
 from interest_models.config import load_config
 from interest_models.models.item_ranker import ItemRanker
 from interest_models.data.ranking_features import FEATURE_COLUMNS
-from interest_models.models.interest_shift_lstm import InterestShiftLSTM, SequenceBatch
+from interest_models.data.sequences import SequenceBatch
+from interest_models.models.interest_shift_lstm import InterestShiftLSTM
 from materialize.devices import select_device
 
 

@@ -15,15 +15,17 @@ import click
 from interest_models import cli as model_cli
 from materialize import cli as data_cli
 from materialize.feature_store.repo import FeatureRepoNotFound
+from materialize.settings import SettingsError
 
 
 class _Root(click.Group):
-    """Turns a missing feature repo into a one-line error instead of a traceback."""
+    """Turns configuration errors (bad settings, no feature repo) into a one-line error
+    instead of a traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except FeatureRepoNotFound as error:
+        except (FeatureRepoNotFound, SettingsError) as error:
             raise click.ClickException(str(error)) from error
 
 

@@ -1,6 +1,11 @@
 """Configuration of the data plane: environment variables and the pipeline YAML.
 
-Connection (all optional; set ``INTEREST_PG_HOST`` to use your own server over TCP):
+Connection (all optional): either one URL,
+    INTEREST_DATABASE_URL  ``postgresql://user:password@host:5432/db?sslmode=require``
+                           (``postgresql+psycopg://`` and ``postgresql+psycopg2://`` too;
+                           a socket directory as ``?host=/path``), parsed by SQLAlchemy,
+or the same values one by one (the URL wins when both are set; set ``INTEREST_PG_HOST`` to
+use your own server over TCP):
     INTEREST_PG_HOST      host name or socket directory of an external PostgreSQL
     INTEREST_PG_PORT      port (default 5432)
     INTEREST_PG_DB        database (default ``interest``)
@@ -29,6 +34,13 @@ import yaml
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_DATABASE = "interest"
+URL_DRIVERS = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2")
+"""Accepted URL schemes; the project always connects with psycopg 3 (as Feast's Postgres
+stores do), the scheme only says how the URL was written."""
+
+
+class SettingsError(ValueError):
+    """Configuration that cannot be used; the message names the setting."""
 
 
 @dataclass(frozen=True)
@@ -62,11 +74,37 @@ class PostgresSettings:
     def registry_url(self) -> str:
         """SQLAlchemy URL of Feast's SQL registry (host and port as query parameters, so a
         socket directory works as well as a host name)."""
-        from urllib.parse import quote, urlencode
+        from sqlalchemy.engine import URL
 
-        credentials = f"{quote(self.user, safe='')}:{quote(self.password, safe='')}"
-        query = urlencode({"host": self.host, "port": self.port, "sslmode": self.sslmode})
-        return f"postgresql+psycopg://{credentials}@/{quote(self.database, safe='')}?{query}"
+        url = URL.create("postgresql+psycopg", username=self.user, password=self.password, database=self.database,
+                         query={"host": self.host, "port": str(self.port), "sslmode": self.sslmode})
+        return url.render_as_string(hide_password=False)
+
+    @classmethod
+    def from_url(cls, text: str) -> "PostgresSettings":
+        """Settings from a SQLAlchemy-style URL (see ``URL_DRIVERS``).
+
+        Raises:
+            SettingsError: not such a URL (the message never repeats the password).
+        """
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(text)
+        except ArgumentError:
+            raise SettingsError("INTEREST_DATABASE_URL is not a database URL (expected postgresql://user:password@host:port/db)") from None
+        if url.drivername not in URL_DRIVERS:
+            raise SettingsError(f"INTEREST_DATABASE_URL: scheme {url.drivername!r} is not one of {', '.join(URL_DRIVERS)}")
+        query = dict(url.query)
+        unknown = sorted(set(query) - {"host", "sslmode"})
+        if unknown:
+            raise SettingsError(f"INTEREST_DATABASE_URL: unsupported query parameters {unknown} (host and sslmode are)")
+        host = url.host or query.get("host")
+        if not host:
+            raise SettingsError("INTEREST_DATABASE_URL names no host (give host[:port] or ?host=/socket/directory)")
+        return cls(host=host, port=url.port or 5432, database=url.database or DEFAULT_DATABASE, user=url.username or "postgres",
+                   password=url.password or "", sslmode=query.get("sslmode", "prefer"), embedded=False)
 
     def feast_environment(self, pgvector: bool) -> dict[str, str]:
         """Variables that ``feature_repo/feature_store.yaml`` substitutes."""
@@ -102,7 +140,7 @@ class PipelineConfig:
             values.update(yaml.safe_load(Path(override).read_text()) or {})
             unknown = set(values) - set(cls.__dataclass_fields__)
             if unknown:
-                raise ValueError(f"unknown pipeline config keys in {override}: {sorted(unknown)}")
+                raise SettingsError(f"unknown pipeline config keys in {override}: {sorted(unknown)}")
         return cls(**values)
 
 
@@ -148,10 +186,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if env.get("INTEREST_CONFIG"):
         overrides.append(Path(env["INTEREST_CONFIG"]))
     pipeline = PipelineConfig.load(*overrides)
-    if env.get("INTEREST_PG_HOST"):
+    if env.get("INTEREST_DATABASE_URL"):  # takes precedence over INTEREST_PG_*
+        postgres = PostgresSettings.from_url(env["INTEREST_DATABASE_URL"])
+    elif env.get("INTEREST_PG_HOST"):
         postgres = PostgresSettings(
             host=env["INTEREST_PG_HOST"],
-            port=int(env.get("INTEREST_PG_PORT", "5432")),
+            port=_port(env.get("INTEREST_PG_PORT", "5432")),
             database=env.get("INTEREST_PG_DB", DEFAULT_DATABASE),
             user=env.get("INTEREST_PG_USER", "postgres"),
             password=env.get("INTEREST_PG_PASSWORD", ""),
@@ -167,3 +207,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             embedded=True,
         )
     return Settings(project_dir=project_dir, postgres=postgres, pipeline=pipeline)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise SettingsError(f"INTEREST_PG_PORT must be a port number, not {text!r}")
+    return int(text)

@@ -3,8 +3,8 @@
 The training feature service is split by entity so that user features (with their long
 sequence arrays) are fetched once per decision point and item/category features once per
 candidate row, instead of repeating every user array on every candidate row. Both calls
-go through ``materialize.feature_store.retrieval.training_frame`` (Feast's point-in-time SQL) with the
-entity timestamp ``as_of``. The on-demand user-item affinity is computed with the
+go through ``FeatureStore.get_historical_features`` (the project's offline store plugin,
+``materialize.feature_store.offline_store``) with the entity timestamp ``as_of``. The on-demand user-item affinity is computed with the
 on-demand view's own transformation from its two point-in-time inputs.
 """
 from __future__ import annotations
@@ -13,10 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import psycopg
 
 from interest_models.data.vocabulary import Vocabulary
-from materialize.feature_store.retrieval import training_frame
 
 TRAINING_SERVICE = "user_item_training"
 AFFINITY_VIEW = "user_item_affinity"
@@ -54,7 +52,11 @@ def service_features(store, service_name: str = TRAINING_SERVICE) -> ServiceFeat
     return ServiceFeatures(service_name, groups["user_id"], groups["item_id"], groups["category_id"], groups["on_demand"])
 
 
-def user_features(store, conn: psycopg.Connection, points: pd.DataFrame, features: ServiceFeatures) -> pd.DataFrame:
+def _historical(store, entity: pd.DataFrame, refs: list[str]) -> pd.DataFrame:
+    return store.get_historical_features(entity_df=entity, features=refs).to_df()
+
+
+def user_features(store, points: pd.DataFrame, features: ServiceFeatures) -> pd.DataFrame:
     """User features of each decision point (plus the affinity's user input).
 
     Args:
@@ -64,11 +66,11 @@ def user_features(store, conn: psycopg.Connection, points: pd.DataFrame, feature
         One row per decision point, in the order of ``points`` (column ``point``).
     """
     entity = pd.DataFrame({"point": np.arange(len(points)), "user_id": points.user_id.to_numpy(), "event_timestamp": points.as_of.to_numpy()})
-    frame = training_frame(store, conn, entity, features.user + [USER_EMBEDDING_REF])
+    frame = _historical(store, entity, features.user + [USER_EMBEDDING_REF])
     return frame.sort_values("point").reset_index(drop=True)
 
 
-def candidate_features(store, conn: psycopg.Connection, candidates: pd.DataFrame, features: ServiceFeatures) -> pd.DataFrame:
+def candidate_features(store, candidates: pd.DataFrame, features: ServiceFeatures) -> pd.DataFrame:
     """Item and category features of candidate rows.
 
     Args:
@@ -82,18 +84,18 @@ def candidate_features(store, conn: psycopg.Connection, candidates: pd.DataFrame
             "event_timestamp": candidates.as_of.to_numpy(),
         }
     )
-    frame = training_frame(store, conn, entity, features.item + features.category)
+    frame = _historical(store, entity, features.item + features.category)
     return frame.sort_values("row").reset_index(drop=True)
 
 
-def item_text_matrix(store, conn: psycopg.Connection, vocabulary: Vocabulary, as_of: pd.Timestamp) -> np.ndarray:
+def item_text_matrix(store, vocabulary: Vocabulary, as_of: pd.Timestamp) -> np.ndarray:
     """Text embeddings of every vocabulary item as known at ``as_of``.
 
     Returns:
         (n_items + 1, 384) float32; zero rows for padding and items without an embedding.
     """
     entity = pd.DataFrame({"item_id": vocabulary.item_ids[1:], "event_timestamp": as_of})
-    frame = training_frame(store, conn, entity, [ITEM_EMBEDDING_REF])
+    frame = _historical(store, entity, [ITEM_EMBEDDING_REF])
     dim = next((len(v) for v in frame.embedding if v is not None and len(v)), 384)
     matrix = np.zeros((vocabulary.n_items + 1, dim), dtype=np.float32)
     rows = vocabulary.index_of(frame.item_id)

@@ -129,10 +129,10 @@ def _recent_lists(users: pd.DataFrame, vocabulary: Vocabulary) -> list[np.ndarra
 class _Trainer:
     """Holds the connections and configs of one training run."""
 
-    def __init__(self, store, conn: psycopg.Connection, retrieval_conn: psycopg.Connection, session_gap: dt.timedelta,
+    def __init__(self, store, conn: psycopg.Connection, session_gap: dt.timedelta,
                  overrides: dict[str, dict] | None, config_dir, device: str | None, progress: bool):
         overrides = overrides or {}
-        self.store, self.conn, self.retrieval_conn, self.progress = store, conn, retrieval_conn, progress
+        self.store, self.conn, self.progress = store, conn, progress
         self.training_config = load_config("training", overrides.get("training"), config_dir)
         self.lstm_config = load_config("lstm", overrides.get("lstm"), config_dir)
         self.ranker_config = load_config("ranker", overrides.get("ranker"), config_dir)
@@ -152,9 +152,9 @@ class _Trainer:
         self.vocabulary = load_vocabulary(self.conn)
         points = decision_points(self.conn, self.training_config, self.session_gap)
         self.features = service_features(self.store)
-        users = user_features(self.store, self.retrieval_conn, points, self.features)
+        users = user_features(self.store, points, self.features)
         earliest = points.as_of.min()
-        self.text_matrix = item_text_matrix(self.store, self.retrieval_conn, self.vocabulary, earliest)
+        self.text_matrix = item_text_matrix(self.store, self.vocabulary, earliest)
         self._timed("retrieve user features", started)
 
         started = time.perf_counter()
@@ -271,7 +271,7 @@ class _Trainer:
             }))
         everything = pd.concat(frames, ignore_index=True)
         everything["row"] = np.arange(len(everything))
-        retrieved = candidate_features(self.store, self.retrieval_conn, everything, self.features)
+        retrieved = candidate_features(self.store, everything, self.features)
         item_columns = [c for c in retrieved.columns if c not in ("row", "item_id", "category_id", "event_timestamp")]
         everything = everything.join(retrieved.set_index("row")[item_columns], on="row")
         result = {}
@@ -374,7 +374,7 @@ class _Trainer:
         }
 
 
-def train_models(store, conn: psycopg.Connection, retrieval_conn: psycopg.Connection, session_gap: dt.timedelta,
+def train_models(store, conn: psycopg.Connection, session_gap: dt.timedelta,
                  overrides: dict[str, dict] | None = None, device: str | None = None, progress: bool = False,
                  config_dir: Path | None = None) -> TrainingResult:
     """Train and evaluate everything; see the module docstring.
@@ -382,11 +382,10 @@ def train_models(store, conn: psycopg.Connection, retrieval_conn: psycopg.Connec
     Args:
         store: the project's ``feast.FeatureStore`` (applied and built).
         conn: a connection for the raw event history (decision points, labels, baselines).
-        retrieval_conn: an autocommit connection for Feast point-in-time retrieval.
         session_gap: the pipeline's session gap (decision points are session starts).
         overrides: per config ("training", "lstm", "ranker") keys replacing the YAML's.
         config_dir: a project's config folder whose ``<name>.yaml`` files override the
             packaged ones (``overrides`` win over both).
         device: "cpu", "cuda" or None for CUDA when available.
     """
-    return _Trainer(store, conn, retrieval_conn, session_gap, overrides, config_dir, device, progress).run()
+    return _Trainer(store, conn, session_gap, overrides, config_dir, device, progress).run()

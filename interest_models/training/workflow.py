@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import psycopg
 
 from interest_models.registry.model_registry import registry_for
 from interest_models.evaluation.report import write_report
@@ -43,11 +42,10 @@ def train_register_report(pipeline, protocol: str = "time_split", device: str | 
     if protocol == "leave_one_out":
         training.setdefault("exclude_seen", True)
     settings = pipeline.settings
-    with psycopg.connect(settings.postgres.conninfo(), autocommit=True) as retrieval_conn:
-        result = train_models(
-            pipeline.store, pipeline.conn, retrieval_conn, dt.timedelta(minutes=settings.pipeline.session_gap_minutes),
-            overrides=overrides, device=device, progress=pipeline.progress, config_dir=settings.config_dir,
-        )
+    result = train_models(
+        pipeline.store, pipeline.conn, dt.timedelta(minutes=settings.pipeline.session_gap_minutes),
+        overrides=overrides, device=device, progress=pipeline.progress, config_dir=settings.config_dir,
+    )
     registry = registry_for(settings.project_dir)
     version = registry.register(result, extra={"database": settings.postgres.database}) if register else None
     if version and serve:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from sqlalchemy.engine import URL
 
 from interest_shift.cli import main
 from materialize.database.tables import fetch_frame
@@ -75,10 +76,15 @@ def external_env():
 
 
 def test_cli_run_end_to_end_on_external_server(external_env, monkeypatch):
-    for name, value in external_env.items():
-        monkeypatch.setenv(name, value)
+    """Configured by one URL, written as psycopg2 users have it (the project connects with psycopg 3)."""
+    e = external_env
+    url = URL.create("postgresql+psycopg2", username=e["INTEREST_PG_USER"], password=e["INTEREST_PG_PASSWORD"],
+                     host=e["INTEREST_PG_HOST"], port=int(e["INTEREST_PG_PORT"]), database=e["INTEREST_PG_DB"],
+                     query={"sslmode": e["INTEREST_PG_SSLMODE"]})
+    monkeypatch.setenv("INTEREST_DATABASE_URL", url.render_as_string(hide_password=False))
     settings = load_settings()
     assert not settings.postgres.embedded and settings.postgres.host == "127.0.0.1"
+    assert settings.postgres.password == PASSWORD
     result = CliRunner().invoke(main, ["run", "--users", "200", "--items", "60", "--no-train"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "quarantined 0" in result.output and "Online features of user" in result.output

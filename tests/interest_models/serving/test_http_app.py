@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
@@ -35,10 +34,9 @@ def service(settings):
     try:
         with new_database(server) as pg:
             service_settings = settings_for(settings, pg)
-            with Pipeline(service_settings, progress=False) as pipeline, \
-                    psycopg.connect(pg.conninfo(), autocommit=True) as retrieval_conn:
+            with Pipeline(service_settings, progress=False) as pipeline:
                 pipeline.run(lambda p: p.load_synthetic(SHOP))
-                result = train_models(pipeline.store, pipeline.conn, retrieval_conn, GAP, overrides=FAST, device="cpu")
+                result = train_models(pipeline.store, pipeline.conn, GAP, overrides=FAST, device="cpu")
             home = pgdata.parent / f"{pgdata.name}-home"  # a project folder for `interest serve`
             home.mkdir()
             (home / "feature_repo").symlink_to(service_settings.feature_repo_dir)

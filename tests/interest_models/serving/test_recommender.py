@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pandas as pd
-import psycopg
 import pytest
 
 from interest_models.candidates.neighbour_search import InProcessSearch, PgvectorSearch
@@ -28,18 +27,17 @@ from tests.interest_models.training.test_recipe import FAST, GAP, SHOP
 @pytest.fixture(scope="module")
 def served(pg_server, settings, tmp_path_factory):
     with new_database(pg_server) as pg:
-        with Pipeline(settings_for(settings, pg), progress=False) as pipeline, \
-                psycopg.connect(pg.conninfo(), autocommit=True) as retrieval_conn:
+        with Pipeline(settings_for(settings, pg), progress=False) as pipeline:
             pipeline.run(lambda p: p.load_synthetic(SHOP))
-            result = train_models(pipeline.store, pipeline.conn, retrieval_conn, GAP, overrides=FAST, device="cpu")
+            result = train_models(pipeline.store, pipeline.conn, GAP, overrides=FAST, device="cpu")
             registry = ModelRegistry(tmp_path_factory.mktemp("registry"))
             registry.set_serving(registry.register(result))
             names = dict(pipeline.conn.execute("SELECT category_id, category FROM interest.categories"))
-            yield pipeline, retrieval_conn, Recommender.from_registry(registry.root, pipeline.store, names)
+            yield pipeline, Recommender.from_registry(registry.root, pipeline.store, names)
 
 
 def test_online_scores_equal_offline_scores(served):
-    pipeline, retrieval_conn, recommender = served
+    pipeline, recommender = served
     user = int(pipeline.conn.execute("SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0])
     items = np.arange(1, 41)
     online = recommender.score_candidates(recommender.online_user(user), items)
@@ -47,12 +45,12 @@ def test_online_scores_equal_offline_scores(served):
     store, vocabulary = pipeline.store, recommender.vocabulary
     features = service_features(store, "user_item_training")
     now = pd.Timestamp.now(tz="UTC")
-    users = user_features(store, retrieval_conn, pd.DataFrame({"user_id": [user], "as_of": [now]}), features)
+    users = user_features(store, pd.DataFrame({"user_id": [user], "as_of": [now]}), features)
     batch = encode_sequences(users, vocabulary, recommender.max_len)
     scores, categories, shift, _, _ = predict_all(recommender.model, batch, recommender.device)
     candidates = pd.DataFrame({"row": np.arange(len(items)), "point": 0, "item_index": items,
                                "item_id": vocabulary.item_ids[items], "category_id": vocabulary.item_category[items], "as_of": now})
-    retrieved = candidate_features(store, retrieval_conn, candidates, features)
+    retrieved = candidate_features(store, candidates, features)
     candidates = candidates.join(retrieved.set_index("row").drop(columns=["item_id", "category_id", "event_timestamp"]), on="row")
     candidates["interest_item_cosine"] = affinity(affinity_transformation(store), [users.interest_embedding.iloc[0]] * len(items),
                                                   list(recommender.text_matrix[items]))
@@ -66,7 +64,7 @@ def test_online_scores_equal_offline_scores(served):
 
 
 def test_recommend_and_interests(served):
-    pipeline, _, recommender = served
+    pipeline, recommender = served
     user = int(pipeline.conn.execute("SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0])
     answer = recommender.recommend(user, k=5)
     assert len(answer.items) == 5 and not answer.cold_start
@@ -84,7 +82,7 @@ def test_recommend_and_interests(served):
 
 
 def test_a_model_trained_on_another_catalogue_is_refused(served, tmp_path):
-    pipeline, _, recommender = served
+    pipeline, recommender = served
     source = recommender.registered.path
     copy = tmp_path / "registry" / source.name
     shutil.copytree(source, copy)
@@ -102,7 +100,7 @@ def test_reasons_explain_the_served_scores(served):
     """Per-feature contributions add up to the served ranker score (plus one constant), for
     the per-path attributions served by default and for exact TreeSHAP: both explain the
     trees ``predict`` uses, not the ones early stopping discarded."""
-    pipeline, _, recommender = served
+    pipeline, recommender = served
     user = int(pipeline.conn.execute("SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0])
     scored = recommender.score_candidates(recommender.online_user(user), np.arange(1, 61))
     for approximate in (True, False):
@@ -113,7 +111,7 @@ def test_reasons_explain_the_served_scores(served):
 
 
 def test_vectorised_affinity_equals_the_registered_on_demand_view(served):
-    pipeline, _, recommender = served
+    pipeline, recommender = served
     user = int(pipeline.conn.execute("SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0])
     embedding = recommender.online_user(user)["interest_embedding"][0]
     items = recommender.text_matrix[:50].copy()  # row 0 is padding: all zeros
@@ -125,7 +123,7 @@ def test_vectorised_affinity_equals_the_registered_on_demand_view(served):
 
 
 def test_retrieved_candidates_come_from_every_source(served):
-    pipeline, _, recommender = served
+    pipeline, recommender = served
     user_id = int(pipeline.conn.execute("SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0])
     user = recommender.online_user(user_id)
     outputs = recommender._model_outputs(user)
@@ -147,7 +145,7 @@ def test_retrieved_candidates_come_from_every_source(served):
 
 
 def test_pgvector_search_finds_the_in_process_neighbours(served):
-    pipeline, _, recommender = served
+    pipeline, recommender = served
     if not pipeline.store.config.online_store.vector_enabled:
         pytest.skip("this server has no pgvector")
     pgvector = Recommender.from_registry(recommender.registered.path.parent, pipeline.store, {}, config={"neighbour_search": "pgvector"})
@@ -164,7 +162,7 @@ def test_pgvector_search_finds_the_in_process_neighbours(served):
 def test_popular_lists_follow_the_online_store(served):
     """A recommender re-reads item features after ``item_features_max_age_s`` and its popular
     lists (cold start, popular candidates) follow: here an item made most viewed online."""
-    pipeline, _, recommender = served
+    pipeline, recommender = served
     store = pipeline.store
     fresh = Recommender.from_registry(recommender.registered.path.parent, store, {}, config={"item_features_max_age_s": 0})
     least = int(fresh.candidate_index().popular[-1])

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import psycopg
 import pytest
 import torch
 
@@ -40,14 +39,8 @@ def pipeline(pg_server, settings):
 
 
 @pytest.fixture(scope="module")
-def retrieval_conn(pipeline):
-    with psycopg.connect(pipeline.settings.postgres.conninfo(), autocommit=True) as conn:
-        yield conn
-
-
-@pytest.fixture(scope="module")
-def trained(pipeline, retrieval_conn):
-    return train_models(pipeline.store, pipeline.conn, retrieval_conn, GAP, overrides=FAST, device="cpu")
+def trained(pipeline):
+    return train_models(pipeline.store, pipeline.conn, GAP, overrides=FAST, device="cpu")
 
 
 def test_time_splits_are_ordered_and_disjoint(pipeline):
@@ -59,7 +52,7 @@ def test_time_splits_are_ordered_and_disjoint(pipeline):
     assert (points.as_of < points.label_time).all()
 
 
-def test_no_feature_from_the_future_reaches_a_training_row(pipeline, retrieval_conn):
+def test_no_feature_from_the_future_reaches_a_training_row(pipeline):
     """A user whose sequence row and daily snapshot at the label time contain the label
     event: the decision point's features must show only what came before."""
     conn = pipeline.conn
@@ -73,12 +66,12 @@ def test_no_feature_from_the_future_reaches_a_training_row(pipeline, retrieval_c
     pipeline.build()
     label = pd.DataFrame({"user_id": [user], "as_of": [t - pd.Timedelta(milliseconds=1)]})
     features = service_features(pipeline.store)
-    row = user_features(pipeline.store, retrieval_conn, label, features).iloc[0]
+    row = user_features(pipeline.store, label, features).iloc[0]
     assert list(row.recent_item_ids) == [1, 2, 3]  # not item 4 (the label) nor item 5
     assert row.purchase_count_30d == 0  # the purchase at t is the label itself
     assert row.view_count_30d == 3
     # The same row stamped exactly at t does contain the label: the case really would leak.
-    at_label = user_features(pipeline.store, retrieval_conn, label.assign(as_of=[t]), features).iloc[0]
+    at_label = user_features(pipeline.store, label.assign(as_of=[t]), features).iloc[0]
     assert list(at_label.recent_item_ids)[-1] == 4
 
 
@@ -93,8 +86,8 @@ def test_models_learn_and_beat_popularity(trained):
     assert trained.model.learning_curve.best_epoch >= 1 and len(trained.model.learning_curve.epoch) <= FAST["lstm"]["max_epochs"]
 
 
-def test_training_is_deterministic_with_a_seed(pipeline, retrieval_conn, trained):
-    again = train_models(pipeline.store, pipeline.conn, retrieval_conn, GAP, overrides=FAST, device="cpu")
+def test_training_is_deterministic_with_a_seed(pipeline, trained):
+    again = train_models(pipeline.store, pipeline.conn, GAP, overrides=FAST, device="cpu")
     pd.testing.assert_frame_equal(again.metrics, trained.metrics)
     for name, tensor in trained.model.state_dict().items():
         assert torch.equal(tensor, again.model.state_dict()[name]), name

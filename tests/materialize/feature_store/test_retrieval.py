@@ -1,8 +1,8 @@
-"""Point-in-time retrieval through Feast against a brute-force reference.
+"""Point-in-time retrieval through the project's feature repo against a brute-force reference.
 
 Random feature rows (with timestamps on a coarse grid so that entity times often equal
-feature times) and entity rows on the ttl edges; both the planner-safe helper and stock
-Feast must return exactly what the reference says.
+feature times) and entity rows on the ttl edges; the repo's configured offline store (the
+LATERAL plugin) and stock Feast's must both return exactly what the reference says.
 """
 from __future__ import annotations
 
@@ -10,13 +10,12 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
-import psycopg
 import pytest
+from feast import FeatureStore
 
 from materialize.database.tables import fetch_frame
 from materialize.ingest.loader import load_frames
 from materialize.pipeline import Pipeline
-from materialize.feature_store.retrieval import training_frame
 from tests.conftest import new_database, settings_for
 
 TTL = pd.Timedelta(days=60)  # user_activity and item_popularity in feature_repo/feature_views.py
@@ -148,7 +147,17 @@ def _normalised(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({c: "float64" for c in columns[4:]})
 
 
-def test_retrieval_matches_brute_force_reference(applied):
+def _stock_store(applied, directory) -> FeatureStore:
+    """The same registry and tables read through stock Feast's ``type: postgres`` store."""
+    for path in applied.settings.feature_repo_dir.glob("*.py"):
+        (directory / path.name).write_text(path.read_text())
+    config = (applied.settings.feature_repo_dir / "feature_store.yaml").read_text()
+    (directory / "feature_store.yaml").write_text(config.replace(
+        "type: materialize.feature_store.offline_store.LateralJoinPostgreSQLOfflineStore", "type: postgres"))
+    return FeatureStore(repo_path=str(directory))
+
+
+def test_retrieval_matches_brute_force_reference(applied, tmp_path):
     conn = applied.conn
     rng = np.random.default_rng(11)
     items = pd.DataFrame({"item_id": range(1, 7), "category": "books", "title": [f"t{i}" for i in range(1, 7)]})
@@ -156,13 +165,13 @@ def test_retrieval_matches_brute_force_reference(applied):
     sources = _insert_features(conn, rng)
     entity_rows = _entity_rows(rng, sources)
     expected = _normalised(_reference(entity_rows, sources))
-    with psycopg.connect(applied.settings.postgres.conninfo(), autocommit=True) as retrieval_conn:
-        ours = _normalised(training_frame(applied.store, retrieval_conn, entity_rows, FEATURES))
-    stock = _normalised(applied.store.get_historical_features(entity_df=entity_rows, features=FEATURES).to_df())
+    assert type(applied.store._get_provider().offline_store).__name__ == "LateralJoinPostgreSQLOfflineStore"
+    ours = _normalised(applied.store.get_historical_features(entity_df=entity_rows, features=FEATURES).to_df())
+    stock = _normalised(_stock_store(applied, tmp_path).get_historical_features(entity_df=entity_rows, features=FEATURES).to_df())
     # The edge rows really exercise the ttl boundary: both included and excluded cases exist.
     assert expected["view_count_7d"].isna().any() and expected["view_count_7d"].notna().any()
     pd.testing.assert_frame_equal(ours, expected, check_dtype=False)
     pd.testing.assert_frame_equal(stock, expected, check_dtype=False)
-    # Nothing left behind by the helper.
-    leftovers = fetch_frame(conn, "SELECT tablename FROM pg_tables WHERE tablename LIKE 'feast_entities_%%'")
+    # Nothing left behind by either store.
+    leftovers = fetch_frame(conn, "SELECT relname FROM pg_class WHERE relname LIKE 'feast_entit%%'")
     assert leftovers.empty

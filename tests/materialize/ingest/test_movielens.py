@@ -9,7 +9,7 @@ import pytest
 from materialize.ingest.schema import EVENT_TYPES, EVENTS, ITEMS
 from materialize.ingest.sources.movielens import MovieLens100K
 
-CACHE_DIR = Path(__file__).resolve().parents[2] / ".data" / "recbole"
+CACHE_DIR = Path(__file__).resolve().parents[3] / ".data" / "recbole"
 
 
 @pytest.fixture(scope="session")
