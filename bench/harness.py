@@ -341,6 +341,66 @@ def throwaway_database(keep: bool = False, prefix: str = "interest_bench") -> It
                 progress(f"dropped database {pg.database}")
 
 
+def feature_repo_copy(source_dir: Path, dest_dir: Path, offline_store_type: str | None = None,
+                      online_store_type: str | None = None) -> Path:
+    """A copy of a Feast repo whose ``feature_store.yaml`` differs only in the ``type:``
+    line of its ``offline_store`` and/or ``online_store`` block (``None`` keeps it).
+
+    Both copies of one repo can share a registry and database: they hold the same objects,
+    and a store type only changes which class reads and writes them.
+    """
+    import shutil
+
+    shutil.copytree(source_dir, dest_dir, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "data"))
+    wanted = {"offline_store:": offline_store_type, "online_store:": online_store_type}
+    lines, block = [], None
+    for line in (dest_dir / "feature_store.yaml").read_text().splitlines(keepends=True):
+        if line and not line[0].isspace() and not line.startswith("#"):
+            block = line.strip() if line.strip() in wanted else None
+        elif block is not None and wanted[block] is not None and line.lstrip().startswith("type:"):
+            indent = line[: len(line) - len(line.lstrip())]
+            line = f"{indent}type: {wanted[block]}\n"
+            wanted[block] = None  # replaced
+        lines.append(line)
+    missing = [key for key, value in wanted.items() if value is not None]
+    if missing:
+        raise ValueError(f"{source_dir}/feature_store.yaml has no 'type:' line under {missing}")
+    (dest_dir / "feature_store.yaml").write_text("".join(lines))
+    return dest_dir
+
+
+def database_temp_bytes(pg: PostgresSettings, settle_s: float = 0.6, attempts: int = 8) -> int:
+    """``pg_stat_database.temp_bytes`` of ``pg.database``, read once it has stopped moving.
+
+    Backends report their temporary files when they end or go idle (at most once a second),
+    so the figure can lag a call by a moment: it is read again until two reads ``settle_s``
+    apart agree (at most ``attempts`` reads).
+    """
+    import psycopg
+
+    last = None
+    with psycopg.connect(pg.conninfo(), autocommit=True) as conn:
+        for _ in range(attempts):
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            value = int(conn.execute("SELECT coalesce(temp_bytes, 0) FROM pg_stat_database WHERE datname = %s",
+                                     (pg.database,)).fetchone()[0])
+            if value == last:
+                return value
+            last = value
+            time.sleep(settle_s)
+    return last
+
+
+def percentiles_ms(seconds: list[float]) -> dict:
+    """p50, p99, mean and max of call durations (seconds in, milliseconds out)."""
+    import numpy as np
+
+    values = np.asarray(seconds) * 1000.0
+    return {"calls": len(values), "p50_ms": round(float(np.percentile(values, 50)), 3),
+            "p99_ms": round(float(np.percentile(values, 99)), 3), "mean_ms": round(float(values.mean()), 3),
+            "max_ms": round(float(values.max()), 3)}
+
+
 # ----------------------------------------------------------------------------- synthetic shop
 
 
@@ -540,13 +600,16 @@ def render_header(results: dict, title: str) -> list[str]:
     ]
 
 
-def run_subjects(subjects: list[Subject], title: str, description: str, out_name: str, argv=None) -> dict:
+def run_subjects(subjects: list[Subject], title: str, description: str, out_name: str, argv=None,
+                 summary: Callable[[dict], list[str]] | None = None) -> dict:
     """The ``main`` of a data-plane script: a throw-away database brought to the state the
     first subject needs, then each subject measured in turn; a report of every figure with
     machine info is printed and the same figures are written as JSON to ``--out``.
 
     The database is dropped (unless ``--keep-db``) and child processes are stopped however
-    the run ends, Ctrl-C and SIGTERM included.
+    the run ends, Ctrl-C and SIGTERM included. ``summary``, when given, gets the results
+    once every subject has run and returns the last lines of the report (it may add keys
+    to the results, which go into the JSON).
     """
     from materialize.pipeline import Pipeline
     from materialize.settings import load_settings
@@ -576,6 +639,7 @@ def run_subjects(subjects: list[Subject], title: str, description: str, out_name
                     progress(f"measuring: {subject.title.lower()}")
                     results[subject.key] = subject.measure(run)
                     done.update(subject.provides)
+                    _write_json(args.out, {**results, "partial": True})  # what finished, should a later step fail
                 results["sizes"] = database_sizes(run)
         finally:
             results["load_average"]["end"] = load_average()
@@ -584,8 +648,14 @@ def run_subjects(subjects: list[Subject], title: str, description: str, out_name
     lines = render_header(results, title)
     for subject in subjects:
         lines += ["", *subject.render(results[subject.key])]
+    if summary is not None:
+        lines += ["", *summary(results)]
     print("\n".join([*lines, "=" * 100]), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    _write_json(args.out, results)
     progress(f"figures written to {args.out}")
     return results
+
+
+def _write_json(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
