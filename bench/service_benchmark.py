@@ -150,12 +150,10 @@ def serve_ours(args, bodies: list[bytes], retrieved: list[bytes]) -> tuple[dict,
 
 
 def serve_stock(args, settings, pgvector: bool, bodies: list[bytes]) -> dict:
-    from materialize.feature_store.repo import export_feast_environment
-
     with server_process(
         ["feast", "serve", "--port", str(args.stock_port), "--workers", str(args.workers), "--no-access-log",
          "--max-requests", "1000000"],  # its default recycles workers every 1,000 requests
-        cwd=settings.feature_repo_dir, env={**os.environ, **export_feast_environment(settings.postgres, pgvector),
+        cwd=settings.feature_repo_dir, env={**os.environ, **settings.postgres.feast_environment(pgvector),
                                             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
     ) as server:
         wait_ready(args.stock_port, "/health", server)

@@ -1,12 +1,15 @@
 """Feast operations on the project's repo: apply, materialize, open a store.
 
 Feast is imported lazily (it takes seconds); ``feature_store.yaml`` reads its connection
-from the variables ``export_feast_environment`` sets.
+from environment variables, which ``feast_environment`` sets while Feast reads the file
+and restores afterwards (so one process can open stores on several databases).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,34 +30,44 @@ def _check_repo(repo_dir: Path) -> None:
         )
 
 
-def export_feast_environment(pg: PostgresSettings, pgvector: bool) -> dict[str, str]:
-    """Put the connection variables of ``feature_store.yaml`` into ``os.environ``."""
+@contextlib.contextmanager
+def feast_environment(pg: PostgresSettings, pgvector: bool) -> Iterator[dict[str, str]]:
+    """The connection variables of ``feature_store.yaml`` in ``os.environ`` for the
+    duration of the block; the previous values are restored after it."""
     variables = pg.feast_environment(pgvector)
+    previous = {name: os.environ.get(name) for name in variables}
     os.environ.update(variables)
-    return variables
+    try:
+        yield variables
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def open_store(repo_dir: Path, pg: PostgresSettings, pgvector: bool):
     """A ``feast.FeatureStore`` on the repo, connected to ``pg``."""
     _check_repo(repo_dir)
-    export_feast_environment(pg, pgvector)
     from feast import FeatureStore
 
-    return FeatureStore(repo_path=str(repo_dir))
+    with feast_environment(pg, pgvector):
+        return FeatureStore(repo_path=str(repo_dir))
 
 
 def apply_repo(repo_dir: Path, pg: PostgresSettings, pgvector: bool) -> None:
     """Run ``feast apply`` on the repo in process (the stock CLI does the same)."""
     _check_repo(repo_dir)
-    export_feast_environment(pg, pgvector)
     from feast.repo_config import load_repo_config
     from feast.repo_operations import apply_total, cli_check_repo
 
-    cwd = Path.cwd()
+    cwd = Path.cwd()  # Feast's apply changes into the repo folder
     try:
-        cli_check_repo(repo_dir, repo_dir / "feature_store.yaml")
-        config = load_repo_config(repo_dir, repo_dir / "feature_store.yaml")
-        apply_total(config, repo_dir, skip_source_validation=False)
+        with feast_environment(pg, pgvector):
+            cli_check_repo(repo_dir, repo_dir / "feature_store.yaml")
+            config = load_repo_config(repo_dir, repo_dir / "feature_store.yaml")
+            apply_total(config, repo_dir, skip_source_validation=False)
     finally:
         os.chdir(cwd)
 

@@ -11,10 +11,9 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
-from feast import FeatureStore
 
 from materialize.feature_store.offline_store import ENTITY_TABLE_PREFIX, STORE_TYPE
-from materialize.feature_store.repo import apply_repo, export_feast_environment
+from materialize.feature_store.repo import apply_repo, open_store
 from tests.conftest import new_database
 
 START = pd.Timestamp("2026-03-01", tz="UTC")
@@ -172,8 +171,7 @@ def stores(pg_server, settings, tmp_path_factory):
             (repo / "feature_store.yaml").write_text(YAML.replace("OFFLINE_TYPE", offline_type))
             if name == "plugin":
                 apply_repo(repo, pg, pgvector=False)
-            export_feast_environment(pg, pgvector=False)
-            opened[name] = FeatureStore(repo_path=str(repo))
+            opened[name] = open_store(repo, pg, pgvector=False)
         yield opened, sources, _entity_rows(rng, sources), pg
 
 
