@@ -1,0 +1,1018 @@
+"""A Feast online store on PostgreSQL: one row per (feature view, entity), COPY writes,
+one-query reads, ttl on read, a self-healing connection pool and pgvector HNSW search.
+
+Switch it on in ``feature_store.yaml`` (the other keys are those of Feast's
+``type: postgres`` store; switching back is the one ``type`` line, then ``feast apply``
+and a materialize)::
+
+    online_store:
+      type: materialize.feature_store.online_store.PostgresFastOnlineStore
+      host: ...
+      port: 5432
+      database: ...
+      db_schema: public
+      user: ...
+      password: ""
+      sslmode: disable
+      vector_enabled: true      # pgvector column + HNSW index for vector_index fields
+
+Layout. Each feature view has one table ``<db_schema>.<project>_<view>_packed`` (a hash
+shortens names past PostgreSQL's 63 bytes), so it never collides with the stock store's
+``<project>_<view>`` tables, whose layout differs::
+
+    entity_key      bytea PRIMARY KEY   -- feast serialize_entity_key (repo's version)
+    feature_values  bytea NOT NULL      -- a feast.types.Map proto: feature name -> Value
+    event_ts        timestamptz NOT NULL
+    created_ts      timestamptz
+    vector_value    vector(n)           -- only for a view with a vector_index field
+
+``vector_value`` copies the first ``vector_index`` field (``n`` is its ``vector_length``)
+and carries ``USING hnsw (vector_value <metric>_ops)``, the metric being the field's
+``vector_search_metric``.
+
+Writes (materialize, materialize-incremental, push, write_to_online_store) COPY the batch
+in binary into a temporary staging table and upsert it with one statement: the newest row
+per entity (event_ts, then created_ts, then the later row of the batch) replaces the stored
+row only when it is not older than it, so out-of-order batches never overwrite newer
+values. A large batch into a vector view drops the HNSW index and builds it again after the
+upsert (a bulk build is several times cheaper than inserting into the graph row by row);
+meanwhile vector searches stay exact, by a sequential scan.
+
+Reads fetch every requested view's rows for all entities in one statement
+(``entity_key = ANY(...)`` per view, joined with UNION ALL). A view's ttl (when positive)
+is enforced against the wall clock, as Feast's offline store does at an entity timestamp of
+now: with ``ttl_on_read: hide`` (default) a value whose event_ts is older than now - ttl is
+returned as null with status OUTSIDE_MAX_AGE; ``flag`` keeps the value with that status
+(Feast's Go feature server); ``ignore`` returns it as PRESENT (the stock Python stores).
+
+Vector search (``retrieve_online_documents_v2``) is ``ORDER BY vector_value <op> query
+LIMIT k`` on the view's table, which PostgreSQL serves with an index scan of the HNSW
+index; ``hnsw.ef_search`` is set per query to max(``hnsw_ef_search``, 2 k), capped at
+pgvector's 1000 (larger k run exactly, without the index).
+
+Connections (autocommit) come from a ``psycopg_pool.ConnectionPool`` for sync calls and,
+for async calls, from a small set of connections per event loop that runs no background
+tasks (an ``AsyncConnectionPool`` left open hangs ``asyncio.run`` at exit). A call that
+finds its connection broken (the server restarted or dropped it), or cannot get one within
+``pool_timeout_seconds``, drops the idle connections (the sync pool is replaced) and runs
+once more on a fresh connection, so a restarted server is picked up by the next call
+without an error; while the server is down, calls fail with psycopg's
+``OperationalError`` (``PoolTimeout`` from the pool).
+
+Differences from ``type: postgres`` (Feast's stock store):
+    - ttl is enforced on read (see above); stock returns expired values as PRESENT.
+    - A write never replaces a newer stored row; stock's last write wins whatever its
+      event_ts. On equal (event_ts, created_ts) the later write wins.
+    - A write replaces the entity's whole row: features missing from a row written
+      through ``online_write_batch`` read as NOT_FOUND afterwards (Feast's materialize and
+      push always write every feature of the view); stock keeps them.
+    - ``retrieve_online_documents_v2`` is approximate (HNSW) and supports vector queries
+      only: no ``query_string`` keyword search and no ``filters``. Version-pinned reads
+      (``enable_online_feature_view_versioning``), ``retrieve_online_documents`` (v1) and
+      ``precompute_online`` feature services are not supported. Only the first
+      ``vector_index`` field of a view is searchable, and only one with a ``vector_length``
+      gets an index.
+    - ``conn_type`` is ignored: connections always come from a pool (``min_conn`` ..
+      ``max_conn``).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import struct
+import threading
+import weakref
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.pq import TransactionStatus
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+from pydantic import PositiveFloat, PositiveInt
+
+from feast import Entity, FeatureView, utils
+from feast.infra.key_encoding_utils import deserialize_entity_key, serialize_entity_key
+from feast.infra.online_stores.online_store import OnlineStore
+from feast.infra.supported_async_methods import SupportedAsyncMethods
+from feast.infra.utils.postgres.postgres_config import PostgreSQLConfig
+from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Map as MapProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.repo_config import RepoConfig
+
+log = logging.getLogger(__name__)
+
+STORE_TYPE = "materialize.feature_store.online_store.PostgresFastOnlineStore"
+TABLE_SUFFIX = "_packed"
+INDEX_SUFFIX = "_packed_hnsw"
+MAX_IDENTIFIER_BYTES = 63  # PostgreSQL truncates longer names silently
+MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
+
+# A batch of at least this many rows, and at least a quarter of the rows already stored,
+# rebuilds the HNSW index instead of inserting into it. Measured with pgvector 0.6.2 and
+# 384-d vectors: about 4 ms per row inserted into the graph, 0.7 ms per row built in bulk.
+HNSW_REBUILD_MIN_ROWS = 256
+HNSW_REBUILD_MIN_FRACTION = 0.25
+
+# distance metric (Feast's names) -> (pgvector operator, HNSW operator class)
+VECTOR_METRICS = {
+    "cosine": ("<=>", "vector_cosine_ops"),
+    "L2": ("<->", "vector_l2_ops"),
+    "inner_product": ("<#>", "vector_ip_ops"),
+    "L1": ("<+>", "vector_l1_ops"),
+}
+DEFAULT_METRIC = "L2"  # FeatureStore.retrieve_online_documents_v2's default
+
+_T = TypeVar("_T")
+
+
+class PostgresFastOnlineStoreConfig(PostgreSQLConfig):
+    """Online store config: Feast's Postgres connection keys plus the keys below."""
+
+    type: Literal["materialize.feature_store.online_store.PostgresFastOnlineStore"] = STORE_TYPE
+
+    vector_enabled: bool = False
+    """Give views with a ``vector_index`` field a pgvector column, an HNSW index and
+    ``retrieve_online_documents_v2``. Needs ``CREATE EXTENSION vector`` in the database."""
+
+    hnsw_m: PositiveInt = 16
+    """HNSW graph degree (pgvector's ``m``)."""
+
+    hnsw_ef_construction: PositiveInt = 64
+    """HNSW candidate list while building (pgvector's ``ef_construction``)."""
+
+    hnsw_ef_search: PositiveInt = 200
+    """Least HNSW candidate list per query; a query uses max(this, 2 top_k), at most 1000.
+    Measured on 1,500 clustered 32-d items, 100 random queries, top 10: recall 0.87 at 40
+    (pgvector's default), 0.97 at 100, 1.0 at 200."""
+
+    ttl_on_read: Literal["hide", "flag", "ignore"] = "hide"
+    """A value older than its view's ttl: ``hide`` (null, OUTSIDE_MAX_AGE), ``flag``
+    (value, OUTSIDE_MAX_AGE) or ``ignore`` (value, PRESENT, as the stock store)."""
+
+    pool_timeout_seconds: PositiveFloat = 5.0
+    """How long a call waits for a connection (also libpq's connect_timeout)."""
+
+
+# --------------------------------------------------------------------------- naming
+
+
+@dataclass(frozen=True)
+class VectorColumn:
+    """The searchable vector of a view: the first field with ``vector_index``."""
+
+    feature: str
+    dimension: int  # 0 when the field has no vector_length: then no index
+    metric: str
+
+    @property
+    def operator(self) -> str:
+        return VECTOR_METRICS[self.metric][0]
+
+    @property
+    def opclass(self) -> str:
+        return VECTOR_METRICS[self.metric][1]
+
+    @property
+    def pg_type(self) -> str:
+        return f"vector({self.dimension})" if self.dimension else "vector"
+
+
+@dataclass(frozen=True)
+class ViewTable:
+    """Where one feature view lives."""
+
+    schema: str
+    name: str
+    index: str
+    vector: Optional[VectorColumn]
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    @property
+    def indexed(self) -> bool:
+        return self.vector is not None and self.vector.dimension > 0
+
+
+def _identifier(base: str, suffix: str) -> str:
+    name = base + suffix
+    if len(name.encode()) <= MAX_IDENTIFIER_BYTES:
+        return name
+    digest = hashlib.sha1(base.encode()).hexdigest()[:8]
+    keep = MAX_IDENTIFIER_BYTES - len(suffix) - len(digest) - 1
+    return base.encode()[:keep].decode(errors="ignore") + "_" + digest + suffix
+
+
+def online_table_name(project: str, view_name: str) -> str:
+    """The table holding a view's rows (in the store's ``db_schema``)."""
+    return _identifier(f"{project}_{view_name}", TABLE_SUFFIX)
+
+
+def vector_column(config: RepoConfig, view: FeatureView) -> Optional[VectorColumn]:
+    """The view's pgvector column, or None (no vector_index field, or vectors disabled)."""
+    if not config.online_store.vector_enabled:
+        return None
+    for field in view.features:
+        if field.vector_index:
+            metric = field.vector_search_metric or DEFAULT_METRIC
+            if metric not in VECTOR_METRICS:
+                raise ValueError(
+                    f"{view.name}.{field.name}: vector_search_metric {metric!r} is not one of {sorted(VECTOR_METRICS)}"
+                )
+            return VectorColumn(field.name, int(field.vector_length or 0), metric)
+    return None
+
+
+def view_table(config: RepoConfig, view: FeatureView) -> ViewTable:
+    base = f"{config.project}_{view.name}"
+    return ViewTable(
+        schema=config.online_store.db_schema,
+        name=_identifier(base, TABLE_SUFFIX),
+        index=_identifier(base, INDEX_SUFFIX),
+        vector=vector_column(config, view),
+    )
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_feature_values(values: Mapping[str, ValueProto]) -> bytes:
+    """One entity's feature values as a serialized ``feast.types.Map``."""
+    return MapProto(val=values).SerializeToString()
+
+
+def decode_feature_values(payload: bytes, requested: Optional[Sequence[str]] = None) -> Dict[str, ValueProto]:
+    """Inverse of ``encode_feature_values``, keeping only ``requested`` names if given."""
+    stored = MapProto.FromString(payload).val
+    if requested is None:
+        return dict(stored)
+    return {name: stored[name] for name in requested if name in stored}
+
+
+_VECTOR_HEADER = struct.Struct(">hh")  # pgvector's binary format: dimension, unused, float4[]
+_LIST_KINDS = ("float_list_val", "double_list_val", "int32_list_val", "int64_list_val")
+
+
+def _vector_binary(value: Optional[ValueProto], column: VectorColumn, view: str) -> Optional[bytes]:
+    """pgvector's binary input for one value, None for a null or empty list."""
+    if value is None:
+        return None
+    kind = value.WhichOneof("val")
+    if kind not in _LIST_KINDS:
+        return None
+    items = getattr(value, kind).val
+    if len(items) == 0:
+        return None
+    if column.dimension and len(items) != column.dimension:
+        raise ValueError(
+            f"{view}.{column.feature}: a vector of length {len(items)} where vector_length is {column.dimension}"
+        )
+    return _VECTOR_HEADER.pack(len(items), 0) + struct.pack(f">{len(items)}f", *items)
+
+
+def _utc(ts: datetime) -> datetime:
+    """Feast hands over naive timestamps meaning UTC."""
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts
+
+
+def _ttl_cutoff(view: FeatureView, now: datetime) -> Optional[datetime]:
+    ttl = getattr(view, "ttl", None)  # on-demand views written online have none
+    if ttl is None or ttl <= timedelta(0):
+        return None
+    return now - ttl
+
+
+# --------------------------------------------------------------------------- SQL
+
+_SCHEMA_EXISTS = "SELECT 1 FROM pg_namespace WHERE nspname = %s"
+_CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
+
+_TABLE_VECTOR_TYPE = """
+SELECT format_type(a.atttypid, a.atttypmod)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'vector_value' AND NOT a.attisdropped
+WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'
+"""
+_INDEX_DEFINITION = """
+SELECT o.opcname, c.reloptions
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_index i ON i.indexrelid = c.oid
+JOIN pg_opclass o ON o.oid = i.indclass[0]
+WHERE n.nspname = %s AND c.relname = %s
+"""
+_ESTIMATED_ROWS = """
+SELECT greatest(c.reltuples, 0)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s
+"""
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    entity_key bytea PRIMARY KEY,
+    feature_values bytea NOT NULL,
+    event_ts timestamptz NOT NULL,
+    created_ts timestamptz{vector_column}
+)
+"""
+_CREATE_INDEX = (
+    "CREATE INDEX IF NOT EXISTS {index} ON {table} USING hnsw (vector_value {opclass}) "
+    "WITH (m = {m}, ef_construction = {ef_construction})"
+)
+_DROP_INDEX = "DROP INDEX IF EXISTS {index}"
+_DROP_TABLE = "DROP TABLE IF EXISTS {table}"
+
+# Staging: one temporary table per session and layout, emptied at each commit.
+_STAGE = "feast_online_stage"
+_STAGE_VECTOR = "feast_online_stage_vector"
+_CREATE_STAGE = """
+CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (
+    seq bigint NOT NULL,
+    entity_key bytea NOT NULL,
+    feature_values bytea NOT NULL,
+    event_ts timestamptz NOT NULL,
+    created_ts timestamptz{vector_column}
+) ON COMMIT DELETE ROWS
+"""
+_COPY_STAGE = "COPY {stage} FROM STDIN (FORMAT BINARY)"
+_STAGE_TYPES = ["int8", "bytea", "bytea", "timestamptz", "timestamptz"]
+_STAGE_VECTOR_TYPES = _STAGE_TYPES + ["bytea"]  # pgvector binary input passed verbatim
+
+_UPSERT = """
+INSERT INTO {table} AS stored (entity_key, feature_values, event_ts, created_ts{vector_names})
+SELECT DISTINCT ON (entity_key) entity_key, feature_values, event_ts, created_ts{vector_names}
+FROM pg_temp.{stage}
+ORDER BY entity_key, event_ts DESC, created_ts DESC NULLS LAST, seq DESC
+ON CONFLICT (entity_key) DO UPDATE SET
+    feature_values = excluded.feature_values,
+    event_ts = excluded.event_ts,
+    created_ts = excluded.created_ts{vector_update}
+WHERE (excluded.event_ts, coalesce(excluded.created_ts, '-infinity'))
+   >= (stored.event_ts, coalesce(stored.created_ts, '-infinity'))
+"""
+
+_READ_BRANCH = (
+    "SELECT {tag}::int4 AS tag, entity_key, feature_values, event_ts FROM {table} WHERE entity_key = ANY(%s)"
+)
+
+_SET_EF_SEARCH = "SELECT set_config('hnsw.ef_search', %s, true)"
+_EXACT_SEARCH = "SELECT set_config('enable_indexscan', 'off', true)"
+_ANN = """
+SELECT entity_key, feature_values, event_ts, vector_value {operator} %s::vector AS distance
+FROM {table}
+WHERE {where}
+ORDER BY distance
+LIMIT %s
+"""
+
+
+def _vector_sql(table: ViewTable) -> Tuple[sql.Composable, sql.Composable, sql.Composable]:
+    """(column definition, column name list, update clause) of the vector column."""
+    if table.vector is None:
+        return sql.SQL(""), sql.SQL(""), sql.SQL("")
+    return (
+        sql.SQL(",\n    vector_value {}").format(sql.SQL(table.vector.pg_type)),
+        sql.SQL(", vector_value"),
+        sql.SQL(",\n    vector_value = excluded.vector_value"),
+    )
+
+
+def upsert_statement(table: ViewTable) -> sql.Composed:
+    """The statement that moves the staged batch into ``table``."""
+    _, names, update = _vector_sql(table)
+    stage = _STAGE_VECTOR if table.vector else _STAGE
+    return sql.SQL(_UPSERT).format(
+        table=table.ident, stage=sql.Identifier(stage), vector_names=names, vector_update=update
+    )
+
+
+def read_statement(tables: Sequence[ViewTable]) -> sql.Composed:
+    """One statement reading each table's rows for its own key array (one %s each)."""
+    return sql.SQL(" UNION ALL ").join(
+        sql.SQL(_READ_BRANCH).format(tag=sql.Literal(tag), table=table.ident) for tag, table in enumerate(tables)
+    )
+
+
+def ann_statement(
+    table: ViewTable, embedding: Sequence[float], top_k: int, metric: str, cutoff: Optional[datetime]
+) -> Tuple[sql.Composed, List[Any]]:
+    """The nearest-neighbour query of ``retrieve_online_documents_v2`` and its parameters."""
+    assert table.vector is not None
+    where = [sql.SQL("vector_value IS NOT NULL")]
+    params: List[Any] = [[float(v) for v in embedding]]
+    if cutoff is not None:
+        where.append(sql.SQL("event_ts >= %s"))
+        params.append(cutoff)
+    params.append(int(top_k))
+    statement = sql.SQL(_ANN).format(
+        operator=sql.SQL(VECTOR_METRICS[metric][0]), table=table.ident, where=sql.SQL(" AND ").join(where)
+    )
+    return statement, params
+
+
+def ef_search_for(config: RepoConfig, top_k: int) -> int:
+    return min(MAX_EF_SEARCH, max(config.online_store.hnsw_ef_search, 2 * top_k))
+
+
+# --------------------------------------------------------------------------- the store
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One feature view's share of a read."""
+
+    view: FeatureView
+    table: ViewTable
+    requested: List[str]
+    keys: List[bytes]
+    idxs: Any  # utils._get_unique_entities: output positions of each unique key
+    output_len: int
+
+
+def _lost_connection(exc: BaseException, conn: Optional[psycopg.Connection | psycopg.AsyncConnection]) -> bool:
+    if isinstance(exc, (PoolTimeout, PoolClosed)):
+        return True
+    return isinstance(exc, psycopg.OperationalError) and conn is not None and (conn.broken or conn.closed)
+
+
+class _LoopConnections:
+    """The async connections of one event loop: idle ones kept for reuse, at most
+    ``max_size`` in use. Unlike ``psycopg_pool.AsyncConnectionPool`` it runs no background
+    tasks, so a caller's ``asyncio.run`` can end without closing the store first."""
+
+    def __init__(self, conninfo: str, max_size: int, timeout: float):
+        self.conninfo, self.max_size, self.timeout = conninfo, max_size, timeout
+        self.idle: List[psycopg.AsyncConnection] = []
+        self.slots = asyncio.Semaphore(max_size)
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.slots.acquire()
+        except TimeoutError:
+            raise PoolTimeout(f"no async connection free within {self.timeout} s") from None
+        try:
+            conn = self.idle.pop() if self.idle else await psycopg.AsyncConnection.connect(
+                self.conninfo, autocommit=True
+            )
+            try:
+                yield conn
+            finally:
+                if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+                    await conn.close()
+                else:
+                    self.idle.append(conn)
+        finally:
+            self.slots.release()
+
+    async def close_idle(self) -> None:
+        idle = list(self.idle)
+        self.idle.clear()
+        for conn in idle:
+            await conn.close()
+
+    def finish_idle(self) -> None:
+        """Close the idle connections without an event loop (libpq's PQfinish)."""
+        idle = list(self.idle)
+        self.idle.clear()
+        for conn in idle:
+            conn.pgconn.finish()
+
+
+class PostgresFastOnlineStore(OnlineStore):
+    """Feast online store on PostgreSQL; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: Optional[ConnectionPool] = None
+        self._async_connections: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopConnections]" = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @property
+    def async_supported(self) -> SupportedAsyncMethods:
+        return SupportedAsyncMethods(read=True, write=True)
+
+    # ---------------------------------------------------------------- connections
+
+    @staticmethod
+    def _conninfo(config: RepoConfig) -> str:
+        store = config.online_store
+        return make_conninfo(
+            host=store.host,
+            port=int(store.port),
+            dbname=store.database,
+            user=store.user,
+            password=store.password,
+            sslmode=store.sslmode,
+            sslkey=store.sslkey_path,
+            sslcert=store.sslcert_path,
+            sslrootcert=store.sslrootcert_path,
+            keepalives_idle=store.keepalives_idle,
+            connect_timeout=max(1, int(store.pool_timeout_seconds)),
+            application_name="feast-online",
+        )
+
+    def _sync_pool(self, config: RepoConfig) -> ConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                store = config.online_store
+                self._pool = ConnectionPool(
+                    self._conninfo(config),
+                    min_size=store.min_conn,
+                    max_size=max(store.min_conn, store.max_conn),
+                    kwargs={"autocommit": True},
+                    timeout=store.pool_timeout_seconds,
+                    open=False,
+                    name="feast-online",
+                )
+                self._pool.open(wait=False)
+            return self._pool
+
+    def _discard_sync_pool(self, pool: ConnectionPool) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        # Its workers may be inside a connection attempt: let them finish off the caller's path.
+        threading.Thread(target=pool.close, name="feast-online-pool-close", daemon=True).start()
+
+    def _run(self, config: RepoConfig, work: Callable[[psycopg.Connection], _T]) -> _T:
+        """``work(conn)`` on a pooled connection; once more on a fresh pool if the
+        connection was lost (the work must be idempotent, which all of ours are)."""
+        for attempt in (1, 2):
+            pool = self._sync_pool(config)
+            conn = None
+            try:
+                with pool.connection() as conn:
+                    return work(conn)
+            except psycopg.OperationalError as exc:
+                if attempt == 2 or not _lost_connection(exc, conn):
+                    raise
+                log.warning("online store connection lost (%s); retrying on a new pool", exc)
+                self._discard_sync_pool(pool)
+        raise AssertionError("unreachable")
+
+    def _loop_connections(self, config: RepoConfig) -> "_LoopConnections":
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            connections = self._async_connections.get(loop)
+            if connections is None:
+                store = config.online_store
+                connections = _LoopConnections(self._conninfo(config), store.max_conn, store.pool_timeout_seconds)
+                self._async_connections[loop] = connections
+                # When the loop is gone (an asyncio.run ended), close its idle connections.
+                weakref.finalize(loop, connections.finish_idle)
+            return connections
+
+    async def _run_async(self, config: RepoConfig, work: Callable[[psycopg.AsyncConnection], Any]) -> Any:
+        for attempt in (1, 2):
+            connections = self._loop_connections(config)
+            conn = None
+            try:
+                async with connections.connection() as conn:
+                    return await work(conn)
+            except psycopg.OperationalError as exc:
+                if attempt == 2 or not _lost_connection(exc, conn):
+                    raise
+                log.warning("online store connection lost (%s); retrying on a new connection", exc)
+                await connections.close_idle()
+        raise AssertionError("unreachable")
+
+    async def initialize(self, config: RepoConfig) -> None:
+        """Open this event loop's first connection (``feast serve`` calls it at start-up)."""
+        async with self._loop_connections(config).connection():
+            pass
+
+    async def close(self) -> None:
+        """Close this event loop's connections and the thread pool."""
+        with self._lock:
+            connections = self._async_connections.pop(asyncio.get_running_loop(), None)
+            sync_pool, self._pool = self._pool, None
+        if connections is not None:
+            await connections.close_idle()
+        if sync_pool is not None:
+            sync_pool.close()
+
+    # ---------------------------------------------------------------- writes
+
+    @staticmethod
+    def _staged_rows(
+        config: RepoConfig,
+        view: FeatureView,
+        table: ViewTable,
+        data: Iterable[Tuple[EntityKeyProto, Dict[str, ValueProto], datetime, Optional[datetime]]],
+    ) -> List[tuple]:
+        version = config.entity_key_serialization_version
+        rows = []
+        for seq, (entity_key, values, event_ts, created_ts) in enumerate(data):
+            row: tuple = (
+                seq,
+                serialize_entity_key(entity_key, entity_key_serialization_version=version),
+                encode_feature_values(values),
+                _utc(event_ts),
+                _utc(created_ts) if created_ts is not None else None,
+            )
+            if table.vector is not None:
+                row += (_vector_binary(values.get(table.vector.feature), table.vector, view.name),)
+            rows.append(row)
+        return rows
+
+    @staticmethod
+    def _rebuild_index(cur, table: ViewTable, batch_rows: int) -> bool:
+        """Whether this batch should rebuild the HNSW index rather than insert into it."""
+        if not table.indexed or batch_rows < HNSW_REBUILD_MIN_ROWS:
+            return False
+        stored = cur.execute(_ESTIMATED_ROWS, (table.schema, table.name)).fetchone()
+        return stored is None or batch_rows >= HNSW_REBUILD_MIN_FRACTION * stored[0]
+
+    @staticmethod
+    def _stage_sql(table: ViewTable) -> Tuple[sql.Composed, sql.Composed, List[str]]:
+        stage = sql.Identifier(_STAGE_VECTOR if table.vector else _STAGE)
+        column = sql.SQL(",\n    vector_value vector") if table.vector else sql.SQL("")
+        return (
+            sql.SQL(_CREATE_STAGE).format(stage=stage, vector_column=column),
+            sql.SQL(_COPY_STAGE).format(stage=stage),
+            _STAGE_VECTOR_TYPES if table.vector else _STAGE_TYPES,
+        )
+
+    @staticmethod
+    def _index_sql(config: RepoConfig, table: ViewTable) -> Tuple[sql.Composed, sql.Composed]:
+        store = config.online_store
+        create = sql.SQL(_CREATE_INDEX).format(
+            index=sql.Identifier(table.index),
+            table=table.ident,
+            opclass=sql.SQL(table.vector.opclass),
+            m=sql.Literal(store.hnsw_m),
+            ef_construction=sql.Literal(store.hnsw_ef_construction),
+        )
+        drop = sql.SQL(_DROP_INDEX).format(index=sql.Identifier(table.schema, table.index))
+        return create, drop
+
+    def online_write_batch(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        data: List[Tuple[EntityKeyProto, Dict[str, ValueProto], datetime, Optional[datetime]]],
+        progress: Optional[Callable[[int], Any]],
+    ) -> None:
+        """Upsert ``data`` (any order, several rows per entity allowed): COPY into a
+        staging table, then one INSERT ... ON CONFLICT keeping the newest row."""
+        target = view_table(config, table)
+        rows = self._staged_rows(config, table, target, data)
+        if rows:
+            create_stage, copy_stage, types = self._stage_sql(target)
+            upsert = upsert_statement(target)
+
+            def work(conn: psycopg.Connection) -> None:
+                with conn.cursor() as cur:
+                    rebuild = self._rebuild_index(cur, target, len(rows))
+                    if rebuild:
+                        create_index, drop_index = self._index_sql(config, target)
+                        cur.execute(drop_index)
+                    try:
+                        with conn.transaction():
+                            cur.execute(create_stage)
+                            with cur.copy(copy_stage) as copy:
+                                copy.set_types(types)
+                                for row in rows:
+                                    copy.write_row(row)
+                            cur.execute(upsert)
+                    finally:
+                        if rebuild and not conn.broken:
+                            cur.execute(create_index)  # also after a failed upsert
+
+            self._run(config, work)
+        if progress:
+            progress(len(data))
+
+    async def online_write_batch_async(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        data: List[Tuple[EntityKeyProto, Dict[str, ValueProto], datetime, Optional[datetime]]],
+        progress: Optional[Callable[[int], Any]],
+    ) -> None:
+        """Async ``online_write_batch`` (pushes from ``feast serve``); never rebuilds the index."""
+        target = view_table(config, table)
+        rows = self._staged_rows(config, table, target, data)
+        if rows:
+            create_stage, copy_stage, types = self._stage_sql(target)
+            upsert = upsert_statement(target)
+
+            async def work(conn: psycopg.AsyncConnection) -> None:
+                async with conn.transaction(), conn.cursor() as cur:
+                    await cur.execute(create_stage)
+                    async with cur.copy(copy_stage) as copy:
+                        copy.set_types(types)
+                        for row in rows:
+                            await copy.write_row(row)
+                    await cur.execute(upsert)
+
+            await self._run_async(config, work)
+        if progress:
+            progress(len(data))
+
+    # ---------------------------------------------------------------- reads
+
+    @staticmethod
+    def _keys(config: RepoConfig, entity_keys: Iterable[EntityKeyProto]) -> List[bytes]:
+        version = config.entity_key_serialization_version
+        return [serialize_entity_key(k, entity_key_serialization_version=version) for k in entity_keys]
+
+    def _prepare_reads(
+        self, config: RepoConfig, grouped_refs, join_key_values, entity_name_to_join_key_map
+    ) -> List[_Read]:
+        reads = []
+        for view, requested in grouped_refs:
+            entity_values, idxs, output_len = utils._get_unique_entities(
+                view, join_key_values, entity_name_to_join_key_map
+            )
+            keys = self._keys(config, utils._get_entity_key_protos(entity_values))
+            reads.append(_Read(view, view_table(config, view), list(requested), keys, idxs, output_len))
+        return reads
+
+    @staticmethod
+    def _bucket(reads: Sequence[_Read], rows: Iterable[tuple]) -> List[Dict[bytes, Tuple[bytes, datetime]]]:
+        buckets: List[Dict[bytes, Tuple[bytes, datetime]]] = [{} for _ in reads]
+        for tag, entity_key, payload, event_ts in rows:
+            buckets[tag][bytes(entity_key)] = (payload, event_ts)
+        return buckets
+
+    @staticmethod
+    def _decode(
+        config: RepoConfig, read: _Read, bucket: Mapping[bytes, Tuple[bytes, datetime]], now: datetime
+    ) -> Tuple[List[Tuple[Optional[datetime], Optional[Dict[str, ValueProto]]]], List[int]]:
+        """Rows in key order for ``_populate_response_from_feature_data``, and the
+        positions of values past the view's ttl."""
+        mode = config.online_store.ttl_on_read
+        cutoff = None if mode == "ignore" else _ttl_cutoff(read.view, now)
+        rows: List[Tuple[Optional[datetime], Optional[Dict[str, ValueProto]]]] = []
+        expired: List[int] = []
+        for position, key in enumerate(read.keys):
+            found = bucket.get(key)
+            if found is None:
+                rows.append((None, None))
+                continue
+            payload, event_ts = found
+            if cutoff is not None and event_ts < cutoff:
+                expired.append(position)
+                if mode == "hide":
+                    rows.append((event_ts, None))
+                    continue
+            rows.append((event_ts, decode_feature_values(payload, read.requested)))
+        return rows, expired
+
+    def _populate(
+        self,
+        config: RepoConfig,
+        reads: Sequence[_Read],
+        rows: Iterable[tuple],
+        online_features_response,
+        full_feature_names: bool,
+        include_feature_view_version_metadata: bool,
+    ) -> None:
+        now = datetime.now(timezone.utc)
+        for read, bucket in zip(reads, self._bucket(reads, rows)):
+            read_rows, expired = self._decode(config, read, bucket, now)
+            utils._populate_response_from_feature_data(
+                read.requested,
+                read_rows,
+                read.idxs,
+                online_features_response,
+                full_feature_names,
+                read.view,
+                read.output_len,
+                include_feature_view_version_metadata,
+            )
+            if expired and read.requested:
+                vectors = online_features_response.results[-len(read.requested):]
+                for position in expired:
+                    for out_idx in read.idxs[position]:
+                        for vector in vectors:
+                            vector.statuses[out_idx] = FieldStatus.OUTSIDE_MAX_AGE
+
+    @staticmethod
+    def _read_params(reads: Sequence[_Read]) -> List[List[bytes]]:
+        return [read.keys for read in reads]
+
+    def _read_features_per_fv(
+        self,
+        config: RepoConfig,
+        grouped_refs: List,
+        join_key_values: Dict,
+        entity_name_to_join_key_map: Dict,
+        online_features_response,
+        full_feature_names: bool,
+        include_feature_view_version_metadata: bool,
+    ) -> None:
+        """All requested views for all entities in one statement."""
+        reads = self._prepare_reads(config, grouped_refs, join_key_values, entity_name_to_join_key_map)
+        if not reads:
+            return
+        statement, params = read_statement([r.table for r in reads]), self._read_params(reads)
+
+        def work(conn: psycopg.Connection) -> List[tuple]:
+            with conn.cursor(binary=True) as cur:
+                return cur.execute(statement, params).fetchall()
+
+        rows = self._run(config, work)
+        self._populate(config, reads, rows, online_features_response, full_feature_names,
+                       include_feature_view_version_metadata)
+
+    async def _read_features_per_fv_async(
+        self,
+        config: RepoConfig,
+        grouped_refs: List,
+        join_key_values: Dict,
+        entity_name_to_join_key_map: Dict,
+        online_features_response,
+        full_feature_names: bool,
+        include_feature_view_version_metadata: bool,
+    ) -> None:
+        reads = self._prepare_reads(config, grouped_refs, join_key_values, entity_name_to_join_key_map)
+        if not reads:
+            return
+        statement, params = read_statement([r.table for r in reads]), self._read_params(reads)
+
+        async def work(conn: psycopg.AsyncConnection) -> List[tuple]:
+            async with conn.cursor(binary=True) as cur:
+                await cur.execute(statement, params)
+                return await cur.fetchall()
+
+        rows = await self._run_async(config, work)
+        self._populate(config, reads, rows, online_features_response, full_feature_names,
+                       include_feature_view_version_metadata)
+
+    def _single_read(
+        self, config: RepoConfig, view: FeatureView, entity_keys, requested_features
+    ) -> Tuple[_Read, sql.Composed]:
+        requested = list(requested_features) if requested_features else [f.name for f in view.features]
+        keys = self._keys(config, entity_keys)
+        read = _Read(view, view_table(config, view), requested, keys, [[i] for i in range(len(keys))], len(keys))
+        return read, read_statement([read.table])
+
+    def _single_result(self, config: RepoConfig, read: _Read, rows) -> List[Tuple[Optional[datetime], Optional[Dict[str, ValueProto]]]]:
+        result, expired = self._decode(config, read, self._bucket([read], rows)[0], datetime.now(timezone.utc))
+        if config.online_store.ttl_on_read == "hide":
+            for position in expired:
+                result[position] = (None, None)
+        return result
+
+    def online_read(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        entity_keys: List[EntityKeyProto],
+        requested_features: Optional[List[str]] = None,
+    ) -> List[Tuple[Optional[datetime], Optional[Dict[str, ValueProto]]]]:
+        """Rows for ``entity_keys`` in order; (None, None) when missing or past the ttl."""
+        read, statement = self._single_read(config, table, entity_keys, requested_features)
+
+        def work(conn: psycopg.Connection) -> List[tuple]:
+            with conn.cursor(binary=True) as cur:
+                return cur.execute(statement, [read.keys]).fetchall()
+
+        return self._single_result(config, read, self._run(config, work))
+
+    async def online_read_async(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        entity_keys: List[EntityKeyProto],
+        requested_features: Optional[List[str]] = None,
+    ) -> List[Tuple[Optional[datetime], Optional[Dict[str, ValueProto]]]]:
+        read, statement = self._single_read(config, table, entity_keys, requested_features)
+
+        async def work(conn: psycopg.AsyncConnection) -> List[tuple]:
+            async with conn.cursor(binary=True) as cur:
+                await cur.execute(statement, [read.keys])
+                return await cur.fetchall()
+
+        return self._single_result(config, read, await self._run_async(config, work))
+
+    # ---------------------------------------------------------------- vector search
+
+    def retrieve_online_documents_v2(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        requested_features: List[str],
+        embedding: Optional[List[float]],
+        top_k: int,
+        distance_metric: Optional[str] = None,
+        query_string: Optional[str] = None,
+        filters=None,
+        include_feature_view_version_metadata: bool = False,
+    ) -> List[Tuple[Optional[datetime], Optional[EntityKeyProto], Optional[Dict[str, ValueProto]]]]:
+        """The ``top_k`` entities nearest to ``embedding``, nearest first, each with its
+        requested features and ``distance`` (pgvector's, as the stock store returns).
+
+        Raises:
+            ValueError: vectors are disabled, the view has no vector_index field, or the
+                metric is unknown.
+            NotImplementedError: keyword search (``query_string``) or ``filters``.
+        """
+        if not config.online_store.vector_enabled:
+            raise ValueError("Vector search is not enabled in the online store config (vector_enabled)")
+        if query_string is not None or filters is not None:
+            raise NotImplementedError(
+                f"{type(self).__name__} supports vector queries only (no query_string, no filters); "
+                "use the stock store (type: postgres) for keyword search"
+            )
+        if embedding is None:
+            raise ValueError("retrieve_online_documents_v2 needs an embedding")
+        target = view_table(config, table)
+        if target.vector is None:
+            raise ValueError(f"feature view {table.name} has no vector_index field")
+        metric = distance_metric or target.vector.metric
+        if metric not in VECTOR_METRICS:
+            raise ValueError(f"distance metric {metric!r} is not one of {sorted(VECTOR_METRICS)}")
+        if top_k <= 0:
+            return []
+        cutoff = None
+        if config.online_store.ttl_on_read == "hide":
+            cutoff = _ttl_cutoff(table, datetime.now(timezone.utc))
+        statement, params = ann_statement(target, embedding, top_k, metric, cutoff)
+        ef_search = ef_search_for(config, top_k)
+
+        def work(conn: psycopg.Connection) -> List[tuple]:
+            with conn.transaction(), conn.cursor(binary=True) as cur:
+                cur.execute(_SET_EF_SEARCH, (str(ef_search),))
+                if top_k > ef_search:
+                    cur.execute(_EXACT_SEARCH)  # HNSW returns at most ef_search rows
+                return cur.execute(statement, params).fetchall()
+
+        rows = self._run(config, work)
+        version = config.entity_key_serialization_version
+        result = []
+        for entity_key, payload, event_ts, distance in rows:
+            features = decode_feature_values(payload, requested_features)
+            features["distance"] = ValueProto(double_val=float(distance))
+            result.append((event_ts, deserialize_entity_key(bytes(entity_key), version), features))
+        return result
+
+    # ---------------------------------------------------------------- infrastructure
+
+    def _ensure_table(self, conn: psycopg.Connection, config: RepoConfig, table: ViewTable) -> None:
+        found = conn.execute(_TABLE_VECTOR_TYPE, (table.schema, table.name)).fetchone()
+        wanted = table.vector.pg_type if table.vector else None
+        if found is not None and found[0] != wanted:
+            log.warning(
+                "online table %s.%s has vector column %s, the view needs %s: recreating it "
+                "(materialize the view again)", table.schema, table.name, found[0], wanted,
+            )
+            conn.execute(sql.SQL(_DROP_TABLE).format(table=table.ident))
+        column, _, _ = _vector_sql(table)
+        conn.execute(sql.SQL(_CREATE_TABLE).format(table=table.ident, vector_column=column))
+        if not table.indexed:
+            return
+        create_index, drop_index = self._index_sql(config, table)
+        index = conn.execute(_INDEX_DEFINITION, (table.schema, table.index)).fetchone()
+        store = config.online_store
+        wanted_options = sorted([f"m={store.hnsw_m}", f"ef_construction={store.hnsw_ef_construction}"])
+        if index is not None and (index[0] != table.vector.opclass or sorted(index[1] or []) != wanted_options):
+            conn.execute(drop_index)
+        conn.execute(create_index)
+
+    def update(
+        self,
+        config: RepoConfig,
+        tables_to_delete: Sequence[FeatureView],
+        tables_to_keep: Sequence[FeatureView],
+        entities_to_delete: Sequence[Entity],
+        entities_to_keep: Sequence[Entity],
+        partial: bool,
+    ) -> None:
+        """Create (or fit to the view) the tables and indexes of ``tables_to_keep``; drop
+        those of ``tables_to_delete``."""
+        schema = config.online_store.db_schema
+
+        def work(conn: psycopg.Connection) -> None:
+            with conn.transaction():
+                if conn.execute(_SCHEMA_EXISTS, (schema,)).fetchone() is None:
+                    conn.execute(sql.SQL(_CREATE_SCHEMA).format(schema=sql.Identifier(schema)))
+                for view in tables_to_delete:
+                    conn.execute(sql.SQL(_DROP_TABLE).format(table=view_table(config, view).ident))
+                for view in tables_to_keep:
+                    self._ensure_table(conn, config, view_table(config, view))
+
+        self._run(config, work)
+
+    def teardown(self, config: RepoConfig, tables: Sequence[FeatureView], entities: Sequence[Entity]) -> None:
+        """Drop the tables (and with them the indexes) of ``tables``."""
+
+        def work(conn: psycopg.Connection) -> None:
+            with conn.transaction():
+                for view in tables:
+                    conn.execute(sql.SQL(_DROP_TABLE).format(table=view_table(config, view).ident))
+
+        self._run(config, work)
