@@ -11,10 +11,10 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-from feast import FeatureStore
 
 from materialize.database.tables import fetch_frame
 from materialize.ingest.loader import load_frames
+from materialize.feature_store.repo import open_store
 from materialize.pipeline import Pipeline
 from tests.conftest import new_database, settings_for
 
@@ -147,14 +147,14 @@ def _normalised(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({c: "float64" for c in columns[4:]})
 
 
-def _stock_store(applied, directory) -> FeatureStore:
+def _stock_store(applied, directory):
     """The same registry and tables read through stock Feast's ``type: postgres`` store."""
     for path in applied.settings.feature_repo_dir.glob("*.py"):
         (directory / path.name).write_text(path.read_text())
     config = (applied.settings.feature_repo_dir / "feature_store.yaml").read_text()
     (directory / "feature_store.yaml").write_text(config.replace(
         "type: materialize.feature_store.offline_store.LateralJoinPostgreSQLOfflineStore", "type: postgres"))
-    return FeatureStore(repo_path=str(directory))
+    return open_store(directory, applied.settings.postgres, applied.pgvector)
 
 
 def test_retrieval_matches_brute_force_reference(applied, tmp_path):
