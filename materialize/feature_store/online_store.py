@@ -21,11 +21,17 @@ shortens names past PostgreSQL's 63 bytes), so it never collides with the stock 
 ``<project>_<view>`` tables, whose layout differs::
 
     entity_key      bytea PRIMARY KEY   -- feast serialize_entity_key (repo's version)
-    feature_values  bytea NOT NULL      -- a feast.types.Map proto: feature name -> Value
+    layout_id       bigint NOT NULL     -- which feature names, in which order
+    value_offsets   int4[] NOT NULL     -- where each value starts in feature_values
+    feature_values  bytea NOT NULL      -- a serialized feast.types.RepeatedValue
     event_ts        timestamptz NOT NULL
     created_ts      timestamptz
+    event_ts_wire   bytea NOT NULL      -- event_ts as serving-response protobuf bytes
     vector_value    vector(n)           -- only for a view with a vector_index field
 
+and the project has one ``<project>_packed_layouts (layout_id, feature_names text[])``:
+a row's values are those of its layout's names, so a view that gains or loses features
+keeps reading its older rows (a feature a row lacks reads as NOT_FOUND).
 ``vector_value`` copies the first ``vector_index`` field (``n`` is its ``vector_length``)
 and carries ``USING hnsw (vector_value <metric>_ops)``, the metric being the field's
 ``vector_search_metric``.
@@ -38,8 +44,11 @@ values. A large batch into a vector view drops the HNSW index and builds it agai
 upsert (a bulk build is several times cheaper than inserting into the graph row by row);
 meanwhile vector searches stay exact, by a sequential scan.
 
-Reads fetch every requested view's rows for all entities in one statement
-(``entity_key = ANY(...)`` per view, joined with UNION ALL). A view's ttl (when positive)
+Reads (``get_online_features``, sync and async) are one statement for all requested views
+and entities (``entity_key = ANY(...)`` per view, joined with UNION ALL). The response is
+assembled from bytes: each requested feature's FeatureVector is the concatenation of the
+stored, already-encoded values of the entity rows, so no protobuf object is built per
+value. A view's ttl (when positive)
 is enforced against the wall clock, as Feast's offline store does at an entity timestamp of
 now: with ``ttl_on_read: hide`` (default) a value whose event_ts is older than now - ttl is
 returned as null with status OUTSIDE_MAX_AGE; ``flag`` keeps the value with that status
@@ -102,15 +111,19 @@ from feast.infra.supported_async_methods import SupportedAsyncMethods
 from feast.infra.utils.postgres.postgres_config import PostgreSQLConfig
 from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import Map as MapProto
+from feast.protos.feast.types.Value_pb2 import RepeatedValue as RepeatedValueProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
+from google.protobuf.timestamp_pb2 import Timestamp
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 log = logging.getLogger(__name__)
 
 STORE_TYPE = "materialize.feature_store.online_store.PostgresFastOnlineStore"
 TABLE_SUFFIX = "_packed"
 INDEX_SUFFIX = "_packed_hnsw"
+LAYOUTS_SUFFIX = "_packed_layouts"
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL truncates longer names silently
 MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
 
@@ -130,6 +143,9 @@ VECTOR_METRICS = {
 DEFAULT_METRIC = "L2"  # FeatureStore.retrieve_online_documents_v2's default
 
 _T = TypeVar("_T")
+
+# Responses are assembled with these statuses as single protobuf bytes (_append_vectors).
+assert (FieldStatus.PRESENT, FieldStatus.NOT_FOUND, FieldStatus.OUTSIDE_MAX_AGE) == (1, 3, 4)
 
 
 class PostgresFastOnlineStoreConfig(PostgreSQLConfig):
@@ -191,11 +207,16 @@ class ViewTable:
     schema: str
     name: str
     index: str
+    layouts: str
     vector: Optional[VectorColumn]
 
     @property
     def ident(self) -> sql.Identifier:
         return sql.Identifier(self.schema, self.name)
+
+    @property
+    def layouts_ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.layouts)
 
     @property
     def indexed(self) -> bool:
@@ -214,6 +235,11 @@ def _identifier(base: str, suffix: str) -> str:
 def online_table_name(project: str, view_name: str) -> str:
     """The table holding a view's rows (in the store's ``db_schema``)."""
     return _identifier(f"{project}_{view_name}", TABLE_SUFFIX)
+
+
+def layouts_table_name(project: str) -> str:
+    """The table of the project's feature-name layouts."""
+    return _identifier(project, LAYOUTS_SUFFIX)
 
 
 def vector_column(config: RepoConfig, view: FeatureView) -> Optional[VectorColumn]:
@@ -237,6 +263,7 @@ def view_table(config: RepoConfig, view: FeatureView) -> ViewTable:
         schema=config.online_store.db_schema,
         name=_identifier(base, TABLE_SUFFIX),
         index=_identifier(base, INDEX_SUFFIX),
+        layouts=layouts_table_name(config.project),
         vector=vector_column(config, view),
     )
 
@@ -244,17 +271,94 @@ def view_table(config: RepoConfig, view: FeatureView) -> ViewTable:
 # --------------------------------------------------------------------------- encoding
 
 
-def encode_feature_values(values: Mapping[str, ValueProto]) -> bytes:
-    """One entity's feature values as a serialized ``feast.types.Map``."""
-    return MapProto(val=values).SerializeToString()
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
-def decode_feature_values(payload: bytes, requested: Optional[Sequence[str]] = None) -> Dict[str, ValueProto]:
+def _varint_size(n: int) -> int:
+    size = 1
+    while n >= 0x80:
+        n >>= 7
+        size += 1
+    return size
+
+
+def encode_feature_values(values: Mapping[str, ValueProto]) -> Tuple[Tuple[str, ...], bytes, List[int]]:
+    """One entity's values as ``(names, payload, offsets)``: ``payload`` is a serialized
+    ``feast.types.RepeatedValue`` of the values in ``names`` order, and value ``i`` (with
+    its field tag, as in a serving response's ``values``) is ``payload[offsets[i]:offsets[i + 1]]``."""
+    names = tuple(values)
+    stored = list(values.values())
+    offsets = [0]
+    for value in stored:
+        size = value.ByteSize()
+        offsets.append(offsets[-1] + 1 + _varint_size(size) + size)
+    return names, RepeatedValueProto(val=stored).SerializeToString(), offsets
+
+
+def decode_feature_values(
+    names: Sequence[str], payload: bytes, requested: Optional[Sequence[str]] = None
+) -> Dict[str, ValueProto]:
     """Inverse of ``encode_feature_values``, keeping only ``requested`` names if given."""
-    stored = MapProto.FromString(payload).val
+    stored = dict(zip(names, RepeatedValueProto.FromString(payload).val))
     if requested is None:
-        return dict(stored)
+        return stored
     return {name: stored[name] for name in requested if name in stored}
+
+
+def layout_id(names: Sequence[str]) -> int:
+    """A stable 64-bit id of an ordered list of feature names."""
+    digest = hashlib.sha1("\x1f".join(names).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _timestamp_wire(ts: datetime) -> bytes:
+    """``ts`` as one ``event_timestamps`` element of a serving response's FeatureVector."""
+    stamp = Timestamp()
+    stamp.FromDatetime(ts)
+    body = stamp.SerializeToString()
+    return b"\x1a" + bytes([len(body)]) + body
+
+
+_INT4_OID, _BYTEA_OID, _BYTEA_ARRAY_OID = 23, 17, 1001
+_NULL_VALUE = b"\x0a\x00"  # an empty Value as one element of FeatureVector.values
+_NULL_TIMESTAMP = b"\x1a\x00"  # an empty Timestamp as one element of FeatureVector.event_timestamps
+
+
+def _array_binary(element_oid: int, elements: Sequence[bytes]) -> bytes:
+    """PostgreSQL's binary input of a one-dimensional array of pre-encoded elements."""
+    if not elements:
+        return struct.pack(">iiI", 0, 0, element_oid)
+    head = struct.pack(">iiIii", 1, 0, element_oid, len(elements), 1)
+    return head + b"".join(struct.pack(">i", len(e)) + e for e in elements)
+
+
+def _int4_array_binary(values: Sequence[int]) -> bytes:
+    if not values:
+        return struct.pack(">iiI", 0, 0, _INT4_OID)
+    body = struct.pack(f">{2 * len(values)}i", *[x for v in values for x in (4, v)])
+    return struct.pack(">iiIii", 1, 0, _INT4_OID, len(values), 1) + body
+
+
+class ByteaArray(bytes):
+    """A ``bytea[]`` parameter already in PostgreSQL's binary array format."""
+
+
+class _ByteaArrayDumper(Dumper):
+    format = Format.BINARY
+    oid = _BYTEA_ARRAY_OID
+
+    def dump(self, obj: ByteaArray) -> bytes:
+        return obj
+
+
+# Only this module's own type: other users of psycopg are unaffected.
+psycopg.adapters.register_dumper(ByteaArray, _ByteaArrayDumper)
 
 
 _VECTOR_HEADER = struct.Struct(">hh")  # pgvector's binary format: dimension, unused, float4[]
@@ -295,11 +399,11 @@ def _ttl_cutoff(view: FeatureView, now: datetime) -> Optional[datetime]:
 _SCHEMA_EXISTS = "SELECT 1 FROM pg_namespace WHERE nspname = %s"
 _CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
 
-_TABLE_VECTOR_TYPE = """
-SELECT format_type(a.atttypid, a.atttypmod)
+_TABLE_COLUMNS = """
+SELECT array_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'vector_value' AND NOT a.attisdropped
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind = 'r'
 """
 _INDEX_DEFINITION = """
@@ -315,14 +419,28 @@ SELECT greatest(c.reltuples, 0)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s
 """
+_COLUMNS = [
+    ("entity_key", "bytea"),
+    ("layout_id", "bigint"),
+    ("value_offsets", "integer[]"),
+    ("feature_values", "bytea"),
+    ("event_ts", "timestamp with time zone"),
+    ("created_ts", "timestamp with time zone"),
+    ("event_ts_wire", "bytea"),
+]
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS {table} (
     entity_key bytea PRIMARY KEY,
+    layout_id bigint NOT NULL,
+    value_offsets int4[] NOT NULL,
     feature_values bytea NOT NULL,
     event_ts timestamptz NOT NULL,
-    created_ts timestamptz{vector_column}
+    created_ts timestamptz,
+    event_ts_wire bytea NOT NULL{vector_column}
 )
 """
+_CREATE_LAYOUTS = "CREATE TABLE IF NOT EXISTS {layouts} (layout_id bigint PRIMARY KEY, feature_names text[] NOT NULL)"
+_INSERT_LAYOUT = "INSERT INTO {layouts} (layout_id, feature_names) VALUES (%s, %s) ON CONFLICT (layout_id) DO NOTHING"
 _CREATE_INDEX = (
     "CREATE INDEX IF NOT EXISTS {index} ON {table} USING hnsw (vector_value {opclass}) "
     "WITH (m = {m}, ef_construction = {ef_construction})"
@@ -337,40 +455,62 @@ _CREATE_STAGE = """
 CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (
     seq bigint NOT NULL,
     entity_key bytea NOT NULL,
+    layout_id bigint NOT NULL,
+    value_offsets int4[] NOT NULL,
     feature_values bytea NOT NULL,
     event_ts timestamptz NOT NULL,
-    created_ts timestamptz{vector_column}
+    created_ts timestamptz,
+    event_ts_wire bytea NOT NULL{vector_column}
 ) ON COMMIT DELETE ROWS
 """
 _COPY_STAGE = "COPY {stage} FROM STDIN (FORMAT BINARY)"
-_STAGE_TYPES = ["int8", "bytea", "bytea", "timestamptz", "timestamptz"]
-_STAGE_VECTOR_TYPES = _STAGE_TYPES + ["bytea"]  # pgvector binary input passed verbatim
+# value_offsets and vector_value travel as their binary input, declared bytea to psycopg.
+_STAGE_TYPES = ["int8", "bytea", "int8", "bytea", "bytea", "timestamptz", "timestamptz", "bytea"]
+_STAGE_VECTOR_TYPES = _STAGE_TYPES + ["bytea"]
 
 _UPSERT = """
-INSERT INTO {table} AS stored (entity_key, feature_values, event_ts, created_ts{vector_names})
-SELECT DISTINCT ON (entity_key) entity_key, feature_values, event_ts, created_ts{vector_names}
+INSERT INTO {table} AS stored
+    (entity_key, layout_id, value_offsets, feature_values, event_ts, created_ts, event_ts_wire{vector_names})
+SELECT DISTINCT ON (entity_key)
+    entity_key, layout_id, value_offsets, feature_values, event_ts, created_ts, event_ts_wire{vector_names}
 FROM pg_temp.{stage}
 ORDER BY entity_key, event_ts DESC, created_ts DESC NULLS LAST, seq DESC
 ON CONFLICT (entity_key) DO UPDATE SET
+    layout_id = excluded.layout_id,
+    value_offsets = excluded.value_offsets,
     feature_values = excluded.feature_values,
     event_ts = excluded.event_ts,
-    created_ts = excluded.created_ts{vector_update}
+    created_ts = excluded.created_ts,
+    event_ts_wire = excluded.event_ts_wire{vector_update}
 WHERE (excluded.event_ts, coalesce(excluded.created_ts, '-infinity'))
    >= (stored.event_ts, coalesce(stored.created_ts, '-infinity'))
 """
 
-_READ_BRANCH = (
-    "SELECT {tag}::int4 AS tag, entity_key, feature_values, event_ts FROM {table} WHERE entity_key = ANY(%s)"
-)
+_READ_BRANCH = """
+SELECT {tag}::int4 AS tag, entity_key, layout_id, value_offsets, feature_values, event_ts, event_ts_wire
+FROM {table} WHERE entity_key = ANY(%s::bytea[])
+"""
+_READ_LAYOUTS = "SELECT layout_id, feature_names FROM {layouts} WHERE layout_id = ANY(%s)"
+# Whole rows, decoded in Python (online_read).
+_READ_ENTITIES = """
+SELECT t.entity_key, l.feature_names, t.feature_values, t.event_ts
+FROM {table} t LEFT JOIN {layouts} l ON l.layout_id = t.layout_id
+WHERE t.entity_key = ANY(%s::bytea[])
+"""
 
 _SET_EF_SEARCH = "SELECT set_config('hnsw.ef_search', %s, true)"
 _EXACT_SEARCH = "SELECT set_config('enable_indexscan', 'off', true)"
 _ANN = """
-SELECT entity_key, feature_values, event_ts, vector_value {operator} %s::vector AS distance
-FROM {table}
-WHERE {where}
-ORDER BY distance
-LIMIT %s
+SELECT nn.entity_key, l.feature_names, nn.feature_values, nn.event_ts, nn.distance
+FROM (
+    SELECT entity_key, layout_id, feature_values, event_ts, vector_value {operator} %s::vector AS distance
+    FROM {table}
+    WHERE {where}
+    ORDER BY distance
+    LIMIT %s
+) nn
+LEFT JOIN {layouts} l ON l.layout_id = nn.layout_id
+ORDER BY nn.distance
 """
 
 
@@ -395,10 +535,16 @@ def upsert_statement(table: ViewTable) -> sql.Composed:
 
 
 def read_statement(tables: Sequence[ViewTable]) -> sql.Composed:
-    """One statement reading each table's rows for its own key array (one %s each)."""
+    """One statement reading the rows of every table for its own keys (one %s each, a
+    ``ByteaArray``); rows are (tag = table position, entity_key, layout_id, value_offsets,
+    feature_values, event_ts, event_ts_wire)."""
     return sql.SQL(" UNION ALL ").join(
         sql.SQL(_READ_BRANCH).format(tag=sql.Literal(tag), table=table.ident) for tag, table in enumerate(tables)
     )
+
+
+def entities_statement(table: ViewTable) -> sql.Composed:
+    return sql.SQL(_READ_ENTITIES).format(table=table.ident, layouts=table.layouts_ident)
 
 
 def ann_statement(
@@ -413,7 +559,10 @@ def ann_statement(
         params.append(cutoff)
     params.append(int(top_k))
     statement = sql.SQL(_ANN).format(
-        operator=sql.SQL(VECTOR_METRICS[metric][0]), table=table.ident, where=sql.SQL(" AND ").join(where)
+        operator=sql.SQL(VECTOR_METRICS[metric][0]),
+        table=table.ident,
+        layouts=table.layouts_ident,
+        where=sql.SQL(" AND ").join(where),
     )
     return statement, params
 
@@ -432,9 +581,8 @@ class _Read:
     view: FeatureView
     table: ViewTable
     requested: List[str]
-    keys: List[bytes]
-    idxs: Any  # utils._get_unique_entities: output positions of each unique key
-    output_len: int
+    keys: List[bytes]  # serialized entity keys, one per response row
+    unique_keys: ByteaArray
 
 
 def _lost_connection(exc: BaseException, conn: Optional[psycopg.Connection | psycopg.AsyncConnection]) -> bool:
@@ -494,6 +642,7 @@ class PostgresFastOnlineStore(OnlineStore):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pool: Optional[ConnectionPool] = None
+        self._layouts: Dict[int, Tuple[str, ...]] = {}  # layout_id -> feature names (ids are content hashes)
         self._async_connections: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopConnections]" = (
             weakref.WeakKeyDictionary()
         )
@@ -610,21 +759,31 @@ class PostgresFastOnlineStore(OnlineStore):
         view: FeatureView,
         table: ViewTable,
         data: Iterable[Tuple[EntityKeyProto, Dict[str, ValueProto], datetime, Optional[datetime]]],
-    ) -> List[tuple]:
+    ) -> Tuple[List[tuple], Dict[int, Tuple[str, ...]]]:
+        """The COPY rows of ``data`` and the layouts they use."""
         version = config.entity_key_serialization_version
-        rows = []
+        rows: List[tuple] = []
+        layouts: Dict[Tuple[str, ...], int] = {}
         for seq, (entity_key, values, event_ts, created_ts) in enumerate(data):
+            names, payload, offsets = encode_feature_values(values)
+            layout = layouts.get(names)
+            if layout is None:
+                layout = layouts[names] = layout_id(names)
+            event_ts = _utc(event_ts)
             row: tuple = (
                 seq,
                 serialize_entity_key(entity_key, entity_key_serialization_version=version),
-                encode_feature_values(values),
-                _utc(event_ts),
+                layout,
+                _int4_array_binary(offsets),
+                payload,
+                event_ts,
                 _utc(created_ts) if created_ts is not None else None,
+                _timestamp_wire(event_ts),
             )
             if table.vector is not None:
                 row += (_vector_binary(values.get(table.vector.feature), table.vector, view.name),)
             rows.append(row)
-        return rows
+        return rows, {layout: names for names, layout in layouts.items()}
 
     @staticmethod
     def _rebuild_index(cur, table: ViewTable, batch_rows: int) -> bool:
@@ -635,12 +794,15 @@ class PostgresFastOnlineStore(OnlineStore):
         return stored is None or batch_rows >= HNSW_REBUILD_MIN_FRACTION * stored[0]
 
     @staticmethod
-    def _stage_sql(table: ViewTable) -> Tuple[sql.Composed, sql.Composed, List[str]]:
+    def _write_statements(table: ViewTable) -> Tuple[sql.Composed, sql.Composed, sql.Composed, sql.Composed, List[str]]:
+        """(create stage, insert layout, copy into stage, upsert, COPY types)."""
         stage = sql.Identifier(_STAGE_VECTOR if table.vector else _STAGE)
         column = sql.SQL(",\n    vector_value vector") if table.vector else sql.SQL("")
         return (
             sql.SQL(_CREATE_STAGE).format(stage=stage, vector_column=column),
+            sql.SQL(_INSERT_LAYOUT).format(layouts=table.layouts_ident),
             sql.SQL(_COPY_STAGE).format(stage=stage),
+            upsert_statement(table),
             _STAGE_VECTOR_TYPES if table.vector else _STAGE_TYPES,
         )
 
@@ -667,10 +829,9 @@ class PostgresFastOnlineStore(OnlineStore):
         """Upsert ``data`` (any order, several rows per entity allowed): COPY into a
         staging table, then one INSERT ... ON CONFLICT keeping the newest row."""
         target = view_table(config, table)
-        rows = self._staged_rows(config, table, target, data)
+        rows, layouts = self._staged_rows(config, table, target, data)
         if rows:
-            create_stage, copy_stage, types = self._stage_sql(target)
-            upsert = upsert_statement(target)
+            create_stage, insert_layout, copy_stage, upsert, types = self._write_statements(target)
 
             def work(conn: psycopg.Connection) -> None:
                 with conn.cursor() as cur:
@@ -680,6 +841,8 @@ class PostgresFastOnlineStore(OnlineStore):
                         cur.execute(drop_index)
                     try:
                         with conn.transaction():
+                            for layout, names in layouts.items():
+                                cur.execute(insert_layout, (layout, list(names)))
                             cur.execute(create_stage)
                             with cur.copy(copy_stage) as copy:
                                 copy.set_types(types)
@@ -703,13 +866,14 @@ class PostgresFastOnlineStore(OnlineStore):
     ) -> None:
         """Async ``online_write_batch`` (pushes from ``feast serve``); never rebuilds the index."""
         target = view_table(config, table)
-        rows = self._staged_rows(config, table, target, data)
+        rows, layouts = self._staged_rows(config, table, target, data)
         if rows:
-            create_stage, copy_stage, types = self._stage_sql(target)
-            upsert = upsert_statement(target)
+            create_stage, insert_layout, copy_stage, upsert, types = self._write_statements(target)
 
             async def work(conn: psycopg.AsyncConnection) -> None:
                 async with conn.transaction(), conn.cursor() as cur:
+                    for layout, names in layouts.items():
+                        await cur.execute(insert_layout, (layout, list(names)))
                     await cur.execute(create_stage)
                     async with cur.copy(copy_stage) as copy:
                         copy.set_types(types)
@@ -736,42 +900,36 @@ class PostgresFastOnlineStore(OnlineStore):
             entity_values, idxs, output_len = utils._get_unique_entities(
                 view, join_key_values, entity_name_to_join_key_map
             )
-            keys = self._keys(config, utils._get_entity_key_protos(entity_values))
-            reads.append(_Read(view, view_table(config, view), list(requested), keys, idxs, output_len))
+            unique_keys = self._keys(config, utils._get_entity_key_protos(entity_values))
+            keys: List[bytes] = [b""] * output_len
+            for key, positions in zip(unique_keys, idxs):
+                for position in positions:
+                    keys[position] = key
+            reads.append(_Read(
+                view, view_table(config, view), list(requested), keys, ByteaArray(_array_binary(_BYTEA_OID, unique_keys))
+            ))
         return reads
 
-    @staticmethod
-    def _bucket(reads: Sequence[_Read], rows: Iterable[tuple]) -> List[Dict[bytes, Tuple[bytes, datetime]]]:
-        buckets: List[Dict[bytes, Tuple[bytes, datetime]]] = [{} for _ in reads]
-        for tag, entity_key, payload, event_ts in rows:
-            buckets[tag][bytes(entity_key)] = (payload, event_ts)
-        return buckets
+    def _fetch(self, conn: psycopg.Connection, statement: sql.Composed, reads: Sequence[_Read]) -> List[tuple]:
+        with conn.cursor(binary=True) as cur:
+            rows = cur.execute(statement, [read.unique_keys for read in reads]).fetchall()
+            missing = {row[2] for row in rows} - self._layouts.keys()
+            if missing:
+                statement = sql.SQL(_READ_LAYOUTS).format(layouts=reads[0].table.layouts_ident)
+                self._layouts.update((k, tuple(v)) for k, v in cur.execute(statement, [list(missing)]))
+        return rows
 
-    @staticmethod
-    def _decode(
-        config: RepoConfig, read: _Read, bucket: Mapping[bytes, Tuple[bytes, datetime]], now: datetime
-    ) -> Tuple[List[Tuple[Optional[datetime], Optional[Dict[str, ValueProto]]]], List[int]]:
-        """Rows in key order for ``_populate_response_from_feature_data``, and the
-        positions of values past the view's ttl."""
-        mode = config.online_store.ttl_on_read
-        cutoff = None if mode == "ignore" else _ttl_cutoff(read.view, now)
-        rows: List[Tuple[Optional[datetime], Optional[Dict[str, ValueProto]]]] = []
-        expired: List[int] = []
-        for position, key in enumerate(read.keys):
-            found = bucket.get(key)
-            if found is None:
-                rows.append((None, None))
-                continue
-            payload, event_ts = found
-            if cutoff is not None and event_ts < cutoff:
-                expired.append(position)
-                if mode == "hide":
-                    rows.append((event_ts, None))
-                    continue
-            rows.append((event_ts, decode_feature_values(payload, read.requested)))
-        return rows, expired
+    async def _fetch_async(self, conn: psycopg.AsyncConnection, statement: sql.Composed, reads: Sequence[_Read]) -> List[tuple]:
+        async with conn.cursor(binary=True) as cur:
+            await cur.execute(statement, [read.unique_keys for read in reads])
+            rows = await cur.fetchall()
+            missing = {row[2] for row in rows} - self._layouts.keys()
+            if missing:
+                await cur.execute(sql.SQL(_READ_LAYOUTS).format(layouts=reads[0].table.layouts_ident), [list(missing)])
+                self._layouts.update((k, tuple(v)) for k, v in await cur.fetchall())
+        return rows
 
-    def _populate(
+    def _append_vectors(
         self,
         config: RepoConfig,
         reads: Sequence[_Read],
@@ -780,29 +938,70 @@ class PostgresFastOnlineStore(OnlineStore):
         full_feature_names: bool,
         include_feature_view_version_metadata: bool,
     ) -> None:
+        """Add each requested feature's FeatureVector (and its name) to the response, in
+        the order Feast's ``_populate_response_from_feature_data`` would, built from the
+        stored value bytes: per entity row one slice per feature, then one join per feature."""
+        found: List[Dict[bytes, tuple]] = [{} for _ in reads]
+        for tag, entity_key, *row in rows:
+            found[tag][bytes(entity_key)] = row
+        mode = config.online_store.ttl_on_read
         now = datetime.now(timezone.utc)
-        for read, bucket in zip(reads, self._bucket(reads, rows)):
-            read_rows, expired = self._decode(config, read, bucket, now)
-            utils._populate_response_from_feature_data(
-                read.requested,
-                read_rows,
-                read.idxs,
-                online_features_response,
-                full_feature_names,
-                read.view,
-                read.output_len,
-                include_feature_view_version_metadata,
-            )
-            if expired and read.requested:
-                vectors = online_features_response.results[-len(read.requested):]
-                for position in expired:
-                    for out_idx in read.idxs[position]:
-                        for vector in vectors:
-                            vector.statuses[out_idx] = FieldStatus.OUTSIDE_MAX_AGE
+        metadata = online_features_response.metadata
+        for read, stored in zip(reads, found):
+            projection = read.view.projection
+            prefix = f"{projection.name_to_use()}__" if full_feature_names else ""
+            metadata.feature_names.val.extend(prefix + name for name in read.requested)
+            if include_feature_view_version_metadata:
+                name = projection.name_alias or projection.name
+                if name not in [m.name for m in metadata.feature_view_metadata]:
+                    added = metadata.feature_view_metadata.add()
+                    added.name = name
+                    added.version = getattr(read.view, "current_version_number", 0) or 0
+            if not read.requested:
+                continue
+            cutoff = None if mode == "ignore" else _ttl_cutoff(read.view, now)
+            width = len(read.requested)
+            missing_values, missing_statuses = (_NULL_VALUE,) * width, bytes([FieldStatus.NOT_FOUND]) * width
+            positions: Dict[int, Tuple[List[Optional[int]], bytes, bytes]] = {}
+            values, statuses, stamps = [], [], []
+            for key in read.keys:
+                row = stored.get(key)
+                if row is None:
+                    values.append(missing_values)
+                    statuses.append(missing_statuses)
+                    stamps.append(_NULL_TIMESTAMP)
+                    continue
+                layout, offsets, payload, event_ts, event_ts_wire = row
+                if layout not in positions:
+                    positions[layout] = self._positions(self._layouts.get(layout, ()), read.requested)
+                index, present, expired = positions[layout]
+                stamps.append(event_ts_wire)
+                if cutoff is not None and event_ts < cutoff:
+                    statuses.append(expired)
+                    if mode == "hide":
+                        values.append(missing_values)
+                        continue
+                else:
+                    statuses.append(present)
+                values.append([_NULL_VALUE if i is None else payload[offsets[i]:offsets[i + 1]] for i in index])
+            stamp_wire = b"".join(stamps)
+            for value_column, status_column in zip(zip(*values), zip(*statuses)):
+                status_bytes = bytes(status_column)
+                wire = b"".join(value_column) + b"\x12" + _varint(len(status_bytes)) + status_bytes + stamp_wire
+                online_features_response.results.add().MergeFromString(wire)
+            if not read.keys:
+                for _ in read.requested:
+                    online_features_response.results.add()
 
     @staticmethod
-    def _read_params(reads: Sequence[_Read]) -> List[List[bytes]]:
-        return [read.keys for read in reads]
+    def _positions(names: Sequence[str], requested: Sequence[str]) -> Tuple[List[Optional[int]], bytes, bytes]:
+        """For one layout: the index of each requested feature (None: not stored), and the
+        statuses of a fresh and of an expired row."""
+        where = {name: i for i, name in enumerate(names)}
+        index = [where.get(name) for name in requested]
+        present = bytes(FieldStatus.NOT_FOUND if i is None else FieldStatus.PRESENT for i in index)
+        expired = bytes(FieldStatus.NOT_FOUND if i is None else FieldStatus.OUTSIDE_MAX_AGE for i in index)
+        return index, present, expired
 
     def _read_features_per_fv(
         self,
@@ -818,15 +1017,10 @@ class PostgresFastOnlineStore(OnlineStore):
         reads = self._prepare_reads(config, grouped_refs, join_key_values, entity_name_to_join_key_map)
         if not reads:
             return
-        statement, params = read_statement([r.table for r in reads]), self._read_params(reads)
-
-        def work(conn: psycopg.Connection) -> List[tuple]:
-            with conn.cursor(binary=True) as cur:
-                return cur.execute(statement, params).fetchall()
-
-        rows = self._run(config, work)
-        self._populate(config, reads, rows, online_features_response, full_feature_names,
-                       include_feature_view_version_metadata)
+        statement = read_statement([r.table for r in reads])
+        rows = self._run(config, lambda conn: self._fetch(conn, statement, reads))
+        self._append_vectors(config, reads, rows, online_features_response, full_feature_names,
+                             include_feature_view_version_metadata)
 
     async def _read_features_per_fv_async(
         self,
@@ -841,30 +1035,25 @@ class PostgresFastOnlineStore(OnlineStore):
         reads = self._prepare_reads(config, grouped_refs, join_key_values, entity_name_to_join_key_map)
         if not reads:
             return
-        statement, params = read_statement([r.table for r in reads]), self._read_params(reads)
+        statement = read_statement([r.table for r in reads])
+        rows = await self._run_async(config, lambda conn: self._fetch_async(conn, statement, reads))
+        self._append_vectors(config, reads, rows, online_features_response, full_feature_names,
+                             include_feature_view_version_metadata)
 
-        async def work(conn: psycopg.AsyncConnection) -> List[tuple]:
-            async with conn.cursor(binary=True) as cur:
-                await cur.execute(statement, params)
-                return await cur.fetchall()
-
-        rows = await self._run_async(config, work)
-        self._populate(config, reads, rows, online_features_response, full_feature_names,
-                       include_feature_view_version_metadata)
-
-    def _single_read(
-        self, config: RepoConfig, view: FeatureView, entity_keys, requested_features
-    ) -> Tuple[_Read, sql.Composed]:
-        requested = list(requested_features) if requested_features else [f.name for f in view.features]
-        keys = self._keys(config, entity_keys)
-        read = _Read(view, view_table(config, view), requested, keys, [[i] for i in range(len(keys))], len(keys))
-        return read, read_statement([read.table])
-
-    def _single_result(self, config: RepoConfig, read: _Read, rows) -> List[Tuple[Optional[datetime], Optional[Dict[str, ValueProto]]]]:
-        result, expired = self._decode(config, read, self._bucket([read], rows)[0], datetime.now(timezone.utc))
-        if config.online_store.ttl_on_read == "hide":
-            for position in expired:
-                result[position] = (None, None)
+    def _entities_result(
+        self, config: RepoConfig, view: FeatureView, keys: List[bytes], requested: Optional[List[str]], rows
+    ) -> List[Tuple[Optional[datetime], Optional[Dict[str, ValueProto]]]]:
+        mode = config.online_store.ttl_on_read
+        cutoff = None if mode != "hide" else _ttl_cutoff(view, datetime.now(timezone.utc))
+        found = {bytes(key): (names, payload, ts) for key, names, payload, ts in rows}
+        result: List[Tuple[Optional[datetime], Optional[Dict[str, ValueProto]]]] = []
+        for key in keys:
+            row = found.get(key)
+            if row is None or row[0] is None or (cutoff is not None and row[2] < cutoff):
+                result.append((None, None))
+            else:
+                names, payload, event_ts = row
+                result.append((event_ts, decode_feature_values(names, payload, requested)))
         return result
 
     def online_read(
@@ -874,14 +1063,17 @@ class PostgresFastOnlineStore(OnlineStore):
         entity_keys: List[EntityKeyProto],
         requested_features: Optional[List[str]] = None,
     ) -> List[Tuple[Optional[datetime], Optional[Dict[str, ValueProto]]]]:
-        """Rows for ``entity_keys`` in order; (None, None) when missing or past the ttl."""
-        read, statement = self._single_read(config, table, entity_keys, requested_features)
+        """Rows for ``entity_keys`` in order; (None, None) when missing or (with
+        ``ttl_on_read: hide``) past the view's ttl."""
+        keys = self._keys(config, entity_keys)
+        statement = entities_statement(view_table(config, table))
+        param = ByteaArray(_array_binary(_BYTEA_OID, keys))
 
         def work(conn: psycopg.Connection) -> List[tuple]:
             with conn.cursor(binary=True) as cur:
-                return cur.execute(statement, [read.keys]).fetchall()
+                return cur.execute(statement, [param]).fetchall()
 
-        return self._single_result(config, read, self._run(config, work))
+        return self._entities_result(config, table, keys, requested_features, self._run(config, work))
 
     async def online_read_async(
         self,
@@ -890,14 +1082,16 @@ class PostgresFastOnlineStore(OnlineStore):
         entity_keys: List[EntityKeyProto],
         requested_features: Optional[List[str]] = None,
     ) -> List[Tuple[Optional[datetime], Optional[Dict[str, ValueProto]]]]:
-        read, statement = self._single_read(config, table, entity_keys, requested_features)
+        keys = self._keys(config, entity_keys)
+        statement = entities_statement(view_table(config, table))
+        param = ByteaArray(_array_binary(_BYTEA_OID, keys))
 
         async def work(conn: psycopg.AsyncConnection) -> List[tuple]:
             async with conn.cursor(binary=True) as cur:
-                await cur.execute(statement, [read.keys])
+                await cur.execute(statement, [param])
                 return await cur.fetchall()
 
-        return self._single_result(config, read, await self._run_async(config, work))
+        return self._entities_result(config, table, keys, requested_features, await self._run_async(config, work))
 
     # ---------------------------------------------------------------- vector search
 
@@ -954,8 +1148,8 @@ class PostgresFastOnlineStore(OnlineStore):
         rows = self._run(config, work)
         version = config.entity_key_serialization_version
         result = []
-        for entity_key, payload, event_ts, distance in rows:
-            features = decode_feature_values(payload, requested_features)
+        for entity_key, names, payload, event_ts, distance in rows:
+            features = decode_feature_values(names or [], payload, requested_features)
             features["distance"] = ValueProto(double_val=float(distance))
             result.append((event_ts, deserialize_entity_key(bytes(entity_key), version), features))
         return result
@@ -963,12 +1157,14 @@ class PostgresFastOnlineStore(OnlineStore):
     # ---------------------------------------------------------------- infrastructure
 
     def _ensure_table(self, conn: psycopg.Connection, config: RepoConfig, table: ViewTable) -> None:
-        found = conn.execute(_TABLE_VECTOR_TYPE, (table.schema, table.name)).fetchone()
-        wanted = table.vector.pg_type if table.vector else None
-        if found is not None and found[0] != wanted:
+        found = conn.execute(_TABLE_COLUMNS, (table.schema, table.name)).fetchone()
+        wanted = [f"{name} {pg_type}" for name, pg_type in _COLUMNS]
+        if table.vector is not None:
+            wanted.append(f"vector_value {table.vector.pg_type}")
+        if found is not None and found[0] is not None and list(found[0]) != wanted:
             log.warning(
-                "online table %s.%s has vector column %s, the view needs %s: recreating it "
-                "(materialize the view again)", table.schema, table.name, found[0], wanted,
+                "online table %s.%s has columns %s, the view needs %s: recreating it (materialize the view again)",
+                table.schema, table.name, found[0], wanted,
             )
             conn.execute(sql.SQL(_DROP_TABLE).format(table=table.ident))
         column, _, _ = _vector_sql(table)
@@ -995,11 +1191,13 @@ class PostgresFastOnlineStore(OnlineStore):
         """Create (or fit to the view) the tables and indexes of ``tables_to_keep``; drop
         those of ``tables_to_delete``."""
         schema = config.online_store.db_schema
+        layouts = sql.Identifier(schema, layouts_table_name(config.project))
 
         def work(conn: psycopg.Connection) -> None:
             with conn.transaction():
                 if conn.execute(_SCHEMA_EXISTS, (schema,)).fetchone() is None:
                     conn.execute(sql.SQL(_CREATE_SCHEMA).format(schema=sql.Identifier(schema)))
+                conn.execute(sql.SQL(_CREATE_LAYOUTS).format(layouts=layouts))
                 for view in tables_to_delete:
                     conn.execute(sql.SQL(_DROP_TABLE).format(table=view_table(config, view).ident))
                 for view in tables_to_keep:
@@ -1008,11 +1206,14 @@ class PostgresFastOnlineStore(OnlineStore):
         self._run(config, work)
 
     def teardown(self, config: RepoConfig, tables: Sequence[FeatureView], entities: Sequence[Entity]) -> None:
-        """Drop the tables (and with them the indexes) of ``tables``."""
+        """Drop the tables (and with them the indexes) of ``tables``, and the project's
+        layouts table."""
+        layouts = sql.Identifier(config.online_store.db_schema, layouts_table_name(config.project))
 
         def work(conn: psycopg.Connection) -> None:
             with conn.transaction():
                 for view in tables:
                     conn.execute(sql.SQL(_DROP_TABLE).format(table=view_table(config, view).ident))
+                conn.execute(sql.SQL(_DROP_TABLE).format(table=layouts))
 
         self._run(config, work)

@@ -345,7 +345,7 @@ def test_one_row_per_entity_beside_the_stock_tables(contract):
 
 @pytest.mark.parametrize("full_feature_names", [False, True])
 def test_online_values_equal_reference_and_stock(contract, full_feature_names):
-    ids = list(range(1, N_USERS + 6))  # the last ones were never written
+    ids = list(range(1, N_USERS + 6)) + [3, 3, 7]  # some never written, some asked for twice
     pairs = [(u, i) for u in range(1, N_PAIR_KEYS + 2) for i in range(1, N_PAIR_KEYS + 2)]
     features = [f"user_profile:{f}" for f in USER_FEATURES] + ["user_item:affinity"]
     entity_rows = [{"user_id": u, "item_id": i} for u, i in pairs]
@@ -481,6 +481,17 @@ def test_out_of_order_batches_keep_the_newest_row(contract):
     assert sorted(result[0][1]) == ["segment", "visits"]
     assert store.online_read(config, view, [a], ["segment"])[0][1].keys() == {"segment"}
 
+    # These rows hold two of the view's six features: the others read as NOT_FOUND.
+    from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+
+    response = contract.plugin.get_online_features(
+        ["user_profile:visits", "user_profile:spend", "user_profile:segment"],
+        [{"user_id": u} for u in WRITTEN_USERS[:4]])
+    assert response.to_dict()["segment"] == ["a-new", "b-new", "c-created-late", "d-second"]
+    assert response.to_dict()["spend"] == [None] * 4
+    statuses = statuses_of(response)
+    assert statuses["spend"] == [FieldStatus.NOT_FOUND] * 4 and statuses["visits"] == [FieldStatus.PRESENT] * 4
+
 
 def test_ttl_on_read(contract):
     from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
@@ -581,7 +592,7 @@ def test_vector_query_is_an_hnsw_index_scan(contract):
     with contract.connect() as conn:
         plan = "\n".join(row[0] for row in conn.execute(sql.SQL("EXPLAIN ") + statement, params))
     assert f"Index Scan using {table.index}" in plan, plan
-    assert "Sort" not in plan
+    assert f"Seq Scan on {table.name}" not in plan  # only the k rows found are sorted (after the layout join)
 
 
 # --------------------------------------------------------------------------- tests: infrastructure
@@ -591,7 +602,7 @@ def test_update_fits_tables_to_views_and_teardown_drops_them(contract, tmp_path)
     from feast import FeatureView, Field
     from feast.types import Array, Float32
 
-    from materialize.feature_store.online_store import online_table_name
+    from materialize.feature_store.online_store import layouts_table_name, online_table_name
 
     project = "online_lifecycle"
     store = open_store(contract.pg, tmp_path / "registry.db", plugin_online(contract.pg), project=project)
@@ -606,13 +617,14 @@ def test_update_fits_tables_to_views_and_teardown_drops_them(contract, tmp_path)
                 (f"{project}%",)).fetchall())
 
     profile, embedding = online_table_name(project, "user_profile"), online_table_name(project, "item_embedding")
-    assert tables() == {profile: None, embedding: f"vector({DIM})"}
+    layouts = layouts_table_name(project)
+    assert tables() == {profile: None, embedding: f"vector({DIM})", layouts: None}
 
     wider = FeatureView(name="item_embedding", entities=[item], ttl=dt.timedelta(0), source=item_embedding.batch_source,
                         schema=[Field(name="embedding", dtype=Array(Float32), vector_index=True, vector_length=2 * DIM,
                                       vector_search_metric="cosine")])
     store.apply([wider], objects_to_delete=[user_profile], partial=False)
-    assert tables() == {embedding: f"vector({2 * DIM})"}
+    assert tables() == {embedding: f"vector({2 * DIM})", layouts: None}
 
     store.teardown()
     asyncio.run(store.close())
@@ -663,3 +675,22 @@ def test_connections_recover_after_a_server_restart(tmp_path):
             loop.close()
     finally:
         stop_embedded(pgdata)
+
+
+def test_encoding_slices_are_serving_response_values():
+    """Each stored value slice is the value's FeatureVector field, and the payload
+    decodes back to the values (no database)."""
+    from feast.protos.feast.serving.ServingService_pb2 import GetOnlineFeaturesResponse
+    from feast.protos.feast.types.Value_pb2 import DoubleList, Value
+
+    from materialize.feature_store.online_store import decode_feature_values, encode_feature_values
+
+    values = {"a": Value(int64_val=7), "b": Value(), "c": Value(double_list_val=DoubleList(val=[0.5] * 300)),
+              "é": Value(string_val="x" * 200)}
+    names, payload, offsets = encode_feature_values(values)
+    assert names == ("a", "b", "c", "é") and offsets[-1] == len(payload)
+    for i, name in enumerate(names):
+        vector = GetOnlineFeaturesResponse.FeatureVector.FromString(payload[offsets[i]:offsets[i + 1]])
+        assert list(vector.values) == [values[name]]
+    assert decode_feature_values(names, payload) == values
+    assert decode_feature_values(names, payload, ["c", "zz"]) == {"c": values["c"]}
