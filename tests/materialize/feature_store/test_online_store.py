@@ -11,6 +11,10 @@ nulls, arrays, a two-key view, an embedding view), and every read is compared wi
 - stock Feast, value for value and status for status, with ``ttl_on_read: ignore``
   (stock does not enforce ttl on read).
 
+Also: push (sync, async, and through ``feast serve``'s app), out-of-order writes, ttl
+edges, HNSW search against exact cosine top-k and its query plan, table lifecycle on
+``feast apply`` / teardown, and recovery after the server restarts.
+
 The plugin materializes with ``pull_latest_features: false`` (every source row, in no
 particular order, reaches ``online_write_batch``), stock with ``true``. Timestamps are whole
 hours before an anchor 30 minutes in the past, so no value sits near a ttl edge while the
@@ -694,3 +698,28 @@ def test_encoding_slices_are_serving_response_values():
         assert list(vector.values) == [values[name]]
     assert decode_feature_values(names, payload) == values
     assert decode_feature_values(names, payload, ["c", "zz"]) == {"c": values["c"]}
+
+
+def test_feature_server_reads_and_pushes_through_the_plugin(contract):
+    """``feast serve``'s app: its async read and push paths run on the plugin."""
+    from fastapi.testclient import TestClient
+    from feast.feature_server import get_app
+
+    store = open_store(contract.pg, contract.registry, plugin_online(contract.pg))
+    ids = [1, 2, 3, N_USERS + 1]
+    features = [f"user_profile:{f}" for f in ("visits", "spend", "segment")]
+    expected = contract.plugin.get_online_features(features, [{"user_id": u} for u in ids])
+    now = dt.datetime.now(UTC).replace(microsecond=0).isoformat()
+    pushed = {"user_id": [5101, 5102], "event_timestamp": [now, now], "created_timestamp": [now, now],
+              "visits": [4, 5], "item_ids": [[1], [2]], "shares": [[0.5], [0.25]], "spend": [1.0, 2.0],
+              "active": [True, False], "segment": ["served", "served"]}
+    with TestClient(get_app(store, registry_ttl_sec=0)) as client:
+        response = client.post("/get-online-features", json={"entities": {"user_id": ids}, "features": features})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        served = {name: result["values"] for name, result in zip(body["metadata"]["feature_names"], body["results"])}
+        assert served == {"user_id": ids} | {k: v for k, v in expected.to_dict().items() if k != "user_id"}
+        push = client.post("/push", json={"push_source_name": "user_push", "df": pushed, "to": "online"})
+        assert push.status_code == 200, push.text
+    read = contract.plugin.get_online_features(features, [{"user_id": 5101}, {"user_id": 5102}]).to_dict()
+    assert read["segment"] == ["served", "served"] and read["visits"] == [4, 5]
