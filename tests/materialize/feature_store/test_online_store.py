@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -679,6 +680,7 @@ def test_connections_recover_after_a_server_restart(tmp_path):
             loop.close()
     finally:
         stop_embedded(pgdata)
+        shutil.rmtree(pgdata, ignore_errors=True)
 
 
 def test_encoding_slices_are_serving_response_values():
