@@ -5,7 +5,8 @@
 3. feature build, full then incremental after one more day of events
    (``feature_build_benchmark.py``);
 4. ``feast apply`` and materialization of every view (``materialize_benchmark.py``);
-5. historical retrieval, ours against stock Feast (``retrieval_benchmark.py``).
+5. historical retrieval: the offline store plugin, stock Feast and a hand-written lower
+   bound (``retrieval_benchmark.py``).
 
 Each step leaves the database in the state the next one needs, so nothing is prepared
 twice; the options are the union of the five scripts' options. A table of all figures
@@ -15,7 +16,7 @@ Usage (from the project root)::
 
     .venv/bin/python bench/data_plane.py --events 1000000 --entity-rows 10000 100000
 
-Nothing here asserts on time; the stock/ours value check is reported, not raised.
+Nothing here asserts on time; the plugin/stock value check is reported, not raised.
 """
 from __future__ import annotations
 

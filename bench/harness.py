@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
 RESULTS_DIR = PROJECT_DIR / "bench" / "results"
 STOP_TIMEOUT_S = 30.0  # how long a stopped process group may take before it is killed
+SETUP_TEMP_FILE_LIMIT = "15GB"  # per Postgres process, on the pipeline's connection (the feature build):
+# the full build of 10M events wrote more than 43 GB of temp files before it was stopped
 DATA_PLANE_PACKAGES = ("torch", "feast", "pandas", "pyarrow", "psycopg")
 
 _STARTED = time.perf_counter()
@@ -611,6 +613,8 @@ def run_subjects(subjects: list[Subject], title: str, description: str, out_name
     once every subject has run and returns the last lines of the report (it may add keys
     to the results, which go into the JSON).
     """
+    from psycopg import sql
+
     from materialize.pipeline import Pipeline
     from materialize.settings import load_settings
 
@@ -627,6 +631,9 @@ def run_subjects(subjects: list[Subject], title: str, description: str, out_name
         try:
             settings = dataclasses.replace(load_settings(), postgres=pg)
             with Pipeline(settings, progress=args.progress) as pipeline:
+                # a guard for the shared disk: a step whose temp files would fill it fails instead
+                pipeline.conn.execute(sql.SQL("SET temp_file_limit = {}").format(sql.Literal(SETUP_TEMP_FILE_LIMIT)))
+                pipeline.conn.commit()
                 results["machine"] = machine_info(pipeline.conn)
                 run = BenchRun(pipeline, args, shop_config(args))
                 done: set[str] = set()

@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import resource
 import tempfile
 import time
 import uuid
@@ -182,6 +181,15 @@ def _rss_bytes() -> int:
     return psutil.Process().memory_info().rss
 
 
+def _peak_rss_bytes() -> int:
+    """Peak RSS of this process image (``VmHWM``). Not ``ru_maxrss``: Linux keeps that across
+    fork and exec, so a spawned child would report at least its parent's RSS at the fork."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def _retrieval_worker(way: str, pg: PostgresSettings, pgvector: bool, repo_dir: str, entity_path: str,
                       result_path: str | None, channel) -> None:
     """Child process: one timed retrieval (``way``), after imports and store opening.
@@ -206,7 +214,7 @@ def _retrieval_worker(way: str, pg: PostgresSettings, pgvector: bool, repo_dir: 
             started = time.perf_counter()
             frame = store.get_historical_features(entity_df=entity_df, features=refs).to_df()
             figures = {"seconds": time.perf_counter() - started, "rows": len(frame), "columns": len(frame.columns)}
-        figures["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        figures["peak_rss_bytes"] = _peak_rss_bytes()
         if way != "lower_bound" and result_path:
             frame.to_pickle(result_path)  # after the clock and the RSS reading
         channel.send(("done", figures))
@@ -260,6 +268,7 @@ def run_call(way: str, pg: PostgresSettings, pgvector: bool, repo_dir: Path, ent
         else:
             kind, payload = parent_end.recv()
             if kind == "done":
+                outcome["sampled_peak_rss_mib"] = round(peak_rss / 2**20, 1) if peak_rss else None
                 peak_rss = max(peak_rss, payload.pop("peak_rss_bytes"))
                 outcome.update(status="done", **payload)
                 outcome["seconds"] = round(payload["seconds"], 3)
