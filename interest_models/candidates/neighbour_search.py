@@ -4,9 +4,9 @@ One interface, two back ends (``neighbour_search`` in ``config/serving.yaml``):
 
 - ``InProcessSearch``: exact search over the item text matrix the model carries (numpy).
 - ``PgvectorSearch``: Feast's ``retrieve_online_documents_v2`` on the
-  ``item_text_embedding`` view, searched by pgvector inside PostgreSQL. Feast's query ranks
-  the minimum distance per entity, so PostgreSQL scans every vector rather than using an
-  ANN index: it is exact too, and its cost grows with the catalogue.
+  ``item_text_embedding`` view, searched by pgvector inside PostgreSQL. With the project's
+  online store plugin the query is an HNSW index scan (approximate, cost about log of the
+  catalogue); with stock Feast's store it is an exact scan of every vector.
 """
 from __future__ import annotations
 

@@ -101,18 +101,21 @@ def materialize_online(store, end: dt.datetime | None = None) -> MaterializeRepo
 
 
 def online_entity_counts(store) -> dict[str, int]:
-    """Entities per feature view in the Postgres online store."""
+    """Entities per feature view in the Postgres online store (the plugin's or stock's)."""
     import psycopg
     from psycopg import sql
 
+    from materialize.feature_store.online_store import PostgresFastOnlineStoreConfig, online_table_name
+
     online = store.config.online_store
+    packed = isinstance(online, PostgresFastOnlineStoreConfig)  # one row per entity; stock: one per feature
     counts = {}
     with psycopg.connect(
         host=online.host, port=online.port, dbname=online.database, user=online.user,
         password=online.password, sslmode=online.sslmode,
     ) as conn:
         for view in store.list_feature_views():
-            table = f"{store.project}_{view.name}"
+            table = online_table_name(store.project, view.name) if packed else f"{store.project}_{view.name}"
             exists = conn.execute("SELECT to_regclass(%s)", (f"{online.db_schema}.{table}",)).fetchone()[0]
             counts[view.name] = (
                 conn.execute(
