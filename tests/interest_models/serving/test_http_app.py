@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -47,6 +48,8 @@ def service(settings):
                 yield client, pgdata, pipeline, home
     finally:
         stop_embedded(pgdata)
+        shutil.rmtree(pgdata, ignore_errors=True)
+        shutil.rmtree(pgdata.parent / f"{pgdata.name}-home", ignore_errors=True)
 
 
 def _top_user(client) -> int:
