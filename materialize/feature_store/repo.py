@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +57,22 @@ def open_store(repo_dir: Path, pg: PostgresSettings, pgvector: bool):
         return FeatureStore(repo_path=str(repo_dir))
 
 
+def _forget_repo_modules(repo_dir: Path) -> None:
+    """Drop the repo's files from ``sys.modules``. Feast imports them as top-level modules
+    and Python keeps them: a second apply in one process would register the first apply's
+    objects again, which Feast's registry has updated in place (materialization intervals
+    of another database included)."""
+    root = Path(repo_dir).resolve()
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve().parent == root:
+            del sys.modules[name]
+
+
 def apply_repo(repo_dir: Path, pg: PostgresSettings, pgvector: bool) -> None:
     """Run ``feast apply`` on the repo in process (the stock CLI does the same)."""
     _check_repo(repo_dir)
+    _forget_repo_modules(repo_dir)
     from feast.repo_config import load_repo_config
     from feast.repo_operations import apply_total, cli_check_repo
 
