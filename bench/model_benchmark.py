@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import torch
 import xgboost as xgb
-from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from harness import load_average, machine_info

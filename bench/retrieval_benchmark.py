@@ -48,8 +48,8 @@ import pandas as pd
 import psycopg
 from psycopg import sql
 
-from harness import (BenchRun, Subject, database_temp_bytes, feature_repo_copy, load_average, progress, rate,
-                     run_subjects, silence_known_warnings, table)
+from harness import (BenchRun, Subject, database_temp_bytes, feature_repo_copy, load_average, progress, run_subjects,
+                     silence_known_warnings, table)
 from materialize.settings import PostgresSettings
 
 PLAIN_VIEWS = ("user_activity", "user_interest_shift", "user_recent_sequence", "item_popularity", "item_catalog",

@@ -641,7 +641,6 @@ def test_update_fits_tables_to_views_and_teardown_drops_them(contract, tmp_path)
 def test_connections_recover_after_a_server_restart(tmp_path):
     """Stop and start a private embedded server under a live store: calls during the
     outage fail with psycopg's OperationalError, the first call after it succeeds."""
-    import pandas as pd
 
     pgdata = Path(tempfile.mkdtemp(prefix="online-store-pg-"))
     server = PostgresSettings(host=str(pgdata), sslmode="disable", embedded=True)
