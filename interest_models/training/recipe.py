@@ -39,8 +39,10 @@ from interest_models.data.feature_frames import (
     ServiceFeatures, affinity, affinity_transformation, candidate_features, item_text_matrix, service_features, user_features,
 )
 from materialize.database.tables import fetch_frame
+from interest_models.models.co_purchase import CoPurchase
 from interest_models.models.item_knn import ItemKNN
 from interest_models.models.most_popular import MostPopular
+from interest_models.models.personal_frequency import PersonalFrequency
 from interest_models.models.popular_in_last_category import PopularInLastCategory
 from materialize.devices import seed_everything, select_device
 
@@ -94,24 +96,54 @@ def _popularity_before(conn: psycopg.Connection, vocabulary: Vocabulary, before:
     return popularity
 
 
-def _training_histories(conn: psycopg.Connection, vocabulary: Vocabulary, protocol: str, before: pd.Timestamp) -> list[np.ndarray]:
+# A new session starts at a user's first event, a new session_id or a gap over the
+# session gap (as for the decision points); lag() looks back only, so events cut off at the
+# end (the period boundary, the held-out last events) cannot move a session boundary.
+_EVENTS_BEFORE = """
+SELECT user_id, item_id,
+       (lag(event_timestamp) OVER w IS NULL
+        OR session_id IS DISTINCT FROM lag(session_id) OVER w
+        OR event_timestamp - lag(event_timestamp) OVER w > %(session_gap)s) AS new_session
+FROM interest.events
+WHERE event_timestamp < %(before)s
+WINDOW w AS (PARTITION BY user_id ORDER BY event_timestamp, item_id, event_type)
+ORDER BY user_id, event_timestamp, item_id, event_type
+"""
+
+_EVENTS_BUT_LAST_TWO = """
+SELECT user_id, item_id, new_session FROM (
+    SELECT user_id, item_id, event_timestamp, event_type,
+           row_number() OVER (PARTITION BY user_id ORDER BY event_timestamp DESC, item_id DESC, event_type DESC) AS from_end,
+           (lag(event_timestamp) OVER w IS NULL
+            OR session_id IS DISTINCT FROM lag(session_id) OVER w
+            OR event_timestamp - lag(event_timestamp) OVER w > %(session_gap)s) AS new_session
+    FROM interest.events
+    WINDOW w AS (PARTITION BY user_id ORDER BY event_timestamp, item_id, event_type)
+) e
+WHERE from_end > 2
+ORDER BY user_id, event_timestamp, item_id, event_type
+"""
+
+
+def _training_histories(conn: psycopg.Connection, vocabulary: Vocabulary, protocol: str, before: pd.Timestamp,
+                        session_gap: dt.timedelta) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The baselines' training data: every user's events before the evaluated period
-    (time_split), or all but each user's last two events (leave_one_out)."""
+    (time_split), or all but each user's last two events (leave_one_out).
+
+    Returns:
+        (histories, baskets): the time-ordered item indices of each user, and of each
+        session of those events.
+    """
     if protocol == "leave_one_out":
-        query = """
-            SELECT user_id, item_id FROM (
-                SELECT user_id, item_id, event_timestamp,
-                       row_number() OVER (PARTITION BY user_id ORDER BY event_timestamp DESC, item_id DESC, event_type DESC) AS from_end
-                FROM interest.events) e
-            WHERE from_end > 2 ORDER BY user_id, event_timestamp"""
-        events = fetch_frame(conn, query)
+        events = fetch_frame(conn, _EVENTS_BUT_LAST_TWO, {"session_gap": session_gap})
     else:
-        events = fetch_frame(
-            conn, "SELECT user_id, item_id FROM interest.events WHERE event_timestamp < %s ORDER BY user_id, event_timestamp",
-            (before.to_pydatetime(),),
-        )
-    events["index"] = vocabulary.index_of(events.item_id)
-    return [group["index"].to_numpy() for _, group in events.groupby("user_id", sort=False)]
+        events = fetch_frame(conn, _EVENTS_BEFORE, {"session_gap": session_gap, "before": before.to_pydatetime()})
+    if events.empty:
+        return [], []
+    items = vocabulary.index_of(events.item_id)
+    user_starts = np.flatnonzero(np.diff(events.user_id.to_numpy(np.int64))) + 1
+    session_starts = np.flatnonzero(events.new_session.to_numpy(bool)[1:]) + 1
+    return np.split(items, user_starts), np.split(items, session_starts)
 
 
 def _full_ranking(lstm_scores: np.ndarray, candidates: pd.DataFrame, column: str) -> np.ndarray:
@@ -293,10 +325,14 @@ class _Trainer:
         out = {}
         for split in ("valid", "test"):
             before = points[points.split == split].as_of.min()
-            histories = _training_histories(self.conn, self.vocabulary, self.training_config["protocol"], before)
+            histories, baskets = _training_histories(
+                self.conn, self.vocabulary, self.training_config["protocol"], before, self.session_gap
+            )
             out[split] = {}
-            for baseline in (MostPopular(), PopularInLastCategory(), ItemKNN()):
-                baseline.fit(histories, self.vocabulary.n_items, self.vocabulary.item_category)
+            fits = ((MostPopular(), histories), (PopularInLastCategory(), histories), (ItemKNN(), histories),
+                    (PersonalFrequency(), histories), (CoPurchase(), baskets))
+            for baseline, data in fits:
+                baseline.fit(data, self.vocabulary.n_items, self.vocabulary.item_category)
                 out[split][baseline.name] = baseline
         return out
 

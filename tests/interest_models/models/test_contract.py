@@ -10,10 +10,12 @@ from interest_models.data.ranking_features import FEATURE_COLUMNS
 from interest_models.data.sequences import SequenceBatch
 from interest_models.models.base import Model
 from interest_models.models.blend import Blend
+from interest_models.models.co_purchase import CoPurchase
 from interest_models.models.interest_shift_lstm import InterestShiftLSTM
 from interest_models.models.item_knn import ItemKNN
 from interest_models.models.item_ranker import ItemRanker
 from interest_models.models.most_popular import MostPopular
+from interest_models.models.personal_frequency import PersonalFrequency
 from interest_models.models.popular_in_last_category import PopularInLastCategory
 
 RNG = np.random.default_rng(3)
@@ -69,9 +71,11 @@ def test_blend_round_trip(tmp_path):
 def test_baselines_round_trip(tmp_path):
     histories = [RNG.integers(1, N_ITEMS + 1, RNG.integers(2, 12)) for _ in range(50)]
     recent = [h[-3:] for h in histories[:10]]
-    for model in (MostPopular(), PopularInLastCategory(), ItemKNN(neighbours=5, decay=0.7, last_n=4)):
+    for model in (MostPopular(), PopularInLastCategory(), ItemKNN(neighbours=5, decay=0.7, last_n=4), PersonalFrequency(),
+                  CoPurchase(last_n=2, normalise=True)):
         assert model.fit(histories, N_ITEMS, ITEM_CATEGORY) is model and isinstance(model, Model)
         model.save(tmp_path)
         loaded = type(model).load(tmp_path)
         np.testing.assert_array_equal(loaded.score(recent), model.score(recent))
     assert (ItemKNN.load(tmp_path).neighbours, ItemKNN.load(tmp_path).decay) == (5, 0.7)
+    assert (CoPurchase.load(tmp_path).last_n, CoPurchase.load(tmp_path).normalise) == (2, True)

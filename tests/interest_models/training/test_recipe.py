@@ -13,8 +13,10 @@ from interest_models.config import load_config
 from interest_models.data.decision_points import SPLITS, decision_points
 from interest_models.models.item_ranker import xgboost_device
 from interest_models.registry.model_registry import ModelRegistry, RegistryError
-from interest_models.training.recipe import train_models
+from interest_models.data.vocabulary import load_vocabulary
+from interest_models.training.recipe import _training_histories, train_models
 from interest_models.data.feature_frames import service_features, user_features
+from materialize.database.tables import fetch_frame
 from materialize.devices import select_device
 from materialize.ingest.loader import load_frames
 from materialize.pipeline import Pipeline
@@ -73,6 +75,39 @@ def test_no_feature_from_the_future_reaches_a_training_row(pipeline):
     # The same row stamped exactly at t does contain the label: the case really would leak.
     at_label = user_features(pipeline.store, label.assign(as_of=[t]), features).iloc[0]
     assert list(at_label.recent_item_ids)[-1] == 4
+
+
+@pytest.mark.parametrize("gap", [GAP, dt.timedelta(minutes=2)])  # the short gap cuts inside session ids
+def test_baseline_training_data_stops_before_the_period_and_cuts_sessions(pipeline, gap):
+    """Histories and baskets hold exactly the events before ``before`` (time_split) or all
+    but each user's last two (leave_one_out); baskets are cut where a session starts."""
+    conn = pipeline.conn
+    vocabulary = load_vocabulary(conn)
+    events = fetch_frame(conn, "SELECT user_id, item_id, event_timestamp, session_id FROM interest.events "
+                               "ORDER BY user_id, event_timestamp, item_id, event_type")
+    events["event_timestamp"] = pd.to_datetime(events.event_timestamp, utc=True)
+    events["index"] = vocabulary.index_of(events.item_id)
+    same_user = events.user_id.eq(events.user_id.shift())
+    session_id = events.session_id.fillna("")  # NULL after NULL is the same session
+    same_session_id = session_id.eq(session_id.shift())
+    within_gap = events.event_timestamp.diff() <= pd.Timedelta(gap)
+    events["session"] = (~(same_user & same_session_id & within_gap)).cumsum()
+    assert events.session.nunique() > (events.groupby(["user_id", session_id]).ngroups if gap < GAP else 0)
+    before = events.event_timestamp.quantile(0.6).floor("ms")
+
+    def expected(kept: pd.DataFrame, key: str) -> list[list[int]]:
+        return [group["index"].tolist() for _, group in kept.groupby(key, sort=False)]
+
+    histories, baskets = _training_histories(conn, vocabulary, "time_split", before, gap)
+    kept = events[events.event_timestamp < before]
+    assert [h.tolist() for h in histories] == expected(kept, "user_id")
+    assert [b.tolist() for b in baskets] == expected(kept, "session")
+    assert len(baskets) > len(histories)
+
+    histories, baskets = _training_histories(conn, vocabulary, "leave_one_out", before, gap)
+    kept = events[events.groupby("user_id").cumcount(ascending=False) >= 2]
+    assert [h.tolist() for h in histories] == expected(kept, "user_id")
+    assert [b.tolist() for b in baskets] == expected(kept, "session")
 
 
 def test_models_learn_and_beat_popularity(trained):
@@ -140,3 +175,4 @@ def test_report_has_every_plot_and_table(trained, pipeline, tmp_path):
         assert (tmp_path / f"{plot}.png").stat().st_size > 10_000, plot
         assert f"{plot}.png" in text
     assert "blend (LSTM + XGBoost)" in text and "baseline: item_knn" in text
+    assert "baseline: personal_frequency" in text and "baseline: co_purchase" in text
