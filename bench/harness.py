@@ -344,9 +344,10 @@ def throwaway_database(keep: bool = False, prefix: str = "interest_bench") -> It
 
 
 def feature_repo_copy(source_dir: Path, dest_dir: Path, offline_store_type: str | None = None,
-                      online_store_type: str | None = None) -> Path:
+                      online_store_type: str | None = None, batch_engine_type: str | None = None) -> Path:
     """A copy of a Feast repo whose ``feature_store.yaml`` differs only in the ``type:``
-    line of its ``offline_store`` and/or ``online_store`` block (``None`` keeps it).
+    line of its ``offline_store``, ``online_store`` and/or ``batch_engine`` block (``None``
+    keeps it).
 
     Both copies of one repo can share a registry and database: they hold the same objects,
     and a store type only changes which class reads and writes them.
@@ -354,7 +355,8 @@ def feature_repo_copy(source_dir: Path, dest_dir: Path, offline_store_type: str 
     import shutil
 
     shutil.copytree(source_dir, dest_dir, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "data"))
-    wanted = {"offline_store:": offline_store_type, "online_store:": online_store_type}
+    wanted = {"offline_store:": offline_store_type, "online_store:": online_store_type,
+              "batch_engine:": batch_engine_type}
     lines, block = [], None
     for line in (dest_dir / "feature_store.yaml").read_text().splitlines(keepends=True):
         if line and not line[0].isspace() and not line.startswith("#"):

@@ -2,12 +2,15 @@
 
 On a fresh PostgreSQL database holding a synthetic shop, its item embeddings, its feature
 tables and the applied Feast repo (prepared first, not timed), two copies of the repo whose
-``feature_store.yaml`` differ only in the ``online_store: type:`` line (``postgres``, and
-``--online-plugin-type``) share the registry and the offline store. For each store:
+``feature_store.yaml`` differ in their ``type:`` lines share the registry and the database:
+"stock" is all stock Feast (``offline_store``, ``online_store`` ``postgres``,
+``batch_engine: local``), "plugin" is the repo's own (the offline store and compute engine
+plugins, and ``--online-plugin-type``). For each store:
 
 - **materialize**: ``store.materialize(1970 -> now)`` of every feature view, one view at a
-  time, timed per view; rows/s are source rows (all read by the "latest per entity" query)
-  and entities (written) per second;
+  time, timed per view (the offline store's "latest row per entity" read, the engine's
+  conversion and the online store's write); rows/s are source rows (those the "latest per
+  entity" read covers) and entities (written) per second;
 - **online read**: ``get_online_features(...).to_dict()`` for 1 and for 100 entities,
   ``--read-calls`` timed calls after ``--read-warmup`` untimed ones, each call on a new
   random draw of entities: the user views (``user_activity``, ``user_interest_shift``,
@@ -39,6 +42,7 @@ from harness import (BenchRun, Subject, feature_repo_copy, percentiles_ms, progr
 
 DEFAULT_PLUGIN_TYPE = "materialize.feature_store.online_store.PostgresFastOnlineStore"
 STOCK_TYPE = "postgres"
+STOCK_ENGINE = "local"
 READ_SETS = {
     "user views": ("user_id", ("user_activity", "user_interest_shift", "user_recent_sequence",
                                "user_interest_embedding")),
@@ -161,8 +165,10 @@ def measure(run: BenchRun) -> dict:
     with tempfile.TemporaryDirectory(prefix="online_bench_") as workdir:
         stores = {}
         for name, store_type in store_types(args).items():
+            stock = name == "stock"
             repo = feature_repo_copy(pipeline.settings.feature_repo_dir, Path(workdir) / name,
-                                     online_store_type=store_type)
+                                     offline_store_type=STOCK_TYPE if stock else None, online_store_type=store_type,
+                                     batch_engine_type=STOCK_ENGINE if stock else None)
             with timed() as clock, quiet(not args.progress):
                 apply_repo(repo, pg, pgvector)  # creates this store's online tables
             progress(f"online store {name} ({store_type}): applied in {clock.seconds:.2f} s; materializing ...")
@@ -210,7 +216,8 @@ def render(f: dict) -> list[str]:
         read_rows.append([case, r["features"], r["stock"]["p50_ms"], r["stock"]["p99_ms"], r["plugin"]["p50_ms"],
                           r["plugin"]["p99_ms"], f"{r['p50_speedup']:.1f}x", f"{r['p99_speedup']:.1f}x"])
     return [
-        f"Online stores: stock = type: {f['store_types']['stock']}, plugin = type: {f['store_types']['plugin']}",
+        f"Online stores: stock = type: {f['store_types']['stock']} (materialized by stock's offline store and engine), "
+        f"plugin = type: {f['store_types']['plugin']} (by the repo's offline store and engine plugins)",
         "Materialize (1970 -> now, one view at a time); rows/s = source rows / seconds",
         table(["view", "source rows", "entities", "stock s", "plugin s", "stock/plugin"], mat_rows),
         f"  stock {stock_m['source_rows_per_s']:,.0f} source rows/s ({stock_m['entities_per_s']:,.0f} entities/s); "

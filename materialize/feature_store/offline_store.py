@@ -120,6 +120,40 @@ def point_in_time_sql(contexts: list, entity_relation: sql.Composable, entity_co
     return sql.SQL("SELECT {} FROM {} AS e {}").format(sql.SQL(", ").join(selected), entity_relation, sql.SQL(" ").join(joins))
 
 
+def latest_rows_sql(source: str, join_keys: list[str], columns: list[str], timestamp_field: str,
+                    created_timestamp_column: str | None, start: datetime, end: datetime) -> sql.Composed:
+    """Each entity's latest row with ``start <= timestamp <= end`` (stock's tie-break: the
+    latest ``created_timestamp``): a recursive skip scan over the distinct join keys, then
+    one ``ORDER BY ... LIMIT 1`` lookup per entity. Rows with a NULL join key are skipped.
+
+    Args:
+        source: the data source's SQL (a table name or a parenthesised query).
+        columns: the selected columns (join keys, features, timestamps).
+    """
+    keys = [sql.Identifier(k) for k in join_keys]
+    source_keys = sql.SQL(", ").join(sql.SQL("s.{}").format(k) for k in keys)
+    previous_keys = sql.SQL(", ").join(sql.SQL("p.{}").format(k) for k in keys)
+    ts = sql.SQL("s.{}").format(sql.Identifier(timestamp_field))
+    order = [sql.SQL("{} DESC").format(ts)]
+    if created_timestamp_column:
+        order.append(sql.SQL("s.{} DESC").format(sql.Identifier(created_timestamp_column)))
+    return sql.SQL(
+        "WITH RECURSIVE entity_keys AS ("
+        "(SELECT {source_keys} FROM {source} AS s WHERE {not_null} ORDER BY {source_keys} LIMIT 1) "
+        "UNION ALL "
+        "SELECT n.* FROM entity_keys AS p CROSS JOIN LATERAL (SELECT {source_keys} FROM {source} AS s "
+        "WHERE ({source_keys}) > ({previous_keys}) ORDER BY {source_keys} LIMIT 1) AS n) "
+        "SELECT l.* FROM entity_keys AS p CROSS JOIN LATERAL (SELECT {columns} FROM {source} AS s "
+        "WHERE {match} AND {ts} BETWEEN {start} AND {end} ORDER BY {order} LIMIT 1) AS l"
+    ).format(
+        source_keys=source_keys, source=sql.SQL(source), previous_keys=previous_keys,
+        not_null=sql.SQL(" AND ").join(sql.SQL("s.{} IS NOT NULL").format(k) for k in keys),
+        columns=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in columns),
+        match=sql.SQL(" AND ").join(sql.SQL("s.{0} = p.{0}").format(k) for k in keys),
+        ts=ts, start=sql.Literal(start), end=sql.Literal(end), order=sql.SQL(", ").join(order),
+    )
+
+
 def _entity_arrow(entity_df: pd.DataFrame, timestamp_column: str) -> pa.Table:
     """The entity rows as Arrow, the timestamp column as UTC (naive means UTC)."""
     frame = entity_df.copy()
@@ -129,6 +163,22 @@ def _entity_arrow(entity_df: pd.DataFrame, timestamp_column: str) -> pa.Table:
     else:
         frame[timestamp_column] = pd.to_datetime(timestamps, utc=True)
     return pa.Table.from_pandas(frame, preserve_index=False)
+
+
+def _fetch_arrow(store_config: PostgreSQLOfflineStoreConfig, query: str) -> pa.Table:
+    """The rows of ``query`` as one-chunk Arrow (Feast's writers read a table's first batch only)."""
+    with contextlib.closing(adbc_connect(store_config)) as conn, contextlib.closing(conn.cursor()) as cur:
+        cur.execute(query)
+        table = cur.fetch_arrow_table()
+    return table.replace_schema_metadata(None).combine_chunks()
+
+
+class ArrowQueryRetrievalJob(PostgreSQLRetrievalJob):
+    """A fixed query whose rows come back as Arrow through ADBC."""
+
+    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
+        with self._query_generator() as query:
+            return _fetch_arrow(self.config.offline_store, query)
 
 
 class LateralJoinRetrievalJob(PostgreSQLRetrievalJob):
@@ -179,6 +229,31 @@ class LateralJoinRetrievalJob(PostgreSQLRetrievalJob):
 
 class LateralJoinPostgreSQLOfflineStore(PostgreSQLOfflineStore):
     """Stock Feast's Postgres offline store with a LATERAL point-in-time join."""
+
+    @staticmethod
+    def pull_latest_from_table_or_query(
+        config: RepoConfig,
+        data_source,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None,
+        start_date: datetime,
+        end_date: datetime,
+    ) -> RetrievalJob:
+        """Each entity's latest row in [start_date, end_date], for materialization."""
+        if not join_key_columns or not feature_name_columns:  # entity-less views, "all columns" transforms
+            return PostgreSQLOfflineStore.pull_latest_from_table_or_query(
+                config, data_source, join_key_columns, feature_name_columns, timestamp_field,
+                created_timestamp_column, start_date, end_date,
+            )
+        timestamps = [timestamp_field] + ([created_timestamp_column] if created_timestamp_column else [])
+        query = latest_rows_sql(
+            data_source.get_table_query_string(), join_key_columns,
+            list(dict.fromkeys(join_key_columns + feature_name_columns + timestamps)), timestamp_field,
+            created_timestamp_column, start_date, end_date,
+        )
+        return ArrowQueryRetrievalJob(query.as_string(None), config, full_feature_names=False, on_demand_feature_views=None)
 
     @staticmethod
     def get_historical_features(

@@ -98,6 +98,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import psycopg
+import pyarrow as pa
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.pq import TransactionStatus
@@ -114,9 +115,12 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import RepeatedValue as RepeatedValueProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
+from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
+
+from materialize.feature_store.arrow_values import serialized_entity_keys, serialized_values, varint
 
 log = logging.getLogger(__name__)
 
@@ -271,15 +275,6 @@ def view_table(config: RepoConfig, view: FeatureView) -> ViewTable:
 # --------------------------------------------------------------------------- encoding
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _varint_size(n: int) -> int:
     size = 1
     while n >= 0x80:
@@ -380,6 +375,24 @@ def _vector_binary(value: Optional[ValueProto], column: VectorColumn, view: str)
             f"{view}.{column.feature}: a vector of length {len(items)} where vector_length is {column.dimension}"
         )
     return _VECTOR_HEADER.pack(len(items), 0) + struct.pack(f">{len(items)}f", *items)
+
+
+def _vector_binaries(column: pa.ChunkedArray, vector: VectorColumn, view: str) -> List[Optional[bytes]]:
+    """pgvector's binary input per row of a list column; None for a null or empty list."""
+    array = column.combine_chunks()
+    offsets = array.offsets.to_numpy()
+    flat = array.values.to_numpy(zero_copy_only=False).astype(">f4").tobytes()
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
+    out: List[Optional[bytes]] = []
+    for row in range(len(array)):
+        length = int(offsets[row + 1] - offsets[row])
+        if not valid[row] or length == 0:
+            out.append(None)
+            continue
+        if vector.dimension and length != vector.dimension:
+            raise ValueError(f"{view}.{vector.feature}: a vector of length {length} where vector_length is {vector.dimension}")
+        out.append(_VECTOR_HEADER.pack(length, 0) + flat[offsets[row] * 4:offsets[row + 1] * 4])
+    return out
 
 
 def _utc(ts: datetime) -> datetime:
@@ -572,6 +585,9 @@ def ef_search_for(config: RepoConfig, top_k: int) -> int:
 
 
 # --------------------------------------------------------------------------- the store
+
+
+_KEY_KINDS = {"int64_val": ValueType.INT64, "int32_val": ValueType.INT32, "string_val": ValueType.STRING}
 
 
 @dataclass(frozen=True)
@@ -830,32 +846,68 @@ class PostgresFastOnlineStore(OnlineStore):
         staging table, then one INSERT ... ON CONFLICT keeping the newest row."""
         target = view_table(config, table)
         rows, layouts = self._staged_rows(config, table, target, data)
-        if rows:
-            create_stage, insert_layout, copy_stage, upsert, types = self._write_statements(target)
-
-            def work(conn: psycopg.Connection) -> None:
-                with conn.cursor() as cur:
-                    rebuild = self._rebuild_index(cur, target, len(rows))
-                    if rebuild:
-                        create_index, drop_index = self._index_sql(config, target)
-                        cur.execute(drop_index)
-                    try:
-                        with conn.transaction():
-                            for layout, names in layouts.items():
-                                cur.execute(insert_layout, (layout, list(names)))
-                            cur.execute(create_stage)
-                            with cur.copy(copy_stage) as copy:
-                                copy.set_types(types)
-                                for row in rows:
-                                    copy.write_row(row)
-                            cur.execute(upsert)
-                    finally:
-                        if rebuild and not conn.broken:
-                            cur.execute(create_index)  # also after a failed upsert
-
-            self._run(config, work)
+        self._write_rows(config, target, rows, layouts)
         if progress:
             progress(len(data))
+
+    def online_write_arrow(self, config: RepoConfig, table: FeatureView, data: pa.Table,
+                           join_key_types: Mapping[str, ValueType]) -> bool:
+        """``online_write_batch`` for a materialized Arrow batch (the columns of the view's
+        join keys, features and batch-source timestamps), encoded without protobuf objects.
+        Returns False, having written nothing, when a column needs Feast's conversion."""
+        target = view_table(config, table)
+        names = tuple(f.name for f in table.features)
+        columns = [serialized_values(data.column(f.name), f.dtype.to_value_type()) for f in table.features]
+        keys = serialized_entity_keys(
+            {k: data.column(k).to_pylist() for k in join_key_types}, join_key_types, config.entity_key_serialization_version
+        )
+        if keys is None or any(c is None for c in columns):
+            return False
+        source = table.batch_source
+        event_ts = [_utc(ts) for ts in data.column(source.timestamp_field).to_pylist()]
+        created = source.created_timestamp_column
+        created_ts = data.column(created).to_pylist() if created else [None] * data.num_rows
+        vectors = _vector_binaries(data.column(target.vector.feature), target.vector, table.name) if target.vector else None
+        layout = layout_id(names)
+        rows = []
+        for seq, (key, values, ts, created_at) in enumerate(zip(keys, zip(*columns), event_ts, created_ts)):
+            elements = [b"\x0a" + varint(len(v)) + v for v in values]
+            offsets = [0]
+            for element in elements:
+                offsets.append(offsets[-1] + len(element))
+            row: tuple = (seq, key, layout, _int4_array_binary(offsets), b"".join(elements), ts,
+                          _utc(created_at) if created_at is not None else None, _timestamp_wire(ts))
+            rows.append(row + (vectors[seq],) if vectors is not None else row)
+        self._write_rows(config, target, rows, {layout: names})
+        return True
+
+    def _write_rows(self, config: RepoConfig, target: ViewTable, rows: List[tuple], layouts: Dict[int, Tuple[str, ...]]) -> None:
+        """COPY staged ``rows`` and upsert them, rebuilding the HNSW index after a large batch."""
+        if not rows:
+            return
+        create_stage, insert_layout, copy_stage, upsert, types = self._write_statements(target)
+
+        def work(conn: psycopg.Connection) -> None:
+            with conn.cursor() as cur:
+                rebuild = self._rebuild_index(cur, target, len(rows))
+                if rebuild:
+                    create_index, drop_index = self._index_sql(config, target)
+                    cur.execute(drop_index)
+                try:
+                    with conn.transaction():
+                        for layout, names in layouts.items():
+                            cur.execute(insert_layout, (layout, list(names)))
+                        cur.execute(create_stage)
+                        with cur.copy(copy_stage) as copy:
+                            copy.set_types(types)
+                            for row in rows:
+                                copy.write_row(row)
+                        cur.execute(upsert)
+                finally:
+                    if rebuild and not conn.broken:
+                        cur.execute(create_index)  # also after a failed upsert
+
+        self._run(config, work)
 
     async def online_write_batch_async(
         self,
@@ -895,20 +947,50 @@ class PostgresFastOnlineStore(OnlineStore):
     def _prepare_reads(
         self, config: RepoConfig, grouped_refs, join_key_values, entity_name_to_join_key_map
     ) -> List[_Read]:
+        """Per requested view, the serialized key of every response row; views keyed by the
+        same join keys share one serialization."""
         reads = []
+        shared: Dict[Tuple[str, ...], Tuple[List[bytes], ByteaArray]] = {}
         for view, requested in grouped_refs:
-            entity_values, idxs, output_len = utils._get_unique_entities(
-                view, join_key_values, entity_name_to_join_key_map
-            )
-            unique_keys = self._keys(config, utils._get_entity_key_protos(entity_values))
-            keys: List[bytes] = [b""] * output_len
-            for key, positions in zip(unique_keys, idxs):
-                for position in positions:
-                    keys[position] = key
-            reads.append(_Read(
-                view, view_table(config, view), list(requested), keys, ByteaArray(_array_binary(_BYTEA_OID, unique_keys))
-            ))
+            columns = utils._get_table_entity_values(view, entity_name_to_join_key_map, join_key_values)
+            signature = tuple(sorted(columns))
+            found = shared.get(signature) if len(columns) == len(view.entities) else None
+            if found is None:
+                found = self._fast_keys(config, columns) if len(columns) == len(view.entities) else None
+                if found is None:
+                    found = self._feast_keys(config, view, join_key_values, entity_name_to_join_key_map)
+                else:
+                    shared[signature] = found
+            keys, unique_keys = found
+            reads.append(_Read(view, view_table(config, view), list(requested), keys, unique_keys))
         return reads
+
+    @staticmethod
+    def _fast_keys(config: RepoConfig, columns: Mapping[str, List[ValueProto]]) -> Optional[Tuple[List[bytes], ByteaArray]]:
+        """Keys straight from the request's values (ints and strings); None for anything else."""
+        python_values, value_types = {}, {}
+        for name, protos in columns.items():
+            kinds = {p.WhichOneof("val") for p in protos}
+            if len(kinds) != 1 or next(iter(kinds)) not in _KEY_KINDS:
+                return None
+            kind = kinds.pop()
+            value_types[name] = _KEY_KINDS[kind]
+            python_values[name] = [getattr(p, kind) for p in protos]
+        keys = serialized_entity_keys(python_values, value_types, config.entity_key_serialization_version)
+        if keys is None:
+            return None
+        return keys, ByteaArray(_array_binary(_BYTEA_OID, list(dict.fromkeys(keys))))
+
+    def _feast_keys(self, config: RepoConfig, view: FeatureView, join_key_values, entity_name_to_join_key_map
+                    ) -> Tuple[List[bytes], ByteaArray]:
+        """Keys through Feast's own grouping and serialization (it also reports missing keys)."""
+        entity_values, idxs, output_len = utils._get_unique_entities(view, join_key_values, entity_name_to_join_key_map)
+        unique_keys = self._keys(config, utils._get_entity_key_protos(entity_values))
+        keys: List[bytes] = [b""] * output_len
+        for key, positions in zip(unique_keys, idxs):
+            for position in positions:
+                keys[position] = key
+        return keys, ByteaArray(_array_binary(_BYTEA_OID, unique_keys))
 
     def _fetch(self, conn: psycopg.Connection, statement: sql.Composed, reads: Sequence[_Read]) -> List[tuple]:
         with conn.cursor(binary=True) as cur:
@@ -987,7 +1069,7 @@ class PostgresFastOnlineStore(OnlineStore):
             stamp_wire = b"".join(stamps)
             for value_column, status_column in zip(zip(*values), zip(*statuses)):
                 status_bytes = bytes(status_column)
-                wire = b"".join(value_column) + b"\x12" + _varint(len(status_bytes)) + status_bytes + stamp_wire
+                wire = b"".join(value_column) + b"\x12" + varint(len(status_bytes)) + status_bytes + stamp_wire
                 online_features_response.results.add().MergeFromString(wire)
             if not read.keys:
                 for _ in read.requested:

@@ -98,15 +98,18 @@ class MaterializeReport:
 def materialize_online(store, end: dt.datetime | None = None) -> MaterializeReport:
     """Load the latest feature values up to ``end`` into the online store.
 
-    A view never materialized before starts from 1970 (historical data such as
-    MovieLens is older than any ttl); later runs continue where the last one ended.
+    A view never materialized before, or whose online table is empty (a repo that has just
+    switched online stores: the registry remembers the old store's runs), starts from 1970
+    (historical data such as MovieLens is older than any ttl); later runs continue where
+    the last one ended.
     """
     import time
 
     end = end or dt.datetime.now(dt.timezone.utc)
     started = time.perf_counter()
     views = store.list_feature_views()
-    fresh = [v.name for v in views if not v.materialization_intervals]
+    before = online_entity_counts(store)
+    fresh = [v.name for v in views if not v.materialization_intervals or not before.get(v.name)]
     if fresh:
         store.materialize(start_date=FIRST_MATERIALIZATION_START, end_date=end, feature_views=fresh)
     store.materialize_incremental(end_date=end)
@@ -123,6 +126,7 @@ def online_entity_counts(store) -> dict[str, int]:
 
     online = store.config.online_store
     packed = isinstance(online, PostgresFastOnlineStoreConfig)  # one row per entity; stock: one per feature
+    count = "SELECT count(*) FROM {}.{}" if packed else "SELECT count(DISTINCT entity_key) FROM {}.{}"
     counts = {}
     with psycopg.connect(
         host=online.host, port=online.port, dbname=online.database, user=online.user,
@@ -132,11 +136,7 @@ def online_entity_counts(store) -> dict[str, int]:
             table = online_table_name(store.project, view.name) if packed else f"{store.project}_{view.name}"
             exists = conn.execute("SELECT to_regclass(%s)", (f"{online.db_schema}.{table}",)).fetchone()[0]
             counts[view.name] = (
-                conn.execute(
-                    sql.SQL("SELECT count(DISTINCT entity_key) FROM {}.{}").format(
-                        sql.Identifier(online.db_schema), sql.Identifier(table)
-                    )
-                ).fetchone()[0]
+                conn.execute(sql.SQL(count).format(sql.Identifier(online.db_schema), sql.Identifier(table))).fetchone()[0]
                 if exists
                 else 0
             )

@@ -128,3 +128,21 @@ def test_stock_feast_cli_applies_and_materializes(pipeline):
         done = subprocess.run([feast, *args], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
     assert "user_item_training" in done.stdout and "user_profile_serving" in done.stdout
+
+
+def test_an_emptied_online_store_is_refilled_by_the_next_materialize(pipeline):
+    """After switching online stores the registry still remembers the old store's runs;
+    `materialize` loads every view whose online table is empty from the start again."""
+    from psycopg import sql
+
+    from materialize.feature_store.online_store import online_table_name
+
+    before = pipeline.materialize().online_rows
+    store = pipeline.store
+    for view in ("user_activity", "item_catalog"):
+        pipeline.conn.execute(sql.SQL("TRUNCATE {}").format(
+            sql.Identifier(store.config.online_store.db_schema, online_table_name(store.project, view))))
+    pipeline.conn.commit()
+    report = pipeline.materialize()
+    assert sorted(report.first_time) == ["item_catalog", "user_activity"]
+    assert report.online_rows == before and before["user_activity"] > 0

@@ -119,7 +119,8 @@ def plugin_online(pg: PostgresSettings, **extra) -> dict:
     return {"type": STORE_TYPE, **_connection_keys(pg), "vector_enabled": True, "pool_timeout_seconds": 1, **extra}
 
 
-def open_store(pg: PostgresSettings, registry: Path, online: dict, project: str = PROJECT, pull_latest: bool = True):
+def open_store(pg: PostgresSettings, registry: Path, online: dict, project: str = PROJECT, pull_latest: bool = True,
+               offline_type: str = "postgres", batch_engine: str = "local"):
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
@@ -127,8 +128,9 @@ def open_store(pg: PostgresSettings, registry: Path, online: dict, project: str 
         project=project,
         provider="local",
         registry=str(registry),
-        offline_store={"type": "postgres", **_connection_keys(pg)},
+        offline_store={"type": offline_type, **_connection_keys(pg)},
         online_store=online,
+        batch_engine={"type": batch_engine},
         entity_key_serialization_version=3,
         materialization={"pull_latest_features": pull_latest},
     )
@@ -309,7 +311,7 @@ def contract(pg_server, tmp_path_factory):
         # Stock first, then the plugin on the same project and registry: the migration path.
         c.stock.apply(objects)
         c.plugin.apply(objects)
-        start, end = anchor - dt.timedelta(days=40), dt.datetime.now(UTC)
+        start, end = c.window = anchor - dt.timedelta(days=40), dt.datetime.now(UTC)
         c.stock.materialize(start_date=start, end_date=end)
         c.plugin.materialize(start_date=start, end_date=end)
         yield c
@@ -680,6 +682,42 @@ def test_connections_recover_after_a_server_restart(tmp_path):
     finally:
         stop_embedded(pgdata)
         shutil.rmtree(pgdata, ignore_errors=True)
+
+
+def _stored_rows(conn, project: str, view: str) -> list[tuple]:
+    from materialize.feature_store.online_store import online_table_name
+
+    vector = ", vector_value::text" if view == "item_embedding" else ""
+    return conn.execute(sql.SQL(
+        "SELECT entity_key, layout_id, value_offsets, feature_values, event_ts, created_ts, event_ts_wire{} "
+        "FROM {} ORDER BY entity_key").format(sql.SQL(vector), sql.Identifier("public", online_table_name(project, view)))
+    ).fetchall()
+
+
+def test_arrow_engine_and_lateral_reads_store_the_same_bytes_as_feasts_path(contract, tmp_path):
+    """The repo's materialization path (the offline plugin's skip-scan read, the Arrow
+    engine, the store's own encoding) stores byte for byte what Feast's conversion does."""
+    from materialize.feature_store.compute_engine import ENGINE_TYPE
+    from materialize.feature_store.offline_store import STORE_TYPE as OFFLINE_TYPE
+
+    project = "arrow_engine"
+    store = open_store(contract.pg, tmp_path / "registry.db", plugin_online(contract.pg), project=project,
+                       offline_type=OFFLINE_TYPE, batch_engine=ENGINE_TYPE)
+    store.apply(_feast_objects())
+    sources = {"user_profile": len({r["user_id"] for r in contract.user_rows}),
+               "user_item": len({(r["user_id"], r["item_id"]) for r in contract.pair_rows}),
+               "item_embedding": len({r["item_id"] for r in contract.item_rows})}
+    try:
+        store.materialize(start_date=contract.window[0], end_date=contract.window[1])
+        with contract.connect() as conn:
+            for view in ("user_profile", "user_item", "item_embedding"):
+                got = {row[0]: row for row in _stored_rows(conn, project, view)}
+                # other tests write further entities into the fixture's project
+                expected = {row[0]: row for row in _stored_rows(conn, PROJECT, view) if row[0] in got}
+                assert len(got) == sources[view] and got == expected, view
+    finally:
+        store.teardown()
+        asyncio.run(store.close())
 
 
 def test_encoding_slices_are_serving_response_values():
