@@ -87,15 +87,37 @@ def _fixed_width_lists(column: pa.ChunkedArray, value_type: ValueType) -> list[b
     return out
 
 
-def _varint_lists(values: list, value_type: ValueType) -> list[bytes]:
+def _varints(values: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """The signed varints of int64 ``values``, concatenated, and each one's end offset."""
+    unsigned = values.astype(np.int64).view(np.uint64)  # negatives: two's complement, 10 bytes
+    groups = np.stack([(unsigned >> np.uint64(7 * i)) & np.uint64(0x7F) for i in range(10)], axis=1).astype(np.uint8)
+    bits = np.zeros(len(unsigned), dtype=np.int64)
+    remaining = unsigned.copy()
+    while remaining.any():
+        bits += remaining > 0
+        remaining >>= np.uint64(7)
+    sizes = np.maximum(bits, 1)
+    keep = np.arange(10) < sizes[:, None]
+    groups[np.arange(10) < (sizes - 1)[:, None]] |= 0x80  # continuation bit on all but the last byte
+    return groups[keep].tobytes(), np.cumsum(sizes)
+
+
+def _varint_lists(column: pa.ChunkedArray, value_type: ValueType) -> list[bytes]:
+    """Int32 and int64 lists: packed varints, encoded for the whole column at once."""
     tag = _TAGS[value_type]
+    array = column.combine_chunks()
+    offsets = array.offsets.to_numpy()
+    flat, ends = _varints(array.values.to_numpy(zero_copy_only=False))
+    starts_at = np.concatenate([[0], ends])  # byte offset of value i
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
     out = []
-    for items in values:
-        if items is None:
+    for row in range(len(array)):
+        if not valid[row]:
             out.append(b"")
             continue
-        packed = b"".join(_signed_varint(v) for v in items)
-        out.append(_length_delimited(tag, _length_delimited(b"\x0a", packed) if items else b""))
+        start, stop = offsets[row], offsets[row + 1]
+        packed = flat[starts_at[start]:starts_at[stop]]
+        out.append(_length_delimited(tag, _length_delimited(b"\x0a", packed) if stop > start else b""))
     return out
 
 
@@ -113,7 +135,7 @@ def serialized_values(column: pa.ChunkedArray | pa.Array, value_type: ValueType)
             return None
         if value_type in _FIXED_LISTS:
             return _fixed_width_lists(column, value_type)
-        return _varint_lists(column.to_pylist(), value_type)
+        return _varint_lists(column, value_type)
     values = column.to_pylist()
     if value_type in (ValueType.INT64, ValueType.INT32) and pa.types.is_floating(column.type):
         # an int column with nulls that went through pandas (Feast's filter step): NaN is null

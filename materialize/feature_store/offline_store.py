@@ -79,7 +79,8 @@ def adbc_connect(store_config: PostgreSQLOfflineStoreConfig):
 
 def point_in_time_sql(contexts: list, entity_relation: sql.Composable, entity_columns: list[str], timestamp_column: str,
                       full_feature_names: bool, filter_by_created_timestamp: bool = False) -> sql.Composed:
-    """The retrieval query: every entity row, plus one LATERAL lookup per feature view.
+    """The retrieval query: every entity row, plus one LATERAL lookup per distinct lookup
+    (views reading the same source with the same keys, timestamps and ttl share one).
 
     Args:
         contexts: Feast's ``FeatureViewQueryContext`` per requested view.
@@ -88,33 +89,40 @@ def point_in_time_sql(contexts: list, entity_relation: sql.Composable, entity_co
     """
     entity_ts = sql.SQL("e.{}").format(sql.Identifier(timestamp_column))
     selected = [sql.SQL("e.{}").format(sql.Identifier(c)) for c in entity_columns]
+    lookups: dict[tuple, list] = {}
+    for context in contexts:
+        lookup = (context.table_subquery, tuple(context.entity_selections), context.timestamp_field,
+                  context.created_timestamp_column, context.ttl)
+        lookups.setdefault(lookup, []).append(context)
     joins = []
-    for number, context in enumerate(contexts):
+    for number, ((source, selections, timestamp_field, created_column, ttl), group) in enumerate(lookups.items()):
         alias = sql.Identifier(f"fv{number}")
-        output_names = [context.field_mapping.get(f, f) for f in context.features]
-        if full_feature_names:
-            output_names = [f"{context.name}__{name}" for name in output_names]
-        selected += [sql.SQL("{}.{}").format(alias, sql.Identifier(name)) for name in output_names]
-        source_ts = sql.SQL("s.{}").format(sql.Identifier(context.timestamp_field))
+        columns = []
+        for context in group:
+            output_names = [context.field_mapping.get(f, f) for f in context.features]
+            if full_feature_names:
+                output_names = [f"{context.name}__{name}" for name in output_names]
+            selected += [sql.SQL("{}.{}").format(alias, sql.Identifier(name)) for name in output_names]
+            columns += [sql.SQL("s.{} AS {}").format(sql.Identifier(f), sql.Identifier(name))
+                        for f, name in zip(context.features, output_names)]
+        source_ts = sql.SQL("s.{}").format(sql.Identifier(timestamp_field))
         conditions = [sql.SQL("{} <= {}").format(source_ts, entity_ts)]
-        for selection in context.entity_selections:  # "source_column AS join_key"
+        for selection in selections:  # "source_column AS join_key"
             source_column, join_key = selection.split(" AS ")
             conditions.append(sql.SQL("s.{} = e.{}").format(sql.Identifier(source_column), sql.Identifier(join_key)))
-        if context.ttl:
-            conditions.append(sql.SQL("{} >= {} - make_interval(secs => {})").format(source_ts, entity_ts, sql.Literal(context.ttl)))
+        if ttl:
+            conditions.append(sql.SQL("{} >= {} - make_interval(secs => {})").format(source_ts, entity_ts, sql.Literal(ttl)))
         order = [sql.SQL("{} DESC").format(source_ts)]
-        if context.created_timestamp_column:
-            created = sql.SQL("s.{}").format(sql.Identifier(context.created_timestamp_column))
+        if created_column:
+            created = sql.SQL("s.{}").format(sql.Identifier(created_column))
             order.append(sql.SQL("{} DESC").format(created))
             if filter_by_created_timestamp:
                 conditions.append(sql.SQL("{} <= {}").format(created, entity_ts))
-        columns = [sql.SQL("s.{} AS {}").format(sql.Identifier(f), sql.Identifier(name))
-                   for f, name in zip(context.features, output_names)]
         joins.append(sql.SQL(
             "LEFT JOIN LATERAL (SELECT {columns} FROM {source} AS s WHERE {conditions} ORDER BY {order} LIMIT 1) AS {alias} ON true"
         ).format(
             columns=sql.SQL(", ").join(columns) if columns else sql.SQL("1 AS present"),
-            source=sql.SQL(context.table_subquery),  # the data source's own SQL, from the feature repo
+            source=sql.SQL(source),  # the data source's own SQL, from the feature repo
             conditions=sql.SQL(" AND ").join(conditions), order=sql.SQL(", ").join(order), alias=alias,
         ))
     return sql.SQL("SELECT {} FROM {} AS e {}").format(sql.SQL(", ").join(selected), entity_relation, sql.SQL(" ").join(joins))

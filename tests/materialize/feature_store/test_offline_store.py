@@ -34,9 +34,12 @@ DEFINITIONS = textwrap.dedent('''
         return PostgreSQLSource(name=table, query=f"SELECT * FROM {table}", timestamp_field="event_timestamp",
                                 created_timestamp_column="created_timestamp")
 
-    user_stats = FeatureView(name="user_stats", entities=[user], ttl=timedelta(hours=12), source=source("user_stats"),
+    stats_source = source("user_stats")
+    user_stats = FeatureView(name="user_stats", entities=[user], ttl=timedelta(hours=12), source=stats_source,
                              schema=[Field(name="clicks", dtype=Int64), Field(name="spend", dtype=Float64),
                                      Field(name="shares", dtype=Array(Float32))])
+    user_spend = FeatureView(name="user_spend", entities=[user], ttl=timedelta(hours=12), source=stats_source,
+                             schema=[Field(name="spend", dtype=Float64)])
     user_history = FeatureView(name="user_history", entities=[user], ttl=timedelta(0), source=source("user_history"),
                                schema=[Field(name="visits", dtype=Int64)])
     user_item = FeatureView(name="user_item", entities=[user, item], ttl=timedelta(hours=12), source=source("user_item"),
@@ -231,6 +234,38 @@ def test_leaves_no_entity_tables_and_to_sql_names_the_lateral_join(stores):
     with psycopg.connect(pg.conninfo()) as conn:
         left = conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE %s", (f"{ENTITY_TABLE_PREFIX}%",)).fetchone()[0]
     assert left == 0
+
+
+def test_views_reading_one_source_share_one_lookup(stores):
+    opened, _, entity_rows, _ = stores
+    job = opened["plugin"].get_historical_features(
+        entity_df=entity_rows, features=["user_stats:spend", "user_spend:spend", "user_history:visits"],
+        full_feature_names=True)
+    assert job.to_sql().count("LEFT JOIN LATERAL") == 2
+    frame = job.to_df()
+    assert frame.user_stats__spend.notna().any()
+    pd.testing.assert_series_equal(frame.user_spend__spend, frame.user_stats__spend, check_names=False)
+
+
+def test_materialization_reads_equal_stock(stores):
+    """``pull_latest_from_table_or_query`` (the skip scan) returns stock's rows, over a
+    window that cuts through the histories."""
+    opened, sources, _, _ = stores
+    for view, (keys, _, features) in VIEWS.items():
+        times = sources[view].event_timestamp.sort_values()
+        start, end = times.iloc[len(times) // 4].to_pydatetime(), times.iloc[3 * len(times) // 4].to_pydatetime()
+        frames = []
+        for name in ("plugin", "stock"):
+            store = opened[name]
+            offline = store._get_provider().offline_store
+            frame = offline.pull_latest_from_table_or_query(
+                store.config, store.get_feature_view(view).batch_source, keys, features, "event_timestamp",
+                "created_timestamp", start, end).to_df()
+            for column in ("event_timestamp", "created_timestamp"):
+                frame[column] = pd.to_datetime(frame[column], utc=True)
+            frames.append(frame.sort_values(keys).reset_index(drop=True))
+        assert len(frames[0]) > 0
+        pd.testing.assert_frame_equal(frames[0].astype(str), frames[1][list(frames[0].columns)].astype(str))
 
 
 def test_naive_entity_timestamps_mean_utc(stores):
