@@ -103,14 +103,16 @@ def _online_targets(online: dict, rows: list[dict]) -> None:
         read = online["reads"].get(f"{set_name} x 100")
         if read is not None:
             rows.append({"target": f"online read of 100 entities ({set_name}) at least 3x faster than stock (p50)",
-                         "figure": f"{read['p50_speedup']}x (p99 {read['p99_speedup']}x)",
+                         "figure": f"{read['p50_speedup']}x (p99 {read['p99_speedup']}x; "
+                                   f"before to_dict {read['read_p50_speedup']}x)",
                          "met": read["p50_speedup"] >= 3})
 
 
 def _ann_targets(ann: dict, rows: list[dict]) -> None:
-    recall = ann["search"]["plugin"]["recall_at_k"]
-    for scan, key in (("stock's scan", "plugin_speedup_over_stock_p50"),
-                      ("an SQL scan", "plugin_speedup_over_sql_scan_p50")):
+    for scan, key, way in (("stock's scan", "plugin_speedup_over_stock_p50", "plugin"),
+                           ("an SQL scan", "plugin_speedup_over_sql_scan_p50", "plugin"),
+                           ("an SQL scan, both without Feast", "sql_hnsw_speedup_over_sql_scan_p50", "sql_hnsw")):
+        recall = ann["search"][way]["recall_at_k"]
         rows.append({"target": f"ANN at least 10x faster than {scan} at recall@{ann['top_k']} >= 0.95",
                      "figure": f"{ann[key]}x at recall {recall}", "met": ann[key] >= 10 and recall >= 0.95})
 

@@ -86,29 +86,39 @@ class EventAccepted(BaseModel):
 
 
 class ServiceState:
-    """The loaded model, store and connection, and whether they currently work."""
+    """The loaded model and store, the service's own connection, and whether the database
+    currently answers.
+
+    The model and the Feast store load once. An outage closes only the service's connection:
+    the online store plugin's pool reconnects by itself, so on recovery the loaded model
+    serves again without a reload.
+    """
 
     def __init__(self, settings: Settings, registry_root: Path, version: str | None, serving_config: dict | None):
         self.settings, self.registry_root, self.version, self.serving_config = settings, registry_root, version, serving_config
         self.lock = threading.RLock()
         self.recommender: Recommender | None = None
         self.conn: psycopg.Connection | None = None
+        self.healthy = False
         self.fallback: list[int] = []
         self.fallback_version = ""
         self.last_attempt = 0.0
         self.last_error: str | None = None
 
     def connect(self) -> None:
+        """Open the service's connection; load the model and store the first time."""
         with self.lock:
             conn = connect(self.settings.postgres)
-            store = open_store(self.settings.feature_repo_dir, self.settings.postgres, has_pgvector(conn))
-            names = dict(conn.execute("SELECT category_id, category FROM interest.categories"))
-            conn.commit()
-            recommender = Recommender.from_registry(self.registry_root, store, names, self.version, self.serving_config,
-                                                    self.settings.config_dir)
-            self.conn, self.recommender, self.last_error = conn, recommender, None
-            self.fallback = [int(recommender.vocabulary.item_ids[i]) for i in recommender.index.popular]
-            self.fallback_version = recommender.registered.version
+            if self.recommender is None:
+                store = open_store(self.settings.feature_repo_dir, self.settings.postgres, has_pgvector(conn))
+                names = dict(conn.execute("SELECT category_id, category FROM interest.categories"))
+                conn.commit()
+                recommender = Recommender.from_registry(self.registry_root, store, names, self.version,
+                                                        self.serving_config, self.settings.config_dir)
+                self.recommender = recommender
+                self.fallback = [int(recommender.vocabulary.item_ids[i]) for i in recommender.index.popular]
+                self.fallback_version = recommender.registered.version
+            self.conn, self.healthy, self.last_error = conn, True, None
 
     def failed(self, error: Exception) -> None:
         with self.lock:
@@ -119,21 +129,21 @@ class ServiceState:
                     self.conn.close()
                 except Exception:  # already broken
                     pass
-            self.conn, self.recommender = None, None
+            self.conn, self.healthy = None, False
 
     def available(self) -> Recommender | None:
-        """The recommender, reconnecting (at most every few seconds) when it is down."""
-        recommender = self.recommender  # the common case takes no lock (an /events call may hold it)
-        if recommender is not None:
-            return recommender
+        """The recommender while the database answers; reconnects (at most every few
+        seconds) when it did not."""
+        if self.healthy:  # the common case takes no lock (an /events call may hold it)
+            return self.recommender
         with self.lock:
-            if self.recommender is None and time.monotonic() - self.last_attempt >= RECONNECT_INTERVAL_S:
+            if not self.healthy and time.monotonic() - self.last_attempt >= RECONNECT_INTERVAL_S:
                 self.last_attempt = time.monotonic()
                 try:
                     self.connect()
                 except Exception as error:  # noqa: BLE001 - any failure means "not ready"
                     self.failed(error)
-            return self.recommender
+            return self.recommender if self.healthy else None
 
     def ping(self) -> bool:
         with self.lock:
@@ -179,7 +189,7 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
 
     async def loaded() -> Recommender | None:
         # Reconnecting may wait on the network, so it runs in a thread; a loaded model does not.
-        return state.recommender or await run_in_threadpool(state.available)
+        return state.recommender if state.healthy else await run_in_threadpool(state.available)
 
     @app.get("/health")
     async def health() -> dict:

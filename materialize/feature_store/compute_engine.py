@@ -7,11 +7,19 @@ Switched on in ``feature_store.yaml``::
       type: materialize.feature_store.compute_engine.ArrowLocalComputeEngine
 
 Stock's engine converts every cell of a batch to a ``ValueProto`` before the online store
-sees it. This one is stock's plan (read, filter, dedup, validate) with one change in the
-last step: when the online store offers ``online_write_arrow`` (this project's
-``PostgresFastOnlineStore``) the batch goes to it as Arrow, and the store encodes the
-values straight from the columns. Any other online store, or a column type the store
-cannot encode itself, takes stock's path unchanged.
+sees it. This one is stock's plan (read, filter, dedup, validate) with three changes for
+materialization:
+
+- the filter step is skipped when the view has no filter expression (stock's step then
+  only converts the batch to pandas and back);
+- the dedup step is skipped when the read already returned each entity's latest row
+  (``materialization: pull_latest_features: true``);
+- when the online store offers ``online_write_arrow`` (this project's
+  ``PostgresFastOnlineStore``) the batch goes to it as Arrow, and the store encodes the
+  values straight from the columns.
+
+Any other online store, or a column type the store cannot encode itself, takes stock's
+path unchanged; historical retrieval through the engine is stock's.
 """
 from __future__ import annotations
 
@@ -72,7 +80,29 @@ def _one_chunk(batch: pa.Table | pa.RecordBatch) -> pa.RecordBatch:
 
 
 class ArrowFeatureBuilder(LocalFeatureBuilder):
-    """Stock's local plan ending in an ``ArrowOutputNode``."""
+    """Stock's local plan ending in an ``ArrowOutputNode``, without the steps that have
+    nothing to do in a materialization.
+
+    Args:
+        latest_rows_read: the source read returns one row per entity, the latest.
+    """
+
+    def __init__(self, registry: BaseRegistry, task, backend, latest_rows_read: bool):
+        super().__init__(registry, task, backend=backend)
+        self.latest_rows_read = latest_rows_read
+
+    def build_dedup_node(self, view, input_node):
+        if isinstance(self.task, MaterializationTask) and self.latest_rows_read:
+            return input_node
+        return super().build_dedup_node(view, input_node)
+
+    def build_filter_node(self, view, input_node):
+        # Materializing a view without a filter expression, stock's filter step only converts
+        # the batch to pandas and back (an int column with nulls comes back as doubles); its
+        # ttl test needs entity timestamps, which a materialization has none of.
+        if isinstance(self.task, MaterializationTask) and not getattr(view, "filter", None):
+            return input_node
+        return super().build_filter_node(view, input_node)
 
     def build_output_nodes(self, view, input_node):
         node = ArrowOutputNode("output", self.dag_root.view, inputs=[input_node])
@@ -87,7 +117,8 @@ class ArrowLocalComputeEngine(LocalComputeEngine):
         job_id = f"{task.feature_view.name}-{task.start_time}-{task.end_time}"
         context = self.get_execution_context(registry, task)
         try:
-            ArrowFeatureBuilder(registry, task, backend=self._get_backend(context)).build().execute(context)
+            latest = self.repo_config.materialization_config.pull_latest_features
+            ArrowFeatureBuilder(registry, task, self._get_backend(context), latest).build().execute(context)
             return LocalMaterializationJob(job_id=job_id, status=MaterializationJobStatus.SUCCEEDED)
         except Exception as error:  # reported through the job, as stock's engine does
             return LocalMaterializationJob(job_id=job_id, status=MaterializationJobStatus.ERROR, error=error)

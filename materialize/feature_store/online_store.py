@@ -167,6 +167,11 @@ class PostgresFastOnlineStoreConfig(PostgreSQLConfig):
     hnsw_ef_construction: PositiveInt = 64
     """HNSW candidate list while building (pgvector's ``ef_construction``)."""
 
+    hnsw_build_memory: str = "1GB"
+    """``maintenance_work_mem`` while (re)building an HNSW index after a large batch:
+    pgvector builds several times faster when the graph fits in it (about 2 KB per 384-d
+    item at m 16). A PostgreSQL size (``"512MB"``); the server's own value for ``""``."""
+
     hnsw_ef_search: PositiveInt = 200
     """Least HNSW candidate list per query; a query uses max(this, 2 top_k), at most 1000.
     Measured on 1,500 clustered 32-d items, 100 random queries, top 10: recall 0.87 at 40
@@ -904,8 +909,13 @@ class PostgresFastOnlineStore(OnlineStore):
                                 copy.write_row(row)
                         cur.execute(upsert)
                 finally:
-                    if rebuild and not conn.broken:
-                        cur.execute(create_index)  # also after a failed upsert
+                    if rebuild and not conn.broken:  # also after a failed upsert
+                        memory = config.online_store.hnsw_build_memory
+                        if memory:
+                            cur.execute("SELECT set_config('maintenance_work_mem', %s, false)", (memory,))
+                        cur.execute(create_index)
+                        if memory:
+                            cur.execute("RESET maintenance_work_mem")
 
         self._run(config, work)
 

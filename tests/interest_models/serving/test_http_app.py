@@ -164,6 +164,7 @@ def test_postgres_outage_degrades_then_recovers(service):
     client, pgdata, *_ = service
     user = _top_user(client)
     assert client.get("/ready").status_code == 200
+    loaded = client.app.state.service.recommender
     stop_embedded(pgdata)
     try:
         degraded = client.post("/recommend", json={"user_id": user, "k": 5}, headers=KEY)
@@ -180,3 +181,5 @@ def test_postgres_outage_degrades_then_recovers(service):
     assert client.get("/ready").status_code == 200
     recovered = client.post("/recommend", json={"user_id": user, "k": 5}, headers=KEY).json()
     assert not recovered["degraded"]
+    # the loaded model and its store served again: the store's pool reconnected by itself
+    assert client.app.state.service.recommender is loaded
