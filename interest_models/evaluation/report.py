@@ -149,8 +149,9 @@ def write_report(result, out_dir: Path, version: str, title: str, category_names
         references: published numbers to print beside ours (rows: model, columns: metrics).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    curve = result.model.learning_curve
     _plot_metrics(result.metrics[RANKING_COLUMNS], out_dir / "metrics.png")
-    _plot_learning_curve(result.model.learning_curve, out_dir / "learning_curve.png")
+    _plot_learning_curve(curve, out_dir / "learning_curve.png")
     _plot_confusion(result.confusion, category_names, out_dir / "category_confusion.png")
     _plot_calibration(result.calibration, out_dir / "shift_calibration.png")
     _plot_timelines(result.timelines, planted, category_names, out_dir / "interest_timelines.png")
@@ -187,8 +188,9 @@ def write_report(result, out_dir: Path, version: str, title: str, category_names
         "",
         "## Training",
         "",
-        f"LSTM: best epoch {result.model.learning_curve.best_epoch} of {len(result.model.learning_curve.epoch)}, "
-        f"{result.model.learning_curve.sequences_per_second:,.0f} training sequences/s on `{result.device}`. "
+        f"LSTM: best epoch {curve.best_epoch} of {len(curve.epoch)}"
+        + (f" (early stop; at most {curve.max_epochs})" if curve.stopped_early else "")
+        + f", {curve.sequences_per_second:,.0f} training sequences/s on `{result.device}`. "
         f"XGBoost: {result.ranker.best_iteration + 1} trees kept.",
         "",
         "![learning curves](learning_curve.png)",

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 MODEL_FILE = "blend.json"
 
@@ -34,17 +35,19 @@ class Blend:
         self.search: dict[float, float] = {}  # objective at every weight ``fit`` tried
 
     def fit(self, lstm_scores: np.ndarray, ranker_scores: np.ndarray, query: np.ndarray, objective,
-            grid: np.ndarray | None = None) -> "Blend":
+            grid: np.ndarray | None = None, progress: bool = False) -> "Blend":
         """Pick the weight that maximises ``objective(blended_scores)`` (higher is better;
         ties go to the weight nearest 0.5).
 
         Args:
             lstm_scores, ranker_scores, query: (n,) per candidate row.
             grid: weights to try (default 0, 0.05, ..., 1).
+            progress: a transient bar over the weights.
         """
         grid = np.round(np.linspace(0, 1, 21), 2) if grid is None else grid
         lstm_z, ranker_z = standardise_within(lstm_scores, query), standardise_within(ranker_scores, query)
-        self.search = {float(w): float(objective(w * lstm_z + (1 - w) * ranker_z)) for w in grid}
+        weights = tqdm(grid, desc="blend weights", unit="weight", leave=False, disable=not progress)
+        self.search = {float(w): float(objective(w * lstm_z + (1 - w) * ranker_z)) for w in weights}
         self.lstm_weight = max(self.search, key=lambda w: (self.search[w], -abs(w - 0.5)))
         return self
 

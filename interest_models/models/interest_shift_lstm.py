@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from interest_models.data.sequences import N_EVENT_TYPES, SequenceBatch
 from interest_models.evaluation.metrics import ndcg_at_k, target_ranks
+from interest_models.progress import end_bar
 from materialize.devices import seed_everything
 
 WEIGHTS_FILE = "lstm.pt"
@@ -36,6 +37,8 @@ class LearningCurve:
     valid_ndcg_at_10: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     best_epoch: int = 0
+    max_epochs: int = 0
+    stopped_early: bool = False
     sequences_per_second: float = 0.0
 
 
@@ -183,7 +186,8 @@ class InterestShiftLSTM(nn.Module):
     def fit(self, train: SequenceBatch, valid: SequenceBatch, config: dict, device: torch.device, seed: int,
             progress: bool = False) -> "InterestShiftLSTM":
         """Train with Adam and early stopping on validation NDCG@10; restores the best epoch
-        and keeps the per-epoch figures in ``learning_curve``.
+        and keeps the per-epoch figures in ``learning_curve``. With ``progress`` a bar over
+        epochs ends at "n/n" with the best epoch (and "early stop" when it stopped early).
 
         Args:
             train, valid: sequences with targets; config: ``config/lstm.yaml``.
@@ -193,9 +197,10 @@ class InterestShiftLSTM(nn.Module):
         self.to(device)
         optimizer = torch.optim.Adam(self.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
         scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and config["mixed_precision"])
-        curve, best_state, best_ndcg, waited = LearningCurve(), None, -1.0, 0
+        curve, best_state, best_ndcg, waited = LearningCurve(max_epochs=config["max_epochs"]), None, -1.0, 0
         trained_sequences, train_seconds = 0, 0.0
-        for epoch in tqdm(range(1, config["max_epochs"] + 1), desc="LSTM epochs", disable=not progress):
+        bar = tqdm(total=config["max_epochs"], desc="LSTM epochs", unit="epoch", disable=not progress)
+        for epoch in range(1, config["max_epochs"] + 1):
             self.train()
             started = time.perf_counter()
             losses = []
@@ -226,8 +231,13 @@ class InterestShiftLSTM(nn.Module):
                 best_ndcg, best_state, waited, curve.best_epoch = ndcg, copy.deepcopy(self.state_dict()), 0, epoch
             else:
                 waited += 1
-                if waited >= config["patience"]:
-                    break
+            bar.set_postfix_str(f"valid NDCG@10 {ndcg:.4f}, best epoch {curve.best_epoch}", refresh=False)
+            bar.update(1)
+            if waited >= config["patience"]:
+                break
+        # Updated inside the loop, the bar counts the epoch it breaks in: it ends where the curve ends.
+        curve.stopped_early = len(curve.epoch) < config["max_epochs"]
+        end_bar(bar, len(curve.epoch), f"best epoch {curve.best_epoch}")
         self.load_state_dict(best_state)
         curve.sequences_per_second = trained_sequences / max(train_seconds, 1e-9)
         self.learning_curve = curve

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import xgboost as xgb
+from tqdm.auto import tqdm
 
 from interest_models.data.ranking_features import FEATURE_COLUMNS
+from interest_models.progress import end_bar
 
 MODEL_FILE = "ranker.json"
 
@@ -34,6 +36,16 @@ def xgboost_device(preferred: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+class _RoundBar(xgb.callback.TrainingCallback):
+    def __init__(self, bar: tqdm):
+        super().__init__()
+        self.bar = bar
+
+    def after_iteration(self, model, epoch: int, evals_log) -> bool:
+        self.bar.update(1)
+        return False
+
+
 class ItemRanker:
     """LambdaMART over ``FEATURE_COLUMNS``; scores are comparable within a query only."""
 
@@ -42,14 +54,21 @@ class ItemRanker:
         self.model = xgb.XGBRanker(**config, random_state=seed, device=self.device, n_jobs=0)
 
     def fit(self, features: pd.DataFrame, relevance: np.ndarray, query: np.ndarray,
-            valid: tuple[pd.DataFrame, np.ndarray, np.ndarray]) -> "ItemRanker":
+            valid: tuple[pd.DataFrame, np.ndarray, np.ndarray], progress: bool = False) -> "ItemRanker":
         """Args: features in ``FEATURE_COLUMNS`` order, relevance (n,) 1 for the true next
-        item else 0, query (n,) decision point id, rows of one query contiguous."""
+        item else 0, query (n,) decision point id, rows of one query contiguous; progress:
+        a bar over boosting rounds that ends where early stopping ends."""
         valid_features, valid_relevance, valid_query = valid
-        self.model.fit(
-            features[FEATURE_COLUMNS], relevance, qid=query,
-            eval_set=[(valid_features[FEATURE_COLUMNS], valid_relevance)], eval_qid=[valid_query], verbose=False,
-        )
+        bar = tqdm(total=self.model.n_estimators, desc="XGBoost rounds", unit="round", disable=not progress)
+        self.model.set_params(callbacks=[_RoundBar(bar)])
+        try:
+            self.model.fit(
+                features[FEATURE_COLUMNS], relevance, qid=query,
+                eval_set=[(valid_features[FEATURE_COLUMNS], valid_relevance)], eval_qid=[valid_query], verbose=False,
+            )
+        finally:
+            self.model.set_params(callbacks=None)
+        end_bar(bar, self.model.get_booster().num_boosted_rounds(), f"{self.best_iteration + 1} trees kept")
         return self
 
     def score(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:

@@ -15,8 +15,6 @@ other sources), which go first; every other item follows in LSTM order.
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,10 +42,25 @@ from interest_models.models.item_knn import ItemKNN
 from interest_models.models.most_popular import MostPopular
 from interest_models.models.personal_frequency import PersonalFrequency
 from interest_models.models.popular_in_last_category import PopularInLastCategory
+from interest_models.progress import Stages
 from materialize.devices import seed_everything, select_device
 
-log = logging.getLogger(__name__)
 CANDIDATE_OFFSET = 1e6  # puts re-ranked candidates ahead of every other item
+BLEND = "blend (LSTM + XGBoost)"
+
+STAGES = {
+    "decision points": "session starts (or held-out last events) labelled with the next event, split by period",
+    "point-in-time features": "user features as of each decision point (Feast get_historical_features), item text embeddings",
+    "sequences": "each point's recent events as padded LSTM input",
+    "LSTM training": "InterestShiftLSTM on the first period, early-stopped on validation NDCG@10",
+    "LSTM outputs": "out-of-sample LSTM item scores, next-category and shift probabilities for the later periods",
+    "ranker features": "candidates from every source with their Feast point-in-time features",
+    "XGBoost training": "LambdaMART ranker on the ranker period, early-stopped on validation; scores validation and test",
+    "blend weight": "the LSTM/ranker mix with the best validation NDCG@10",
+    "baselines": "popularity, item-kNN, personal-frequency and co-purchase baselines on the events before each period",
+    "evaluation": "every model ranked against all items on validation and test; category and shift metrics",
+}
+"""The stages of ``train_models``, in order: name -> what it does (printed with ``progress``)."""
 
 
 @dataclass
@@ -162,9 +175,10 @@ class _Trainer:
     """Holds the connections and configs of one training run."""
 
     def __init__(self, store, conn: psycopg.Connection, session_gap: dt.timedelta,
-                 overrides: dict[str, dict] | None, config_dir, device: str | None, progress: bool):
+                 overrides: dict[str, dict] | None, config_dir, device: str | None, progress: bool | Stages):
         overrides = overrides or {}
-        self.store, self.conn, self.progress = store, conn, progress
+        self.store, self.conn = store, conn
+        self.stages = progress if isinstance(progress, Stages) else Stages(STAGES, enabled=progress)
         self.training_config = load_config("training", overrides.get("training"), config_dir)
         self.lstm_config = load_config("lstm", overrides.get("lstm"), config_dir)
         self.ranker_config = load_config("ranker", overrides.get("ranker"), config_dir)
@@ -172,97 +186,126 @@ class _Trainer:
         self.device = select_device(device)
         self.seed = int(self.training_config["seed"])
         self.rng = np.random.default_rng(self.seed)
-        self.seconds: dict[str, float] = {}
-
-    def _timed(self, name: str, started: float) -> None:
-        self.seconds[name] = round(time.perf_counter() - started, 2)
-        log.info("%s done in %.1f s", name, self.seconds[name])
 
     def run(self) -> TrainingResult:
         seed_everything(self.seed)
-        started = time.perf_counter()
-        self.vocabulary = load_vocabulary(self.conn)
-        points = decision_points(self.conn, self.training_config, self.session_gap)
-        self.features = service_features(self.store)
-        users = user_features(self.store, points, self.features)
-        earliest = points.as_of.min()
-        self.text_matrix = item_text_matrix(self.store, self.vocabulary, earliest)
-        self._timed("retrieve user features", started)
+        stages = self.stages
+        with stages.stage("decision points") as stage:
+            self.vocabulary = load_vocabulary(self.conn)
+            points = decision_points(self.conn, self.training_config, self.session_gap)
+            split_rows = {s: np.flatnonzero(points.split.to_numpy() == s) for s in SPLITS}
+            stage.summary = (f"{len(points):,} points of {points.user_id.nunique():,} users ("
+                             + ", ".join(f"{s} {len(r):,}" for s, r in split_rows.items())
+                             + f"), {self.vocabulary.n_items:,} items in {self.vocabulary.n_categories:,} categories")
+            for split, rows in split_rows.items():
+                if len(rows) == 0:
+                    raise ValueError(f"no decision points in split {split!r}: not enough history for training")
 
-        started = time.perf_counter()
-        longest = max((len(v) for v in users.recent_item_ids if v is not None), default=1)
-        max_len = min(longest, self.lstm_config["max_sequence_length"])
-        split_rows = {s: np.flatnonzero(points.split.to_numpy() == s) for s in SPLITS}
-        for split, rows in split_rows.items():
-            if len(rows) == 0:
-                raise ValueError(f"no decision points in split {split!r}: not enough history for training")
-        sequences = {
-            s: encode_sequences(users.iloc[rows].reset_index(drop=True), self.vocabulary, max_len, points.iloc[rows].reset_index(drop=True))
-            for s, rows in split_rows.items()
-        }
-        self.model = InterestShiftLSTM(
-            self.vocabulary.n_items, self.vocabulary.n_categories, torch.from_numpy(self.text_matrix),
-            **{k: self.lstm_config[k] for k in ("item_dim", "category_dim", "event_type_dim", "hidden_dim", "dropout")},
-        )
-        self.model.fit(sequences["train_sequence"], sequences["valid"], self.lstm_config, self.device, self.seed, self.progress)
-        self._timed("train LSTM", started)
+        with stages.stage("point-in-time features") as stage:
+            self.features = service_features(self.store)
+            users = user_features(self.store, points, self.features)
+            self.text_matrix = item_text_matrix(self.store, self.vocabulary, points.as_of.min())
+            stage.summary = (f"{len(users):,} rows x {len(users.columns)} columns, "
+                             f"text embeddings of {len(self.text_matrix) - 1:,} items")
 
-        outputs = {}
-        for split in ("train_ranker", "valid", "test"):
-            rows = split_rows[split]
-            scores, categories, shift, interest, _ = predict_all(self.model, sequences[split], self.device)
-            outputs[split] = SplitOutputs(points.iloc[rows].reset_index(drop=True), users.iloc[rows].reset_index(drop=True),
-                                          scores, categories, shift, interest)
-            if self.training_config["exclude_seen"]:
-                outputs[split].exclude = seen_items(self.conn, outputs[split].points, self.vocabulary)
+        with stages.stage("sequences") as stage:
+            longest = max((len(v) for v in users.recent_item_ids if v is not None), default=1)
+            max_len = min(longest, self.lstm_config["max_sequence_length"])
+            sequences = {
+                s: encode_sequences(users.iloc[rows].reset_index(drop=True), self.vocabulary, max_len, points.iloc[rows].reset_index(drop=True))
+                for s, rows in split_rows.items()
+            }
+            stage.summary = f"{len(points):,} sequences of up to {max_len} events"
 
-        started = time.perf_counter()
-        candidate_frames = self._candidates(outputs)
-        self._timed("candidates and their features", started)
+        with stages.stage("LSTM training") as stage:
+            self.model = InterestShiftLSTM(
+                self.vocabulary.n_items, self.vocabulary.n_categories, torch.from_numpy(self.text_matrix),
+                **{k: self.lstm_config[k] for k in ("item_dim", "category_dim", "event_type_dim", "hidden_dim", "dropout")},
+            )
+            self.model.fit(sequences["train_sequence"], sequences["valid"], self.lstm_config, self.device, self.seed, stages.enabled)
+            curve = self.model.learning_curve
+            stage.summary = (f"{len(split_rows['train_sequence']):,} sequences, best epoch {curve.best_epoch} of {len(curve.epoch)}"
+                             + (f" (early stop; at most {curve.max_epochs})" if curve.stopped_early else "")
+                             + f", valid NDCG@10 {curve.valid_ndcg_at_10[curve.best_epoch - 1]:.4f}, "
+                             f"{curve.sequences_per_second:,.0f} sequences/s on {self.device}")
 
-        started = time.perf_counter()
-        train, valid_retrieved = candidate_frames["train_ranker"], candidate_frames["valid_retrieved"]
-        self.ranker = ItemRanker(self.ranker_config, self.seed, "cuda" if self.device.type == "cuda" else "cpu")
-        self.ranker.fit(train, train.relevance.to_numpy(), train.point.to_numpy(),
-                        (valid_retrieved, valid_retrieved.relevance.to_numpy(), valid_retrieved.point.to_numpy()))
-        self._timed("train ranker", started)
+        with stages.stage("LSTM outputs") as stage:
+            outputs = {}
+            for split in ("train_ranker", "valid", "test"):
+                rows = split_rows[split]
+                scores, categories, shift, interest, _ = predict_all(self.model, sequences[split], self.device)
+                outputs[split] = SplitOutputs(points.iloc[rows].reset_index(drop=True), users.iloc[rows].reset_index(drop=True),
+                                              scores, categories, shift, interest)
+                if self.training_config["exclude_seen"]:
+                    outputs[split].exclude = seen_items(self.conn, outputs[split].points, self.vocabulary)
+            scored = sum(len(o.points) for o in outputs.values())
+            stage.summary = f"{scored:,} points x {self.vocabulary.n_items:,} items"
 
-        for split in ("valid", "test"):
-            frame = candidate_frames[split]
-            frame["ranker_score"] = self.ranker.score(frame)
-            outputs[split].candidates = frame
-        valid = outputs["valid"]
-        valid_targets = self.vocabulary.index_of(valid.points.label_item_id)
+        with stages.stage("ranker features") as stage:
+            candidate_frames = self._candidates(outputs)
+            stage.summary = ", ".join(f"{name} {len(frame):,} rows of {frame.point.nunique():,} points"
+                                      for name, frame in candidate_frames.items())
 
-        def valid_ndcg(blended: np.ndarray) -> float:
-            frame = valid.candidates.assign(blend_score=blended)
-            ranks = target_ranks(_full_ranking(valid.lstm_scores, frame, "blend_score"), valid_targets, valid.exclude)
-            return ranking_metrics(ranks, ks=(10,))["NDCG@10"]
+        with stages.stage("XGBoost training") as stage:
+            train, valid_retrieved = candidate_frames["train_ranker"], candidate_frames["valid_retrieved"]
+            self.ranker = ItemRanker(self.ranker_config, self.seed, "cuda" if self.device.type == "cuda" else "cpu")
+            self.ranker.fit(train, train.relevance.to_numpy(), train.point.to_numpy(),
+                            (valid_retrieved, valid_retrieved.relevance.to_numpy(), valid_retrieved.point.to_numpy()),
+                            progress=stages.enabled)
+            for split in ("valid", "test"):
+                frame = candidate_frames[split]
+                frame["ranker_score"] = self.ranker.score(frame)
+                outputs[split].candidates = frame
+            stage.summary = (f"{len(train):,} rows of {train.point.nunique():,} points, "
+                             f"{self.ranker.best_iteration + 1} trees kept on {self.ranker.device}")
 
-        self.blend = Blend().fit(
-            valid.candidates.lstm_item_score.to_numpy(), valid.candidates.ranker_score.to_numpy(), valid.candidates.point.to_numpy(), valid_ndcg
-        )
-        for split in ("valid", "test"):
-            frame = outputs[split].candidates
-            frame["blend_score"] = self.blend.score(frame.lstm_item_score.to_numpy(), frame.ranker_score.to_numpy(), frame.point.to_numpy())
+        with stages.stage("blend weight") as stage:
+            valid = outputs["valid"]
+            valid_targets = self.vocabulary.index_of(valid.points.label_item_id)
 
-        baselines = self._baselines(points)
-        result = TrainingResult(
-            vocabulary=self.vocabulary, features=self.features, model=self.model.cpu(), ranker=self.ranker, blend=self.blend,
-            configs={"training": self.training_config, "lstm": self.lstm_config, "ranker": self.ranker_config},
-            data_window=self._data_window(points),
-            metrics=self._ranking_table(outputs["test"], baselines["test"]),
-            valid_metrics=self._ranking_table(outputs["valid"], baselines["valid"]),
-            category_metrics=self._category_metrics(outputs["test"]),
-            shift_metrics=self._shift_metrics(outputs),
-            confusion=self._confusion(outputs["test"]),
-            calibration=calibration_bins(*self._shift_labels(outputs["test"])),
-            timelines=self._timelines(outputs),
-            sizes={f"points_{s}": int(len(r)) for s, r in split_rows.items()}
-            | {"items": self.vocabulary.n_items, "categories": self.vocabulary.n_categories,
-               "ranker_rows": int(len(train)), "ranker_queries": int(train.point.nunique())},
-            seconds=self.seconds, device=str(self.device),
-        )
+            def valid_ndcg(blended: np.ndarray) -> float:
+                frame = valid.candidates.assign(blend_score=blended)
+                ranks = target_ranks(_full_ranking(valid.lstm_scores, frame, "blend_score"), valid_targets, valid.exclude)
+                return ranking_metrics(ranks, ks=(10,))["NDCG@10"]
+
+            self.blend = Blend().fit(
+                valid.candidates.lstm_item_score.to_numpy(), valid.candidates.ranker_score.to_numpy(), valid.candidates.point.to_numpy(),
+                valid_ndcg, progress=stages.enabled,
+            )
+            for split in ("valid", "test"):
+                frame = outputs[split].candidates
+                frame["blend_score"] = self.blend.score(frame.lstm_item_score.to_numpy(), frame.ranker_score.to_numpy(), frame.point.to_numpy())
+            stage.summary = (f"LSTM weight {self.blend.lstm_weight:.2f} of {len(self.blend.search)} tried, "
+                             f"valid NDCG@10 {self.blend.search[self.blend.lstm_weight]:.4f} on {len(valid.points):,} points")
+
+        with stages.stage("baselines") as stage:
+            baselines, histories = self._baselines(points)
+            stage.summary = f"{len(baselines['test'])} baselines; " + ", ".join(
+                f"for {split}: {users:,} users' histories, {sessions:,} sessions" for split, (users, sessions) in histories.items()
+            )
+
+        with stages.stage("evaluation") as stage:
+            metrics = self._ranking_table(outputs["test"], baselines["test"], "test")
+            result = TrainingResult(
+                vocabulary=self.vocabulary, features=self.features, model=self.model.cpu(), ranker=self.ranker, blend=self.blend,
+                configs={"training": self.training_config, "lstm": self.lstm_config, "ranker": self.ranker_config},
+                data_window=self._data_window(points),
+                metrics=metrics,
+                valid_metrics=self._ranking_table(outputs["valid"], baselines["valid"], "valid"),
+                category_metrics=self._category_metrics(outputs["test"]),
+                shift_metrics=self._shift_metrics(outputs),
+                confusion=self._confusion(outputs["test"]),
+                calibration=calibration_bins(*self._shift_labels(outputs["test"])),
+                timelines=self._timelines(outputs),
+                sizes={f"points_{s}": int(len(r)) for s, r in split_rows.items()}
+                | {"items": self.vocabulary.n_items, "categories": self.vocabulary.n_categories,
+                   "ranker_rows": int(len(train)), "ranker_queries": int(train.point.nunique())},
+                device=str(self.device),
+            )
+            stage.summary = (f"{len(metrics)} models ranked all {self.vocabulary.n_items:,} items for "
+                             f"{len(outputs['valid'].points):,} valid and {len(outputs['test'].points):,} test points; "
+                             f"test NDCG@10 of the blend {metrics.loc[BLEND, 'NDCG@10']:.4f}")
+        result.seconds = dict(stages.seconds)
         return result
 
     # ------------------------------------------------------------------ candidates
@@ -321,32 +364,35 @@ class _Trainer:
 
     # ------------------------------------------------------------------ evaluation
 
-    def _baselines(self, points: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
-        out = {}
+    def _baselines(self, points: pd.DataFrame) -> tuple[dict[str, dict], dict[str, tuple[int, int]]]:
+        """Baselines fitted for validation and test, by split and name, and the number of
+        users' histories and of sessions each split's were fitted on."""
+        out, sizes = {}, {}
         for split in ("valid", "test"):
             before = points[points.split == split].as_of.min()
             histories, baskets = _training_histories(
                 self.conn, self.vocabulary, self.training_config["protocol"], before, self.session_gap
             )
-            out[split] = {}
+            out[split], sizes[split] = {}, (len(histories), len(baskets))
             fits = ((MostPopular(), histories), (PopularInLastCategory(), histories), (ItemKNN(), histories),
                     (PersonalFrequency(), histories), (CoPurchase(), baskets))
             for baseline, data in fits:
                 baseline.fit(data, self.vocabulary.n_items, self.vocabulary.item_category)
                 out[split][baseline.name] = baseline
-        return out
+        return out, sizes
 
-    def _ranking_table(self, out: SplitOutputs, baselines: dict) -> pd.DataFrame:
+    def _ranking_table(self, out: SplitOutputs, baselines: dict, split: str) -> pd.DataFrame:
         targets = self.vocabulary.index_of(out.points.label_item_id)
         rows = {
-            "blend (LSTM + XGBoost)": _full_ranking(out.lstm_scores, out.candidates, "blend_score"),
+            BLEND: _full_ranking(out.lstm_scores, out.candidates, "blend_score"),
             "XGBoost ranker": _full_ranking(out.lstm_scores, out.candidates, "ranker_score"),
             "LSTM": out.lstm_scores,
         }
         recent = _recent_lists(out.users, self.vocabulary)
         for name, baseline in baselines.items():
             rows[f"baseline: {name}"] = baseline.score(recent)
-        table = {name: ranking_metrics(target_ranks(scores, targets, out.exclude), ks=(10,)) for name, scores in rows.items()}
+        table = {name: ranking_metrics(target_ranks(scores, targets, out.exclude), ks=(10,))
+                 for name, scores in self.stages.bar(rows.items(), f"rank all items ({split})", total=len(rows), unit="model")}
         return pd.DataFrame(table).T
 
     def _category_metrics(self, out: SplitOutputs) -> dict[str, float]:
@@ -411,7 +457,7 @@ class _Trainer:
 
 
 def train_models(store, conn: psycopg.Connection, session_gap: dt.timedelta,
-                 overrides: dict[str, dict] | None = None, device: str | None = None, progress: bool = False,
+                 overrides: dict[str, dict] | None = None, device: str | None = None, progress: bool | Stages = False,
                  config_dir: Path | None = None) -> TrainingResult:
     """Train and evaluate everything; see the module docstring.
 
@@ -423,5 +469,8 @@ def train_models(store, conn: psycopg.Connection, session_gap: dt.timedelta,
         config_dir: a project's config folder whose ``<name>.yaml`` files override the
             packaged ones (``overrides`` win over both).
         device: "cpu", "cuda" or None for CUDA when available.
+        progress: True prints a line when each of ``STAGES`` starts and ends (time, sizes)
+            and bars over long loops, on stderr; a ``Stages`` whose plan holds ``STAGES``
+            numbers them within a longer run.
     """
     return _Trainer(store, conn, session_gap, overrides, config_dir, device, progress).run()

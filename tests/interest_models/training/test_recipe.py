@@ -1,8 +1,10 @@
 """Models on a small planted-shift shop, through real Feast, Postgres, torch and XGBoost."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -14,7 +16,8 @@ from interest_models.data.decision_points import SPLITS, decision_points
 from interest_models.models.item_ranker import xgboost_device
 from interest_models.registry.model_registry import ModelRegistry, RegistryError
 from interest_models.data.vocabulary import load_vocabulary
-from interest_models.training.recipe import _training_histories, train_models
+from interest_models.training.recipe import STAGES, _training_histories, train_models
+from interest_models.training.workflow import WORKFLOW_STAGES, train_register_report
 from interest_models.data.feature_frames import service_features, user_features
 from materialize.database.tables import fetch_frame
 from materialize.devices import select_device
@@ -121,11 +124,38 @@ def test_models_learn_and_beat_popularity(trained):
     assert trained.model.learning_curve.best_epoch >= 1 and len(trained.model.learning_curve.epoch) <= FAST["lstm"]["max_epochs"]
 
 
-def test_training_is_deterministic_with_a_seed(pipeline, trained):
+def test_training_is_deterministic_with_a_seed(pipeline, trained, capsys):
     again = train_models(pipeline.store, pipeline.conn, GAP, overrides=FAST, device="cpu")
     pd.testing.assert_frame_equal(again.metrics, trained.metrics)
     for name, tensor in trained.model.state_dict().items():
         assert torch.equal(tensor, again.model.state_dict()[name]), name
+    assert capsys.readouterr() == ("", "")  # progress=False: silent
+
+
+def test_train_register_report_prints_every_stage(pipeline, trained, tmp_path, monkeypatch, capsys):
+    """What ``interest train`` shows: for every stage a line saying what it does, then one
+    with its time and sizes, on stderr; the LSTM's bar ends where its learning curve ends."""
+    monkeypatch.setattr(pipeline, "progress", True)
+    monkeypatch.setattr(pipeline, "settings", dataclasses.replace(pipeline.settings, project_dir=tmp_path))
+    run = train_register_report(pipeline, overrides=FAST, device="cpu")
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = re.split(r"[\r\n]", err)  # tqdm redraws and clears bars after carriage returns
+    plan = STAGES | WORKFLOW_STAGES
+    for number, (name, doing) in enumerate(plan.items(), 1):
+        tag = f"[train {number}/{len(plan)}] {name}"
+        assert f"{tag}: {doing} ..." in lines, name
+        assert any(re.fullmatch(rf"{re.escape(tag)} done in \d+\.\d s: \S.*", line) for line in lines), name
+    points = sum(v for k, v in run.result.sizes.items() if k.startswith("points_"))
+    assert re.search(rf"decision points done in .* s: {points:,} points of [\d,]+ users", err)
+    assert f"version {run.version}" in err and str(run.report) in err
+    curve = run.result.model.learning_curve
+    epochs = len(curve.epoch)
+    bar = [line for line in lines if line.startswith("LSTM epochs")][-1].rstrip()  # tqdm pads shorter redraws
+    assert f"| {epochs}/{epochs} [" in bar and bar.endswith(f"best epoch {curve.best_epoch}]")
+    assert f"best epoch {curve.best_epoch} of {epochs}" in run.report.read_text()
+    assert list(run.result.seconds) == list(STAGES)
+    pd.testing.assert_frame_equal(run.result.metrics, trained.metrics)  # progress changes nothing
 
 
 def test_registry_round_trip_and_refusals(trained, pipeline, tmp_path):
