@@ -17,14 +17,15 @@ MODEL_FILE = "blend.json"
 
 
 def standardise_within(scores: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Scores minus their query's mean, over their query's standard deviation (1 if 0)."""
-    out = np.empty_like(scores, dtype=np.float64)
-    for q in np.unique(query):
-        rows = query == q
-        values = scores[rows].astype(np.float64)
-        spread = values.std()
-        out[rows] = (values - values.mean()) / (spread if spread > 0 else 1.0)
-    return out
+    """Scores minus their query's mean, over their query's standard deviation (1 if 0).
+
+    Args: scores, query: (rows,); one pass over the rows whatever the number of queries.
+    """
+    values = np.asarray(scores, dtype=np.float64)
+    _, group, counts = np.unique(query, return_inverse=True, return_counts=True)
+    centred = values - (np.bincount(group, weights=values) / counts)[group]
+    spread = np.sqrt(np.bincount(group, weights=centred * centred) / counts)
+    return centred / np.where(spread > 0, spread, 1.0)[group]
 
 
 class Blend:
