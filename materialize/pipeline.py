@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import psycopg
+from psycopg.types.json import Jsonb
 
 from materialize.ingest import loader as ingest
 from materialize.database.tables import create_schema, fetch_frame
@@ -101,6 +102,8 @@ class Pipeline:
                     copy.write_row((row.user_id, row.shift_at, row.drift_start, row.drift_end,
                                     row.from_category, row.to_category, row.kind, source))
             cur.execute("INSERT INTO interest.planted_interest_shifts SELECT * FROM stage_shifts ON CONFLICT (user_id) DO NOTHING")
+            cur.execute("INSERT INTO interest.synthetic_shops VALUES (%s, %s) ON CONFLICT (source) DO NOTHING",
+                        (source, Jsonb(config.to_json())))
         self.conn.commit()
         return reports
 

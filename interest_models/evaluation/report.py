@@ -132,10 +132,24 @@ def _plot_blend(search: dict[float, float], chosen: float, path: Path) -> None:
 def _table(frame: pd.DataFrame, digits: int = 4) -> str:
     header = "| | " + " | ".join(frame.columns) + " |\n|---|" + "---|" * len(frame.columns) + "\n"
     body = "".join(
-        f"| {index} | " + " | ".join(f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row) + " |\n"
+        f"| {index} | " + " | ".join(("-" if np.isnan(v) else f"{v:.{digits}f}") if isinstance(v, float) else str(v) for v in row) + " |\n"
         for index, row in zip(frame.index, frame.itertuples(index=False))
     )
     return header + body
+
+
+def _oracle_section(oracle) -> list[str]:
+    if oracle.table is None:
+        return [f"Omitted: {oracle.note}.", ""]
+    return [
+        "The oracle forecasts each next category from the generator's hidden preference state at the "
+        "session start (Bayes-optimal; see `materialize/ingest/sources/synthetic_oracle.py`). "
+        "Log-losses in nats; LSTM / oracle below 1 is worse for accuracy and AUC, above 1 worse for log-loss.",
+        "",
+        _table(oracle.table),
+        oracle.note,
+        "",
+    ]
 
 
 def write_report(result, out_dir: Path, version: str, title: str, category_names: dict[int, str],
@@ -186,6 +200,9 @@ def write_report(result, out_dir: Path, version: str, title: str, category_names
         _table(pd.DataFrame({"value": result.shift_metrics}).T.T),
         "![confusion](category_confusion.png) ![calibration](shift_calibration.png)",
         "",
+        "## Oracle: the synthetic shop's true preferences, test",
+        "",
+        *_oracle_section(result.oracle),
         "## Training",
         "",
         f"LSTM: best epoch {curve.best_epoch} of {len(curve.epoch)}"

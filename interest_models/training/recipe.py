@@ -30,6 +30,7 @@ from interest_models.data.sequences import encode_sequences
 from interest_models.data.vocabulary import Vocabulary, load_vocabulary
 from interest_models.models.blend import Blend
 from interest_models.evaluation.metrics import accuracy_at_k, calibration_bins, ranking_metrics, roc_auc, target_ranks
+from interest_models.evaluation.oracle import OracleComparison, compare_with_oracle
 from interest_models.models.item_ranker import ItemRanker
 from interest_models.data.ranking_features import build_matrix
 from interest_models.models.interest_shift_lstm import InterestShiftLSTM, predict_all
@@ -58,7 +59,8 @@ STAGES = {
     "XGBoost training": "LambdaMART ranker on the ranker period, early-stopped on validation; scores validation and test",
     "blend weight": "the LSTM/ranker mix with the best validation NDCG@10",
     "baselines": "popularity, item-kNN, personal-frequency and co-purchase baselines on the events before each period",
-    "evaluation": "every model ranked against all items on validation and test; category and shift metrics",
+    "evaluation": "every model ranked against all items on validation and test; category and shift metrics, "
+                  "beside the synthetic shop's oracle where the data is synthetic",
 }
 """The stages of ``train_models``, in order: name -> what it does (printed with ``progress``)."""
 
@@ -93,6 +95,7 @@ class TrainingResult:
     confusion: pd.DataFrame              # next-category confusion on test (rows true, cols predicted)
     calibration: pd.DataFrame
     timelines: pd.DataFrame              # per user/point: true category and predicted mix
+    oracle: OracleComparison             # LSTM vs the synthetic shop's oracle on test (table None elsewhere)
     sizes: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
@@ -297,6 +300,8 @@ class _Trainer:
                 confusion=self._confusion(outputs["test"]),
                 calibration=calibration_bins(*self._shift_labels(outputs["test"])),
                 timelines=self._timelines(outputs),
+                oracle=compare_with_oracle(self.conn, outputs["test"].points, outputs["test"].users,
+                                           outputs["test"].category_probabilities, outputs["test"].shift_probability),
                 sizes={f"points_{s}": int(len(r)) for s, r in split_rows.items()}
                 | {"items": self.vocabulary.n_items, "categories": self.vocabulary.n_categories,
                    "ranker_rows": int(len(train)), "ranker_queries": int(train.point.nunique())},

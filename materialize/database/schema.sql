@@ -186,3 +186,9 @@ CREATE TABLE IF NOT EXISTS interest.planted_interest_shifts (
     kind            text NOT NULL,          -- 'switch' or 'drift'
     source          text NOT NULL
 );
+
+-- The configuration of each synthetic shop loaded (to recompute its oracle; evaluation only).
+CREATE TABLE IF NOT EXISTS interest.synthetic_shops (
+    source          text PRIMARY KEY,       -- as in planted_interest_shifts.source
+    config          jsonb NOT NULL          -- SyntheticConfig.to_json()
+);

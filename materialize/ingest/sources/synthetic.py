@@ -336,6 +336,16 @@ class SyntheticConfig:
         events_per_view = 1 + sum(np.cumprod(FUNNEL_STEP_PROBABILITY))
         return self.sessions_per_user_mean * views_per_session * float(events_per_view)
 
+    def to_json(self) -> dict:
+        """Every field as JSON values (``end`` as ISO 8601); ``from_json`` inverts it."""
+        values = dataclasses.asdict(self)
+        values["end"] = self.end.isoformat()
+        return values
+
+    @classmethod
+    def from_json(cls, values: dict) -> SyntheticConfig:
+        return cls(**{**values, "end": pd.Timestamp(values["end"])})
+
     @classmethod
     def for_events(cls, target_events: int, **overrides) -> SyntheticConfig:
         """Config with ``n_users`` chosen so that about ``target_events`` events are generated.
@@ -546,6 +556,33 @@ class SyntheticShop:
                 )
             )
         return pd.concat(frames, ignore_index=True)
+
+    def category_preference(self, user_id: np.ndarray, at: pd.Series) -> np.ndarray:
+        """Each user's true category preference at the given time, as the generator draws it.
+
+        Args:
+            user_id: (n,) int, ids in 1..n_users.
+            at: (n,) datetime64[ns, UTC] times (millisecond resolution, as events carry).
+
+        Returns:
+            (n, n_categories) float64, rows sum to 1; columns in ``categories`` order.
+        """
+        user_id = np.asarray(user_id, dtype=np.int64)
+        if len(user_id) and not (user_id.min() >= 1 and user_id.max() <= self.config.n_users):
+            raise ValueError(f"user ids must lie in [1, {self.config.n_users}]")
+        # Whole milliseconds since the span start, then seconds: exact for a switch at a
+        # whole second (``shift_at``), as in ``_timestamps``.
+        milliseconds = (pd.DatetimeIndex(pd.to_datetime(at, utc=True)).asi8 - self._start.value) // 1_000_000
+        seconds = milliseconds / 1e3
+        out = np.empty((len(user_id), self.config.n_categories))
+        block_of = (user_id - 1) // BLOCK_USERS
+        for block in np.unique(block_of):
+            rows = np.flatnonzero(block_of == block)
+            users = self._user_block(int(block))
+            index = user_id[rows] - users.user_id[0]
+            weight_after = users.new_preference_weight(index, seconds[rows])[:, None]
+            out[rows] = (1 - weight_after) * users.preference_before[index] + weight_after * users.preference_after[index]
+        return out
 
     # -------------------------------------------------------------------------------- events
     def events(self) -> Iterator[pd.DataFrame]:

@@ -8,10 +8,12 @@ import re
 
 import numpy as np
 import pandas as pd
+import psycopg
 import pytest
 import torch
 
 from interest_models.config import load_config
+from interest_models.evaluation.oracle import ORACLE_COLUMNS, OracleComparison, synthetic_config_of
 from interest_models.data.decision_points import SPLITS, decision_points
 from interest_models.models.item_ranker import xgboost_device
 from interest_models.registry.model_registry import ModelRegistry, RegistryError
@@ -206,3 +208,31 @@ def test_report_has_every_plot_and_table(trained, pipeline, tmp_path):
         assert f"{plot}.png" in text
     assert "blend (LSTM + XGBoost)" in text and "baseline: item_knn" in text
     assert "baseline: personal_frequency" in text and "baseline: co_purchase" in text
+    assert "## Oracle: the synthetic shop's true preferences, test" in text
+    assert "| LSTM / oracle |" in text and "| baseline: 30-day dominant category |" in text
+
+
+def test_oracle_on_the_same_test_points(trained):
+    """The oracle on the shop's test points: a real forecast, at least as accurate as the
+    30-day dominant category; the LSTM's ratios are its figures over the oracle's."""
+    table = trained.oracle.table
+    assert table is not None, trained.oracle.note
+    assert list(table.columns) == ORACLE_COLUMNS
+    oracle, lstm = table.loc["oracle"], table.loc["LSTM"]
+    assert oracle["accuracy@1"] >= table.loc["baseline: 30-day dominant category", "accuracy@1"]
+    assert oracle["accuracy@1"] > 1 / SHOP.n_categories and oracle["shift AUC"] > 0.5
+    assert 0 < oracle["log-loss"] < np.log(SHOP.n_categories)
+    pd.testing.assert_series_equal(table.loc["LSTM / oracle"], lstm / oracle, check_names=False)
+    points = trained.sizes["points_test"]  # all of the shop's users (the leak case's user has none in test)
+    assert trained.oracle.note.startswith(f"{points:,} of {points:,} test decision points")
+
+
+def test_oracle_is_omitted_without_a_synthetic_shop(pg_server, trained, tmp_path):
+    from interest_models.evaluation.report import write_report
+
+    with new_database(pg_server) as pg, psycopg.connect(pg.conninfo()) as conn:
+        config, reason = synthetic_config_of(conn)
+    assert config is None and "no synthetic shop" in reason
+    result = dataclasses.replace(trained, oracle=OracleComparison(None, reason))
+    text = write_report(result, tmp_path, "v-test", "test report", {}).read_text()
+    assert f"Omitted: {reason}." in text and "| LSTM / oracle |" not in text
