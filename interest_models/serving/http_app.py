@@ -199,7 +199,9 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
     def ready():
         if state.ping():
             return {"ready": True, "model_version": state.recommender.registered.version}
-        return JSONResponse(status_code=503, content={"ready": False, "reason": state.last_error or "not loaded"})
+        # No key is needed here, so the error itself (hosts, socket paths) stays in the service log.
+        reason = "the model is not loaded" if state.recommender is None else "the database is unreachable"
+        return JSONResponse(status_code=503, content={"ready": False, "reason": f"{reason} (see the service log)"})
 
     @app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(require_key)])
     async def recommend(request: RecommendRequest) -> RecommendResponse:

@@ -169,7 +169,9 @@ def test_postgres_outage_degrades_then_recovers(service):
     try:
         degraded = client.post("/recommend", json={"user_id": user, "k": 5}, headers=KEY)
         assert degraded.status_code == 200 and degraded.json()["degraded"] and len(degraded.json()["items"]) == 5
-        assert client.get("/ready").status_code == 503
+        not_ready = client.get("/ready")
+        assert not_ready.status_code == 503 and str(pgdata) not in not_ready.text  # no server details without a key
+        assert not_ready.json()["reason"].startswith("the database is unreachable")
         assert client.post("/events", headers=KEY, json={"user_id": user, "item_id": 1, "event_type": "view"}).status_code == 503
     finally:
         # A fresh process: pgserver caches the handle of a server it started in this one.
