@@ -178,7 +178,7 @@ class Pipeline:
             "recent loads": fetch_frame(
                 self.conn,
                 "SELECT run_id, kind, left(source, 60) AS source, status, rows_read, loaded, updated, quarantined, duplicate, "
-                "finished_at FROM interest.ingest_runs ORDER BY run_id DESC LIMIT 8",
+                "finished_at, left(error, 80) AS error FROM interest.ingest_runs ORDER BY run_id DESC LIMIT 8",
             ),
             "quarantine": fetch_frame(
                 self.conn,

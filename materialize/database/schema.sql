@@ -13,8 +13,15 @@ CREATE TABLE IF NOT EXISTS interest.ingest_runs (
     quarantined     bigint NOT NULL DEFAULT 0,
     duplicate       bigint NOT NULL DEFAULT 0,
     started_at      timestamptz NOT NULL DEFAULT now(),
-    finished_at     timestamptz
+    finished_at     timestamptz,
+    error           text                      -- why a 'failed' run stopped
 );
+DO $$ BEGIN  -- databases made before the column existed; no table lock when it is there
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = 'interest' AND table_name = 'ingest_runs' AND column_name = 'error') THEN
+        ALTER TABLE interest.ingest_runs ADD COLUMN error text;
+    END IF;
+END $$;
 
 CREATE TABLE IF NOT EXISTS interest.quarantine (
     kind            text NOT NULL,

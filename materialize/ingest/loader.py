@@ -343,26 +343,21 @@ def load(
         ).fetchone()[0]
         conn.commit()
         bar = tqdm(total=total_rows, unit="rows", desc=f"load {kind}", disable=not progress)
-        for chunk in chunks:
-            _quarantine(cur, report, source_sha256, chunk.malformed)
-            if kind == EVENTS.name:
-                clean, rejected = validate_events(chunk.frame, chunk.lines, now, future_tolerance_s)
-                _quarantine(cur, report, source_sha256, rejected)
-                if len(clean):
-                    _load_events_chunk(cur, report, source_sha256, clean)
-            else:
-                clean, rejected = validate_items(chunk.frame, chunk.lines)
-                _quarantine(cur, report, source_sha256, rejected)
-                if len(clean):
-                    _load_items_chunk(cur, report, source_sha256, clean)
-            chunk_rows = len(chunk.frame) + len(chunk.malformed)
-            report.rows_read += chunk_rows
-            _record(cur, report, status="running")
-            conn.commit()
-            bar.update(chunk_rows)
-        bar.close()
-        if not report.reconciles:  # a bug, never bad input
-            raise AssertionError(f"counts do not reconcile: {report.summary()}")
+        try:
+            for chunk in chunks:
+                _load_chunk(cur, report, kind, chunk, source_sha256, now, future_tolerance_s)
+                chunk_rows = len(chunk.frame) + len(chunk.malformed)
+                report.rows_read += chunk_rows
+                _record(cur, report, status="running")
+                conn.commit()
+                bar.update(chunk_rows)
+            if not report.reconciles:  # a bug, never bad input
+                raise AssertionError(f"counts do not reconcile: {report.summary()}")
+        except BaseException as error:
+            _record_failure(conn, report, error)
+            raise
+        finally:
+            bar.close()
         _record(cur, report, status="done")
         conn.commit()
     if report.quarantined:
@@ -370,16 +365,46 @@ def load(
     return report
 
 
-def _record(cur: psycopg.Cursor, report: IngestReport, status: str) -> None:
+def _load_chunk(cur: psycopg.Cursor, report: IngestReport, kind: str, chunk: RawChunk, sha: str,
+                now: pd.Timestamp, future_tolerance_s: int) -> None:
+    """Quarantine the chunk's bad rows and load its good ones (not committed)."""
+    _quarantine(cur, report, sha, chunk.malformed)
+    if kind == EVENTS.name:
+        clean, rejected = validate_events(chunk.frame, chunk.lines, now, future_tolerance_s)
+        _quarantine(cur, report, sha, rejected)
+        if len(clean):
+            _load_events_chunk(cur, report, sha, clean)
+    else:
+        clean, rejected = validate_items(chunk.frame, chunk.lines)
+        _quarantine(cur, report, sha, rejected)
+        if len(clean):
+            _load_items_chunk(cur, report, sha, clean)
+
+
+def _record(cur: psycopg.Cursor, report: IngestReport, status: str, error: str | None = None) -> None:
     cur.execute(
         """
         UPDATE interest.ingest_runs
            SET status = %s, rows_read = %s, loaded = %s, updated = %s, quarantined = %s, duplicate = %s,
-               finished_at = CASE WHEN %s = 'done' THEN now() END
+               error = %s, finished_at = CASE WHEN %s IN ('done', 'failed') THEN now() END
          WHERE run_id = %s
         """,
-        (status, report.rows_read, report.loaded, report.updated, report.quarantined, report.duplicate, status, report.run_id),
+        (status, report.rows_read, report.loaded, report.updated, report.quarantined, report.duplicate, error, status,
+         report.run_id),
     )
+
+
+def _record_failure(conn: psycopg.Connection, report: IngestReport, error: BaseException) -> None:
+    """Mark the run failed: the chunk in flight is rolled back, the committed ones (counted
+    in the run's row) stay. Nothing is recorded when the database itself is gone."""
+    message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"[:1000]
+    try:
+        conn.rollback()
+        with conn.cursor() as cur:
+            _record(cur, report, status="failed", error=message)
+        conn.commit()
+    except psycopg.Error as recording:  # an outage: the run stays 'running'
+        log.warning("could not mark load run %s failed: %s", report.run_id, recording)
 
 
 def load_file(conn: psycopg.Connection, kind: str, path: Path, chunk_rows: int, **kwargs) -> IngestReport:

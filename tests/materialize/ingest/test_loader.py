@@ -157,3 +157,24 @@ def test_parquet_and_typed_frames(conn, tmp_path):
     assert _quarantine(conn, "events")[3][0] == "item_id"
     again = load_frames(conn, "events", [frame], source="unit-test-frame")
     assert (again.loaded, again.duplicate, again.quarantined) == (0, 2, 1)
+
+
+def test_a_load_that_stops_midway_is_marked_failed_and_keeps_its_committed_chunks(conn, tmp_path):
+    """An input that breaks after its first chunk (a file read error, say): the run is
+    marked failed with the error, the first chunk stays loaded and counted."""
+    load_file(conn, "items", _write(tmp_path, "items.csv", ITEMS_CSV), chunk_rows=1000)
+    good = pd.DataFrame({"user_id": [1, 2], "item_id": [1, 2], "event_type": ["view", "view"],
+                         "event_timestamp": ["2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z"]})
+
+    def frames():
+        yield good
+        raise OSError("the disk went away")
+
+    with pytest.raises(OSError):
+        load_frames(conn, "events", frames(), source="broken-after-one-chunk")
+    status, rows_read, loaded, error, finished = conn.execute(
+        "SELECT status, rows_read, loaded, error, finished_at FROM interest.ingest_runs "
+        "WHERE source = 'broken-after-one-chunk'").fetchone()
+    assert (status, rows_read, loaded) == ("failed", 2, 2) and error == "OSError: the disk went away"
+    assert finished is not None
+    assert conn.execute("SELECT count(*) FROM interest.events").fetchone()[0] == 2
