@@ -79,7 +79,8 @@ def file_sha256(path: Path) -> str:
 
 
 def _csv_chunks(path: Path, schema: TableSchema, chunk_rows: int) -> Iterator[RawChunk]:
-    with open(path, newline="") as handle:
+    # "CSV UTF-8" from spreadsheets starts with a byte-order mark; headers often have ", ".
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         header = [c.strip() for c in handle.readline().rstrip("\r\n").split(",")]
     check_columns(header, schema, str(path))
     malformed: list[Rejection] = []
@@ -97,7 +98,7 @@ def _csv_chunks(path: Path, schema: TableSchema, chunk_rows: int) -> Iterator[Ra
 
     reader = pa_csv.open_csv(
         path,
-        read_options=pa_csv.ReadOptions(use_threads=False, block_size=1 << 22),
+        read_options=pa_csv.ReadOptions(use_threads=False, block_size=1 << 22, skip_rows=1, column_names=header),
         parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid_row),
         convert_options=pa_csv.ConvertOptions(
             column_types={c: pa.string() for c in header}, strings_can_be_null=True, quoted_strings_can_be_null=False

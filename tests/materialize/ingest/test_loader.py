@@ -178,3 +178,14 @@ def test_a_load_that_stops_midway_is_marked_failed_and_keeps_its_committed_chunk
     assert (status, rows_read, loaded) == ("failed", 2, 2) and error == "OSError: the disk went away"
     assert finished is not None
     assert conn.execute("SELECT count(*) FROM interest.events").fetchone()[0] == 2
+
+
+def test_a_byte_order_mark_and_spaces_in_the_header_are_accepted(conn, tmp_path):
+    """What spreadsheet programs write as "CSV UTF-8", with ", " between the column names."""
+    items = tmp_path / "items.csv"
+    items.write_bytes(b"\xef\xbb\xbf" + ITEMS_CSV.replace(",", ", ", 4).encode())
+    report = load_file(conn, "items", items, chunk_rows=1000)
+    # the same counts as the plain file (test_items_bad_rows_are_quarantined_with_reasons)
+    assert (report.rows_read, report.loaded, report.quarantined, report.duplicate) == (9, 3, 5, 1)
+    titles = dict(conn.execute("SELECT item_id, title FROM interest.items"))
+    assert titles == {1: "Deep Learning", 2: "Feature Stores", 3: "Garden Hose"}
