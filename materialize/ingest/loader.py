@@ -101,7 +101,10 @@ def _csv_chunks(path: Path, schema: TableSchema, chunk_rows: int) -> Iterator[Ra
         read_options=pa_csv.ReadOptions(use_threads=False, block_size=1 << 22, skip_rows=1, column_names=header),
         parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid_row),
         convert_options=pa_csv.ConvertOptions(
-            column_types={c: pa.string() for c in header}, strings_can_be_null=True, quoted_strings_can_be_null=False
+            # Only an empty field is missing: Arrow's default null spellings ("NA", "null", "NaN",
+            # "N/A", ...) would turn a price of "NaN" or a session called "NA" into NULL unseen.
+            column_types={c: pa.string() for c in header}, strings_can_be_null=True, quoted_strings_can_be_null=False,
+            null_values=[""],
         ),
     )
     next_line = 2  # line 1 is the header

@@ -189,3 +189,22 @@ def test_a_byte_order_mark_and_spaces_in_the_header_are_accepted(conn, tmp_path)
     assert (report.rows_read, report.loaded, report.quarantined, report.duplicate) == (9, 3, 5, 1)
     titles = dict(conn.execute("SELECT item_id, title FROM interest.items"))
     assert titles == {1: "Deep Learning", 2: "Feature Stores", 3: "Garden Hose"}
+
+
+def test_null_spellings_are_values_not_silent_nulls(conn, tmp_path):
+    """A price of NaN, N/A or null is not a number (quarantined); a session called NA is a
+    session called NA. Only an empty field is missing."""
+    load_file(conn, "items", _write(tmp_path, "items.csv", ITEMS_CSV), chunk_rows=1000)
+    events = _write(tmp_path, "events.csv", "user_id,item_id,event_type,event_timestamp,price,session_id\n"
+                    "20,1,purchase,2026-01-01T10:00:00Z,NaN,s1\n"
+                    "20,1,purchase,2026-01-01T10:01:00Z,N/A,s1\n"
+                    "20,1,purchase,2026-01-01T10:02:00Z,null,s1\n"
+                    "20,1,view,2026-01-01T10:03:00Z,,NA\n"
+                    "20,1,view,2026-01-01T10:04:00Z,,null\n")
+    report = load_file(conn, "events", events, chunk_rows=1000)
+    assert (report.rows_read, report.loaded, report.quarantined) == (5, 2, 3)
+    reasons = [reason for _, reason in _quarantine(conn, "events").values()]
+    assert all("price: not a number" in r for r in reasons) and {"'NaN'", "'N/A'", "'null'"} <= {
+        r.split(": ")[-1] for r in reasons}
+    sessions = [r[0] for r in conn.execute("SELECT session_id FROM interest.events WHERE user_id = 20 ORDER BY event_timestamp")]
+    assert sessions == ["NA", "null"]
