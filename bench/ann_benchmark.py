@@ -163,23 +163,33 @@ def search_feast(store, queries: np.ndarray, k: int, truth: list[set[int]]) -> d
                                                    distance_metric="cosine").to_dict()["item_id"]
         durations.append(time.perf_counter() - started)
         recalls.append(len(expected & {int(i) for i in found}) / k)
+    return _search_figures(durations, recalls)
+
+
+def _search_figures(durations: list[float], recalls: list[float]) -> dict:
     return {**percentiles_ms(durations), "recall_at_k": round(float(np.mean(recalls)), 4),
             "recall_min": round(float(np.min(recalls)), 4)}
+
+
+def _timed_sql_search(conn: psycopg.Connection, statement: sql.Composed, queries: np.ndarray, k: int,
+                      truth: list[set[int]], item_id) -> dict:
+    """``statement`` (parameters: the query vector as text, k) per query, timed; ``item_id``
+    turns a result row into its item id for recall."""
+    durations, recalls = [], []
+    for query, expected in zip(queries, truth):
+        text = "[" + ",".join(f"{x:.7g}" for x in query.tolist()) + "]"
+        started = time.perf_counter()
+        rows = conn.execute(statement, (text, k)).fetchall()
+        durations.append(time.perf_counter() - started)
+        recalls.append(len(expected & {item_id(row) for row in rows}) / k)
+    conn.commit()
+    return _search_figures(durations, recalls)
 
 
 def search_sql_scan(conn: psycopg.Connection, queries: np.ndarray, k: int, truth: list[set[int]], dim: int) -> dict:
     statement = sql.SQL("SELECT item_id FROM {} ORDER BY v <=> %s::vector({}) LIMIT %s").format(
         sql.Identifier(SCAN_TABLE), sql.Literal(dim))
-    durations, recalls = [], []
-    for query, expected in zip(queries, truth):
-        text = "[" + ",".join(f"{x:.7g}" for x in query.tolist()) + "]"
-        started = time.perf_counter()
-        found = [r[0] for r in conn.execute(statement, (text, k)).fetchall()]
-        durations.append(time.perf_counter() - started)
-        recalls.append(len(expected & set(found)) / k)
-    conn.commit()
-    return {**percentiles_ms(durations), "recall_at_k": round(float(np.mean(recalls)), 4),
-            "recall_min": round(float(np.min(recalls)), 4)}
+    return _timed_sql_search(conn, statement, queries, k, truth, lambda row: row[0])
 
 
 def search_sql_hnsw(conn: psycopg.Connection, store, queries: np.ndarray, k: int, truth: list[set[int]]) -> dict:
@@ -187,25 +197,18 @@ def search_sql_hnsw(conn: psycopg.Connection, store, queries: np.ndarray, k: int
     on its online table (the HNSW index scan), at the ef_search the plugin uses."""
     from feast.infra.key_encoding_utils import deserialize_entity_key
 
-    from materialize.feature_store.online_store import online_table_name
+    from materialize.feature_store.online_store import ef_search_for, online_table_name
 
     online = store.config.online_store
-    ef_search = min(1000, max(online.hnsw_ef_search, 2 * k))
     statement = sql.SQL("SELECT entity_key FROM {} ORDER BY vector_value <=> %s::vector LIMIT %s").format(
         sql.Identifier(online.db_schema, online_table_name(store.project, VIEW)))
-    durations, recalls = [], []
-    conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef_search)))
-    for query, expected in zip(queries, truth):
-        text = "[" + ",".join(f"{x:.7g}" for x in query.tolist()) + "]"
-        started = time.perf_counter()
-        keys = [r[0] for r in conn.execute(statement, (text, k)).fetchall()]
-        durations.append(time.perf_counter() - started)
-        found = {deserialize_entity_key(bytes(key), 3).entity_values[0].int64_val for key in keys}
-        recalls.append(len(expected & found) / k)
-    conn.execute("RESET hnsw.ef_search")
-    conn.commit()
-    return {**percentiles_ms(durations), "recall_at_k": round(float(np.mean(recalls)), 4),
-            "recall_min": round(float(np.min(recalls)), 4)}
+    conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef_search_for(store.config, k))))
+    try:
+        return _timed_sql_search(conn, statement, queries, k, truth,
+                                 lambda row: deserialize_entity_key(bytes(row[0]), 3).entity_values[0].int64_val)
+    finally:
+        conn.execute("RESET hnsw.ef_search")
+        conn.commit()
 
 
 def measure(run: BenchRun) -> dict:

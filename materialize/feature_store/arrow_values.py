@@ -68,25 +68,6 @@ def _scalars(values: list, value_type: ValueType) -> list[bytes]:
     return [b"" if v is None else _length_delimited(tag, bytes(v)) for v in values]  # BYTES
 
 
-def _fixed_width_lists(column: pa.ChunkedArray, value_type: ValueType) -> list[bytes]:
-    """Float and double lists: the packed body is the values' little-endian bytes."""
-    tag, dtype = _TAGS[value_type], np.dtype(_FIXED_LISTS[value_type])
-    array = column.combine_chunks()
-    offsets = array.offsets.to_numpy()
-    flat = array.values.to_numpy(zero_copy_only=False).astype(dtype, copy=False).tobytes()
-    width = dtype.itemsize
-    valid = array.is_valid().to_numpy(zero_copy_only=False)
-    out = []
-    for row in range(len(array)):
-        if not valid[row]:
-            out.append(b"")
-            continue
-        start, stop = offsets[row], offsets[row + 1]
-        body = b"" if stop == start else _length_delimited(b"\x0a", flat[start * width:stop * width])
-        out.append(_length_delimited(tag, body))
-    return out
-
-
 def _varints(values: np.ndarray) -> tuple[bytes, np.ndarray]:
     """The signed varints of int64 ``values``, concatenated, and each one's end offset."""
     unsigned = values.astype(np.int64).view(np.uint64)  # negatives: two's complement, 10 bytes
@@ -102,13 +83,20 @@ def _varints(values: np.ndarray) -> tuple[bytes, np.ndarray]:
     return groups[keep].tobytes(), np.cumsum(sizes)
 
 
-def _varint_lists(column: pa.ChunkedArray, value_type: ValueType) -> list[bytes]:
-    """Int32 and int64 lists: packed varints, encoded for the whole column at once."""
+def _packed_lists(column: pa.ChunkedArray, value_type: ValueType) -> list[bytes]:
+    """Numeric lists, packed for the whole column at once: floats and doubles as their
+    little-endian bytes, ints as varints; then one slice per row."""
     tag = _TAGS[value_type]
     array = column.combine_chunks()
     offsets = array.offsets.to_numpy()
-    flat, ends = _varints(array.values.to_numpy(zero_copy_only=False))
-    starts_at = np.concatenate([[0], ends])  # byte offset of value i
+    values = array.values.to_numpy(zero_copy_only=False)
+    if value_type in _FIXED_LISTS:
+        dtype = np.dtype(_FIXED_LISTS[value_type])
+        flat = values.astype(dtype, copy=False).tobytes()
+        byte_at = np.arange(len(values) + 1) * dtype.itemsize  # byte offset of value i
+    else:
+        flat, ends = _varints(values)
+        byte_at = np.concatenate([[0], ends])
     valid = array.is_valid().to_numpy(zero_copy_only=False)
     out = []
     for row in range(len(array)):
@@ -116,8 +104,8 @@ def _varint_lists(column: pa.ChunkedArray, value_type: ValueType) -> list[bytes]
             out.append(b"")
             continue
         start, stop = offsets[row], offsets[row + 1]
-        packed = flat[starts_at[start]:starts_at[stop]]
-        out.append(_length_delimited(tag, _length_delimited(b"\x0a", packed) if stop > start else b""))
+        body = _length_delimited(b"\x0a", flat[byte_at[start]:byte_at[stop]]) if stop > start else b""
+        out.append(_length_delimited(tag, body))
     return out
 
 
@@ -133,9 +121,7 @@ def serialized_values(column: pa.ChunkedArray | pa.Array, value_type: ValueType)
             return None
         if any(chunk.values.null_count for chunk in column.chunks):
             return None
-        if value_type in _FIXED_LISTS:
-            return _fixed_width_lists(column, value_type)
-        return _varint_lists(column, value_type)
+        return _packed_lists(column, value_type)
     values = column.to_pylist()
     if value_type in (ValueType.INT64, ValueType.INT32) and pa.types.is_floating(column.type):
         # an int column with nulls that went through pandas (Feast's filter step): NaN is null

@@ -108,8 +108,8 @@ def materialize_online(store, end: dt.datetime | None = None) -> MaterializeRepo
     end = end or dt.datetime.now(dt.timezone.utc)
     started = time.perf_counter()
     views = store.list_feature_views()
-    before = online_entity_counts(store)
-    fresh = [v.name for v in views if not v.materialization_intervals or not before.get(v.name)]
+    empty = set(_empty_online_views(store))
+    fresh = [v.name for v in views if not v.materialization_intervals or v.name in empty]
     if fresh:
         store.materialize(start_date=FIRST_MATERIALIZATION_START, end_date=end, feature_views=fresh)
     store.materialize_incremental(end_date=end)
@@ -117,27 +117,42 @@ def materialize_online(store, end: dt.datetime | None = None) -> MaterializeRepo
     return MaterializeReport(len(views), fresh, end, online_entity_counts(store), seconds)
 
 
-def online_entity_counts(store) -> dict[str, int]:
-    """Entities per feature view in the Postgres online store (the plugin's or stock's)."""
+def _online_tables(store):
+    """(view name, the view's online table or None when missing, connection) per view of
+    the Postgres online store (the plugin's or stock's)."""
     import psycopg
     from psycopg import sql
 
     from materialize.feature_store.online_store import PostgresFastOnlineStoreConfig, online_table_name
 
     online = store.config.online_store
-    packed = isinstance(online, PostgresFastOnlineStoreConfig)  # one row per entity; stock: one per feature
-    count = "SELECT count(*) FROM {}.{}" if packed else "SELECT count(DISTINCT entity_key) FROM {}.{}"
-    counts = {}
+    packed = isinstance(online, PostgresFastOnlineStoreConfig)
     with psycopg.connect(
         host=online.host, port=online.port, dbname=online.database, user=online.user,
         password=online.password, sslmode=online.sslmode,
     ) as conn:
         for view in store.list_feature_views():
-            table = online_table_name(store.project, view.name) if packed else f"{store.project}_{view.name}"
-            exists = conn.execute("SELECT to_regclass(%s)", (f"{online.db_schema}.{table}",)).fetchone()[0]
-            counts[view.name] = (
-                conn.execute(sql.SQL(count).format(sql.Identifier(online.db_schema), sql.Identifier(table))).fetchone()[0]
-                if exists
-                else 0
-            )
-    return counts
+            name = online_table_name(store.project, view.name) if packed else f"{store.project}_{view.name}"
+            exists = conn.execute("SELECT to_regclass(%s)", (f"{online.db_schema}.{name}",)).fetchone()[0]
+            yield view.name, sql.Identifier(online.db_schema, name) if exists else None, conn
+
+
+def _empty_online_views(store) -> list[str]:
+    """Views whose online table is missing or holds no row."""
+    from psycopg import sql
+
+    return [view for view, table, conn in _online_tables(store)
+            if table is None or not conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(table)).fetchone()[0]]
+
+
+def online_entity_counts(store) -> dict[str, int]:
+    """Entities per feature view in the Postgres online store (the plugin's or stock's)."""
+    from psycopg import sql
+
+    from materialize.feature_store.online_store import PostgresFastOnlineStoreConfig
+
+    # the plugin keeps one row per entity, stock one per (entity, feature)
+    packed = isinstance(store.config.online_store, PostgresFastOnlineStoreConfig)
+    count = sql.SQL("SELECT count(*) FROM {}" if packed else "SELECT count(DISTINCT entity_key) FROM {}")
+    return {view: conn.execute(count.format(table)).fetchone()[0] if table is not None else 0
+            for view, table, conn in _online_tables(store)}
