@@ -54,6 +54,8 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
 
+from materialize.feature_store.arrow_connections import CONNECTIONS
+
 STORE_TYPE = "materialize.feature_store.offline_store.LateralJoinPostgreSQLOfflineStore"
 ENTITY_TABLE_PREFIX = "feast_entity_rows_"
 
@@ -65,16 +67,16 @@ class LateralJoinPostgreSQLOfflineStoreConfig(PostgreSQLOfflineStoreConfig):
     type: Literal["materialize.feature_store.offline_store.LateralJoinPostgreSQLOfflineStore"] = STORE_TYPE
 
 
-def adbc_connect(store_config: PostgreSQLOfflineStoreConfig):
-    """An ADBC (Arrow) connection to the offline store's database."""
-    import adbc_driver_postgresql.dbapi as adbc
+def adbc_connection(store_config: PostgreSQLOfflineStoreConfig):
+    """An autocommit ADBC (Arrow) connection to the offline store's database, reused
+    between calls (``arrow_connections``); a context manager."""
     from psycopg.conninfo import make_conninfo
 
     conninfo = make_conninfo(
         host=store_config.host, port=store_config.port, dbname=store_config.database, user=store_config.user,
         password=store_config.password or "", sslmode=store_config.sslmode or "prefer",
     )
-    return adbc.connect(conninfo)
+    return CONNECTIONS.connection(conninfo)
 
 
 def point_in_time_sql(contexts: list, entity_relation: sql.Composable, entity_columns: list[str], timestamp_column: str,
@@ -175,7 +177,7 @@ def _entity_arrow(entity_df: pd.DataFrame, timestamp_column: str) -> pa.Table:
 
 def _fetch_arrow(store_config: PostgreSQLOfflineStoreConfig, query: str) -> pa.Table:
     """The rows of ``query`` as one-chunk Arrow (Feast's writers read a table's first batch only)."""
-    with contextlib.closing(adbc_connect(store_config)) as conn, contextlib.closing(conn.cursor()) as cur:
+    with adbc_connection(store_config) as conn, contextlib.closing(conn.cursor()) as cur:
         cur.execute(query)
         table = cur.fetch_arrow_table()
     return table.replace_schema_metadata(None).combine_chunks()
@@ -227,11 +229,10 @@ class LateralJoinRetrievalJob(PostgreSQLRetrievalJob):
             yield self._render(relation).as_string(None)
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
-        with contextlib.closing(adbc_connect(self.config.offline_store)) as conn, contextlib.closing(conn.cursor()) as cur:
+        with adbc_connection(self.config.offline_store) as conn, contextlib.closing(conn.cursor()) as cur:
             with self._entity_relation(cur) as relation:
                 cur.execute(self._render(relation).as_string(None))
                 table = cur.fetch_arrow_table()
-            conn.commit()
         return table.replace_schema_metadata(None)
 
 
