@@ -14,12 +14,12 @@ Types outside ``SUPPORTED_TYPES`` return None, and the caller takes Feast's own 
 """
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from feast.value_type import ValueType
 
@@ -44,94 +44,136 @@ def varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _signed_varint(n: int) -> bytes:
-    """int32/int64 fields: negative numbers as 10-byte two's complement varints."""
-    return varint(n if n >= 0 else n + (1 << 64))
+_EMPTY = pa.scalar(b"", pa.large_binary())
 
 
-def _length_delimited(tag: bytes, body: bytes) -> bytes:
-    return tag + varint(len(body)) + body
+def _binary(lengths: np.ndarray, data) -> pa.LargeBinaryArray:
+    """Rows of ``lengths`` bytes each, cut one after another from ``data``."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return _sliced(offsets, data)
 
 
-def _scalars(values: list, value_type: ValueType) -> list[bytes]:
+def _sliced(offsets: np.ndarray, data) -> pa.LargeBinaryArray:
+    """Row i is ``data[offsets[i]:offsets[i + 1]]`` (no copy)."""
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(offsets) - 1,
+                                            [None, pa.py_buffer(offsets.astype(np.int64)), pa.py_buffer(data)])
+
+
+def fixed_width(matrix: np.ndarray) -> pa.LargeBinaryArray:
+    """One row per row of a (rows, width) uint8 matrix."""
+    return _binary(np.full(len(matrix), matrix.shape[1], dtype=np.int64), np.ascontiguousarray(matrix))
+
+
+def join(*parts) -> pa.LargeBinaryArray:
+    """Row-wise concatenation of binary arrays and ``bytes`` constants."""
+    columns = [pa.scalar(p, pa.large_binary()) if isinstance(p, bytes) else p for p in parts]
+    return pc.binary_join_element_wise(*columns, _EMPTY)
+
+
+def varints(values: np.ndarray) -> pa.LargeBinaryArray:
+    """Each int64 value's signed varint (negatives: ten bytes of two's complement)."""
+    flat, ends = _varints(values)
+    return _binary(np.diff(ends, prepend=0), flat)
+
+
+def length_delimited(tag: bytes, bodies: pa.LargeBinaryArray) -> pa.LargeBinaryArray:
+    """``tag + varint(len(body)) + body`` per row."""
+    return join(tag, varints(pc.binary_length(bodies).to_numpy(zero_copy_only=False)), bodies)
+
+
+def _where(valid: np.ndarray, rows: pa.LargeBinaryArray) -> pa.LargeBinaryArray:
+    """``rows`` where ``valid``, ``b""`` elsewhere."""
+    return rows if valid.all() else pc.if_else(pa.array(valid), rows, _EMPTY)
+
+
+def _scalars(array: pa.Array, value_type: ValueType) -> pa.LargeBinaryArray | None:
     tag = _TAGS[value_type]
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
     if value_type in (ValueType.INT64, ValueType.INT32):
-        return [b"" if v is None else tag + _signed_varint(v) for v in values]
-    if value_type == ValueType.DOUBLE:
-        return [b"" if v is None or math.isnan(v) else tag + struct.pack("<d", v) for v in values]
-    if value_type == ValueType.FLOAT:
-        return [b"" if v is None or math.isnan(v) else tag + struct.pack("<f", v) for v in values]
+        if pa.types.is_floating(array.type):  # an int column with nulls that went through pandas: NaN is null
+            floats = pc.fill_null(array, float("nan")).to_numpy(zero_copy_only=False)
+            valid &= ~np.isnan(floats)
+            values = np.where(valid, floats, 0).astype(np.int64)
+        else:
+            values = pc.fill_null(array, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        return _where(valid, join(tag, varints(values)))
+    if value_type in (ValueType.DOUBLE, ValueType.FLOAT):
+        dtype = np.dtype("<f8" if value_type == ValueType.DOUBLE else "<f4")
+        floats = pc.fill_null(array, float("nan")).to_numpy(zero_copy_only=False).astype(dtype)
+        valid &= ~np.isnan(floats)
+        matrix = np.empty((len(floats), 1 + dtype.itemsize), dtype=np.uint8)
+        matrix[:, 0] = tag[0]
+        matrix[:, 1:] = floats.view(np.uint8).reshape(-1, dtype.itemsize)
+        return _where(valid, fixed_width(matrix))
     if value_type == ValueType.BOOL:
-        return [b"" if v is None else tag + (b"\x01" if v else b"\x00") for v in values]
-    if value_type == ValueType.STRING:
-        return [b"" if v is None else _length_delimited(tag, v.encode()) for v in values]
-    return [b"" if v is None else _length_delimited(tag, bytes(v)) for v in values]  # BYTES
+        matrix = np.empty((len(array), 2), dtype=np.uint8)
+        matrix[:, 0] = tag[0]
+        matrix[:, 1] = pc.fill_null(array, False).to_numpy(zero_copy_only=False)
+        return _where(valid, fixed_width(matrix))
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)
+            or pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)):
+        return None
+    return _where(valid, length_delimited(tag, pc.fill_null(array.cast(pa.large_binary()), _EMPTY)))
 
 
 def _varints(values: np.ndarray) -> tuple[bytes, np.ndarray]:
     """The signed varints of int64 ``values``, concatenated, and each one's end offset."""
     unsigned = values.astype(np.int64).view(np.uint64)  # negatives: two's complement, 10 bytes
-    groups = np.stack([(unsigned >> np.uint64(7 * i)) & np.uint64(0x7F) for i in range(10)], axis=1).astype(np.uint8)
-    bits = np.zeros(len(unsigned), dtype=np.int64)
-    remaining = unsigned.copy()
-    while remaining.any():
-        bits += remaining > 0
-        remaining >>= np.uint64(7)
-    sizes = np.maximum(bits, 1)
-    keep = np.arange(10) < sizes[:, None]
-    groups[np.arange(10) < (sizes - 1)[:, None]] |= 0x80  # continuation bit on all but the last byte
-    return groups[keep].tobytes(), np.cumsum(sizes)
+    sizes = np.ones(len(unsigned), dtype=np.int64)
+    for group in range(1, 10):
+        sizes += unsigned >= np.uint64(1 << (7 * group))
+    ends = np.cumsum(sizes)
+    out = np.empty(int(ends[-1]) if len(ends) else 0, dtype=np.uint8)
+    position, remaining, more = ends - sizes, unsigned, sizes
+    while len(position):  # one pass per byte: every value still longer writes its next seven bits
+        out[position] = (remaining & np.uint64(0x7F)).astype(np.uint8) | np.where(more > 1, 0x80, 0).astype(np.uint8)
+        longer = more > 1
+        position, remaining, more = position[longer] + 1, remaining[longer] >> np.uint64(7), more[longer] - 1
+    return out.tobytes(), ends
 
 
-def _packed_lists(column: pa.ChunkedArray, value_type: ValueType) -> list[bytes]:
+def _packed_lists(array: pa.Array, value_type: ValueType) -> pa.LargeBinaryArray:
     """Numeric lists, packed for the whole column at once: floats and doubles as their
-    little-endian bytes, ints as varints; then one slice per row."""
-    tag = _TAGS[value_type]
-    array = column.combine_chunks()
-    offsets = array.offsets.to_numpy()
+    little-endian bytes, ints as varints; an empty list is an empty message."""
     values = array.values.to_numpy(zero_copy_only=False)
     if value_type in _FIXED_LISTS:
         dtype = np.dtype(_FIXED_LISTS[value_type])
         flat = values.astype(dtype, copy=False).tobytes()
-        byte_at = np.arange(len(values) + 1) * dtype.itemsize  # byte offset of value i
+        byte_at = np.arange(len(values) + 1, dtype=np.int64) * dtype.itemsize  # byte offset of value i
     else:
         flat, ends = _varints(values)
         byte_at = np.concatenate([[0], ends])
-    valid = array.is_valid().to_numpy(zero_copy_only=False)
-    out = []
-    for row in range(len(array)):
-        if not valid[row]:
-            out.append(b"")
-            continue
-        start, stop = offsets[row], offsets[row + 1]
-        body = _length_delimited(b"\x0a", flat[byte_at[start]:byte_at[stop]]) if stop > start else b""
-        out.append(_length_delimited(tag, body))
-    return out
+    row_bytes = byte_at[array.offsets.to_numpy()]  # each row's values are one slice of ``flat``
+    packed = _sliced(row_bytes, flat)
+    bodies = _where(np.diff(row_bytes) > 0, length_delimited(b"\x0a", packed))
+    return _where(array.is_valid().to_numpy(zero_copy_only=False), length_delimited(_TAGS[value_type], bodies))
 
 
-def serialized_values(column: pa.ChunkedArray | pa.Array, value_type: ValueType) -> list[bytes] | None:
-    """Per row, the serialized ``Value`` of ``column`` as Feast type ``value_type``; None
-    when the type (or a null inside a list) needs Feast's own conversion."""
+def serialized_values(column: pa.ChunkedArray | pa.Array, value_type: ValueType) -> pa.LargeBinaryArray | None:
+    """Per row, the serialized ``Value`` of ``column`` as Feast type ``value_type`` (``b""``
+    for a null); None when the type (or a null inside a list) needs Feast's own conversion."""
     if value_type not in SUPPORTED_TYPES:
         return None
-    if isinstance(column, pa.Array):
-        column = pa.chunked_array([column])
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     if value_type in _FIXED_LISTS or value_type in (ValueType.INT32_LIST, ValueType.INT64_LIST):
-        if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type):
+        if not pa.types.is_list(array.type) and not pa.types.is_large_list(array.type):
             return None
-        if any(chunk.values.null_count for chunk in column.chunks):
+        if array.values.null_count:
             return None
-        return _packed_lists(column, value_type)
-    values = column.to_pylist()
-    if value_type in (ValueType.INT64, ValueType.INT32) and pa.types.is_floating(column.type):
-        # an int column with nulls that went through pandas (Feast's filter step): NaN is null
-        values = [None if v is None or math.isnan(v) else int(v) for v in values]
-    elif value_type in (ValueType.STRING, ValueType.BYTES) and not (
-        pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-        or pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)
-    ):
-        return None
-    return _scalars(values, value_type)
+        return _packed_lists(array, value_type)
+    return _scalars(array, value_type)
+
+
+def timestamp_wires(column: pa.ChunkedArray | pa.Array) -> pa.LargeBinaryArray:
+    """Per row, the timestamp as one ``event_timestamps`` element of a serving response's
+    ``FeatureVector`` (tag, length, ``google.protobuf.Timestamp``), as
+    ``Timestamp.FromDatetime`` gives it; naive timestamps mean UTC, nulls are not allowed."""
+    micros = column.cast(pa.timestamp("us")).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    seconds, nanos = np.divmod(micros, 1_000_000)
+    nanos *= 1000
+    parts = [_where(seconds != 0, join(b"\x08", varints(seconds))), _where(nanos != 0, join(b"\x10", varints(nanos)))]
+    return length_delimited(b"\x1a", join(*parts))
 
 
 def serialized_entity_keys(columns: Mapping[str, Sequence], value_types: Mapping[str, ValueType], version: int) -> list[bytes] | None:

@@ -98,7 +98,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Literal, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import psycopg
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.pq import TransactionStatus
@@ -120,7 +122,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
-from materialize.feature_store.arrow_values import serialized_entity_keys, serialized_values, varint
+from materialize.feature_store.arrow_values import (fixed_width, join, length_delimited, serialized_entity_keys,
+                                                   serialized_values, timestamp_wires, varint)
+from materialize.feature_store.binary_copy import int4_array_values, int8_values, timestamptz_values, write_copy
 
 log = logging.getLogger(__name__)
 
@@ -382,22 +386,23 @@ def _vector_binary(value: Optional[ValueProto], column: VectorColumn, view: str)
     return _VECTOR_HEADER.pack(len(items), 0) + struct.pack(f">{len(items)}f", *items)
 
 
-def _vector_binaries(column: pa.ChunkedArray, vector: VectorColumn, view: str) -> List[Optional[bytes]]:
-    """pgvector's binary input per row of a list column; None for a null or empty list."""
+def _vector_binaries(column: pa.ChunkedArray, vector: VectorColumn, view: str) -> pa.LargeBinaryArray:
+    """pgvector's binary input per row of a list column; null for a null or empty list."""
     array = column.combine_chunks()
-    offsets = array.offsets.to_numpy()
+    offsets = array.offsets.to_numpy().astype(np.int64)
+    lengths = np.diff(offsets)
+    present = array.is_valid().to_numpy(zero_copy_only=False) & (lengths > 0)
+    wrong = present & (lengths != vector.dimension) if vector.dimension else np.zeros(len(lengths), bool)
+    if wrong.any():
+        length = int(lengths[wrong.argmax()])
+        raise ValueError(f"{view}.{vector.feature}: a vector of length {length} where vector_length is {vector.dimension}")
     flat = array.values.to_numpy(zero_copy_only=False).astype(">f4").tobytes()
-    valid = array.is_valid().to_numpy(zero_copy_only=False)
-    out: List[Optional[bytes]] = []
-    for row in range(len(array)):
-        length = int(offsets[row + 1] - offsets[row])
-        if not valid[row] or length == 0:
-            out.append(None)
-            continue
-        if vector.dimension and length != vector.dimension:
-            raise ValueError(f"{view}.{vector.feature}: a vector of length {length} where vector_length is {vector.dimension}")
-        out.append(_VECTOR_HEADER.pack(length, 0) + flat[offsets[row] * 4:offsets[row + 1] * 4])
-    return out
+    values = pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(lengths), [None, pa.py_buffer(offsets * 4),
+                                                                                pa.py_buffer(flat)])
+    head = np.zeros((len(lengths), 2), dtype=">i2")  # dimension, unused
+    head[:, 0] = lengths
+    rows = join(fixed_width(head.view(np.uint8).reshape(-1, 4)), values)
+    return rows if present.all() else pc.if_else(pa.array(present), rows, pa.scalar(None, pa.large_binary()))
 
 
 def _utc(ts: datetime) -> datetime:
@@ -851,50 +856,66 @@ class PostgresFastOnlineStore(OnlineStore):
         staging table, then one INSERT ... ON CONFLICT keeping the newest row."""
         target = view_table(config, table)
         rows, layouts = self._staged_rows(config, table, target, data)
-        self._write_rows(config, target, rows, layouts)
+        types = self._write_statements(target)[4]
+
+        def fill_stage(copy) -> None:
+            copy.set_types(types)
+            for row in rows:
+                copy.write_row(row)
+
+        self._write_rows(config, target, len(rows), layouts, fill_stage)
         if progress:
             progress(len(data))
 
     def online_write_arrow(self, config: RepoConfig, table: FeatureView, data: pa.Table,
                            join_key_types: Mapping[str, ValueType]) -> bool:
         """``online_write_batch`` for a materialized Arrow batch (the columns of the view's
-        join keys, features and batch-source timestamps), encoded without protobuf objects.
-        Returns False, having written nothing, when a column needs Feast's conversion."""
+        join keys, features and batch-source timestamps), encoded column by column into one
+        binary COPY stream. Returns False, having written nothing, when a column needs
+        Feast's conversion."""
         target = view_table(config, table)
         names = tuple(f.name for f in table.features)
-        columns = [serialized_values(data.column(f.name), f.dtype.to_value_type()) for f in table.features]
+        values = [serialized_values(data.column(f.name), f.dtype.to_value_type()) for f in table.features]
         keys = serialized_entity_keys(
             {k: data.column(k).to_pylist() for k in join_key_types}, join_key_types, config.entity_key_serialization_version
         )
-        if keys is None or any(c is None for c in columns):
-            return False
         source = table.batch_source
-        event_ts = [_utc(ts) for ts in data.column(source.timestamp_field).to_pylist()]
-        created = source.created_timestamp_column
-        created_ts = data.column(created).to_pylist() if created else [None] * data.num_rows
-        vectors = _vector_binaries(data.column(target.vector.feature), target.vector, table.name) if target.vector else None
+        event_ts = data.column(source.timestamp_field)
+        if keys is None or any(v is None for v in values) or event_ts.null_count:
+            return False
+        rows = data.num_rows
+        elements = [length_delimited(b"\x0a", v) for v in values]  # each a ``Value`` inside a ``RepeatedValue``
+        offsets = np.zeros((rows, len(elements) + 1), dtype=np.int64)
+        sizes = np.column_stack([pc.binary_length(e).to_numpy(zero_copy_only=False) for e in elements])
+        np.cumsum(sizes, axis=1, out=offsets[:, 1:])
         layout = layout_id(names)
-        rows = []
-        for seq, (key, values, ts, created_at) in enumerate(zip(keys, zip(*columns), event_ts, created_ts)):
-            elements = [b"\x0a" + varint(len(v)) + v for v in values]
-            offsets = [0]
-            for element in elements:
-                offsets.append(offsets[-1] + len(element))
-            row: tuple = (seq, key, layout, _int4_array_binary(offsets), b"".join(elements), ts,
-                          _utc(created_at) if created_at is not None else None, _timestamp_wire(ts))
-            rows.append(row + (vectors[seq],) if vectors is not None else row)
-        self._write_rows(config, target, rows, {layout: names})
+        created = source.created_timestamp_column
+        fields = [
+            int8_values(np.arange(rows)),
+            pa.array(keys, pa.large_binary()),
+            int8_values(np.full(rows, layout)),
+            int4_array_values(offsets),
+            join(*elements),
+            timestamptz_values(event_ts),
+            timestamptz_values(data.column(created)) if created else pa.nulls(rows, pa.large_binary()),
+            timestamp_wires(event_ts),
+        ]
+        if target.vector:
+            fields.append(_vector_binaries(data.column(target.vector.feature), target.vector, table.name))
+        self._write_rows(config, target, rows, {layout: names}, lambda copy: write_copy(copy, fields))
         return True
 
-    def _write_rows(self, config: RepoConfig, target: ViewTable, rows: List[tuple], layouts: Dict[int, Tuple[str, ...]]) -> None:
-        """COPY staged ``rows`` and upsert them, rebuilding the HNSW index after a large batch."""
-        if not rows:
+    def _write_rows(self, config: RepoConfig, target: ViewTable, row_count: int, layouts: Dict[int, Tuple[str, ...]],
+                    fill_stage: Callable[[Any], None]) -> None:
+        """Stage ``row_count`` rows (``fill_stage`` writes them to the COPY) and upsert
+        them, rebuilding the HNSW index after a large batch."""
+        if not row_count:
             return
-        create_stage, insert_layout, copy_stage, upsert, types = self._write_statements(target)
+        create_stage, insert_layout, copy_stage, upsert, _ = self._write_statements(target)
 
         def work(conn: psycopg.Connection) -> None:
             with conn.cursor() as cur:
-                rebuild = self._rebuild_index(cur, target, len(rows))
+                rebuild = self._rebuild_index(cur, target, row_count)
                 if rebuild:
                     create_index, drop_index = self._index_sql(config, target)
                     cur.execute(drop_index)
@@ -904,9 +925,7 @@ class PostgresFastOnlineStore(OnlineStore):
                             cur.execute(insert_layout, (layout, list(names)))
                         cur.execute(create_stage)
                         with cur.copy(copy_stage) as copy:
-                            copy.set_types(types)
-                            for row in rows:
-                                copy.write_row(row)
+                            fill_stage(copy)
                         cur.execute(upsert)
                 finally:
                     if rebuild and not conn.broken:  # also after a failed upsert
