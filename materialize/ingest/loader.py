@@ -12,34 +12,24 @@ import hashlib
 import io
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 import psycopg
-import pyarrow as pa
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from materialize.embeddings.item_text import item_text, text_sha256
-from materialize.ingest.schema import EVENTS, ITEMS, TableSchema
-from materialize.ingest.validation import Rejection, check_columns, raw_json, validate_events, validate_items
+from materialize.ingest.readers import RawChunk, file_sha256, frames_as_chunks, read_file
+from materialize.ingest.schema import EVENTS, ITEMS
+from materialize.ingest.validation import Rejection, UnreadableInput, raw_json, validate_events, validate_items
 
 log = logging.getLogger(__name__)
 
 EXAMPLES_KEPT = 20
 """Rejections quoted in a report (all of them are in the quarantine table)."""
-
-
-@dataclass
-class RawChunk:
-    """Rows of one input chunk before validation."""
-
-    frame: pd.DataFrame                 # schema columns, strings (files) or typed (generators)
-    lines: np.ndarray                   # (n,) int64 line of each row in its source
-    malformed: list[Rejection] = field(default_factory=list)  # lines that could not be parsed
 
 
 @dataclass
@@ -54,6 +44,7 @@ class IngestReport:
     updated: int = 0
     quarantined: int = 0
     duplicate: int = 0
+    conversions: dict[str, int] = field(default_factory=dict)  # loaded rows changed as documented, per change
     examples: list[str] = field(default_factory=list)
 
     @property
@@ -61,108 +52,11 @@ class IngestReport:
         return self.rows_read == self.loaded + self.quarantined + self.duplicate
 
     def summary(self) -> str:
+        converted = "".join(f"; {change}: {rows:,} rows" for change, rows in sorted(self.conversions.items()))
         return (
             f"{self.kind} from {self.source}: read {self.rows_read:,} = loaded {self.loaded:,}"
-            f" (updated {self.updated:,}) + quarantined {self.quarantined:,} + duplicate {self.duplicate:,}"
+            f" (updated {self.updated:,}) + quarantined {self.quarantined:,} + duplicate {self.duplicate:,}{converted}"
         )
-
-
-# ---------------------------------------------------------------------------- readers
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _csv_chunks(path: Path, schema: TableSchema, chunk_rows: int) -> Iterator[RawChunk]:
-    # "CSV UTF-8" from spreadsheets starts with a byte-order mark; headers often have ", ".
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        header = [c.strip() for c in handle.readline().rstrip("\r\n").split(",")]
-    check_columns(header, schema, str(path))
-    malformed: list[Rejection] = []
-
-    def on_invalid_row(row) -> str:
-        malformed.append(
-            Rejection(
-                line=int(row.number),
-                field=None,
-                reason=f"malformed line: expected {row.expected_columns} fields, found {row.actual_columns}",
-                raw={"text": row.text},
-            )
-        )
-        return "skip"
-
-    reader = pa_csv.open_csv(
-        path,
-        read_options=pa_csv.ReadOptions(use_threads=False, block_size=1 << 22, skip_rows=1, column_names=header),
-        parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid_row),
-        convert_options=pa_csv.ConvertOptions(
-            # Only an empty field is missing: Arrow's default null spellings ("NA", "null", "NaN",
-            # "N/A", ...) would turn a price of "NaN" or a session called "NA" into NULL unseen.
-            column_types={c: pa.string() for c in header}, strings_can_be_null=True, quoted_strings_can_be_null=False,
-            null_values=[""],
-        ),
-    )
-    next_line = 2  # line 1 is the header
-    pending: list[pd.DataFrame] = []
-    pending_lines: list[np.ndarray] = []
-    pending_rows = 0
-    for batch in reader:
-        n = batch.num_rows
-        known_bad = np.array(sorted(r.line for r in malformed if r.line >= next_line), dtype=np.int64)
-        candidates = np.arange(next_line, next_line + n + len(known_bad), dtype=np.int64)
-        lines = np.setdiff1d(candidates, known_bad, assume_unique=True)[:n]
-        if n:
-            next_line = int(lines[-1]) + 1
-        pending.append(batch.to_pandas())
-        pending_lines.append(lines)
-        pending_rows += n
-        if pending_rows >= chunk_rows:
-            yield RawChunk(pd.concat(pending, ignore_index=True), np.concatenate(pending_lines), malformed)
-            pending, pending_lines, pending_rows, malformed = [], [], 0, []
-    yield RawChunk(
-        pd.concat(pending, ignore_index=True) if pending else pd.DataFrame(columns=header),
-        np.concatenate(pending_lines) if pending_lines else np.empty(0, np.int64),
-        malformed,
-    )
-
-
-def _parquet_chunks(path: Path, schema: TableSchema, chunk_rows: int) -> Iterator[RawChunk]:
-    parquet = pq.ParquetFile(path)
-    check_columns(parquet.schema_arrow.names, schema, str(path))
-    first_row = 1
-    for batch in parquet.iter_batches(batch_size=chunk_rows):
-        frame = batch.to_pandas()
-        yield RawChunk(frame, np.arange(first_row, first_row + len(frame), dtype=np.int64))
-        first_row += len(frame)
-
-
-def read_file(path: Path, schema: TableSchema, chunk_rows: int) -> Iterator[RawChunk]:
-    """Chunks of a CSV (comma separated, header line) or Parquet file.
-
-    Raises:
-        SchemaError: the column set is wrong (names the file and the columns).
-        ValueError: the file type is not supported.
-    """
-    suffix = path.suffix.lower()
-    if suffix in {".csv", ".txt"}:
-        return _csv_chunks(path, schema, chunk_rows)
-    if suffix in {".parquet", ".pq"}:
-        return _parquet_chunks(path, schema, chunk_rows)
-    raise ValueError(f"{path}: unsupported file type {suffix!r} (use .csv or .parquet)")
-
-
-def frames_as_chunks(frames: Iterable[pd.DataFrame], schema: TableSchema, source: str) -> Iterator[RawChunk]:
-    """Adapt in-memory frames (a generator's output) to chunks; lines count rows from 1."""
-    first_row = 1
-    for frame in frames:
-        check_columns(list(frame.columns), schema, source)
-        yield RawChunk(frame.reset_index(drop=True), np.arange(first_row, first_row + len(frame), dtype=np.int64))
-        first_row += len(frame)
 
 
 # ---------------------------------------------------------------------------- loaders
@@ -176,7 +70,7 @@ def _copy_frame(cur: psycopg.Cursor, table: str, frame: pd.DataFrame) -> None:
         copy.write(buffer.getvalue())
 
 
-def _quarantine(cur: psycopg.Cursor, report: IngestReport, sha: str, rejections: list[Rejection]) -> None:
+def _quarantine(cur: psycopg.Cursor, report: IngestReport, sha: str, rejections: list[Rejection], unit: str) -> None:
     if not rejections:
         return
     cur.execute("CREATE TEMP TABLE IF NOT EXISTS stage_quarantine (line bigint, field text, reason text, raw jsonb)")
@@ -194,10 +88,10 @@ def _quarantine(cur: psycopg.Cursor, report: IngestReport, sha: str, rejections:
     )
     report.quarantined += len(rejections)
     for r in rejections[: max(0, EXAMPLES_KEPT - len(report.examples))]:
-        report.examples.append(r.describe(report.source))
+        report.examples.append(r.describe(report.source, unit))
 
 
-def _load_events_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clean: pd.DataFrame) -> None:
+def _load_events_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clean: pd.DataFrame, chunk: RawChunk) -> None:
     cur.execute(
         """
         CREATE TEMP TABLE IF NOT EXISTS stage_events (
@@ -209,32 +103,24 @@ def _load_events_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clea
     _copy_frame(cur, "stage_events", clean)
     unknown = cur.execute(
         """
-        SELECT s.line, s.user_id, s.item_id, s.event_type, s.event_timestamp, s.price, s.session_id
-        FROM stage_events s
+        DELETE FROM stage_events s
         WHERE NOT EXISTS (SELECT 1 FROM interest.items i WHERE i.item_id = s.item_id)
+        RETURNING s.line, s.item_id
         """
     ).fetchall()
     if unknown:
+        unknown.sort()
+        positions = np.searchsorted(chunk.lines, [line for line, _ in unknown])
         _quarantine(
             cur,
             report,
             sha,
             [
-                Rejection(
-                    line=row[0],
-                    field="item_id",
-                    reason=f"item_id: unknown item {row[2]} (not in the catalogue)",
-                    raw=dict(
-                        zip(
-                            ("user_id", "item_id", "event_type", "event_timestamp", "price", "session_id"),
-                            (str(v) if v is not None else None for v in row[1:]),
-                        )
-                    ),
-                )
-                for row in unknown
+                Rejection(line=line, field="item_id", reason=f"item_id: unknown item {item_id} (not in the catalogue)", raw=raw)
+                for (line, item_id), raw in zip(unknown, chunk.raw(positions))
             ],
+            chunk.unit,
         )
-        cur.execute("DELETE FROM stage_events s WHERE NOT EXISTS (SELECT 1 FROM interest.items i WHERE i.item_id = s.item_id)")
     staged = len(clean) - len(unknown)
     cur.execute(
         """
@@ -251,7 +137,7 @@ def _load_events_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clea
     report.duplicate += staged - cur.rowcount
 
 
-def _load_items_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clean: pd.DataFrame) -> None:
+def _load_items_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clean: pd.DataFrame, chunk: RawChunk) -> None:
     # Within a file the first row of an item wins; a later identical row is a duplicate,
     # a later conflicting row is quarantined.
     first = ~clean.duplicated("item_id", keep="first")
@@ -259,7 +145,7 @@ def _load_items_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clean
     kept = clean[first].copy()
     if len(repeats):
         originals = kept.set_index("item_id")
-        conflicts = []
+        conflicts: list[tuple[int, str]] = []
         for row in repeats.itertuples(index=False):
             original = originals.loc[row.item_id]
             same = all(
@@ -269,15 +155,11 @@ def _load_items_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clean
             if same:
                 report.duplicate += 1
             else:
-                conflicts.append(
-                    Rejection(
-                        line=int(row.line),
-                        field="item_id",
-                        reason=f"item_id: item {row.item_id} repeats line {int(original['line'])} with different values",
-                        raw={k: (None if pd.isna(v) else str(v)) for k, v in row._asdict().items() if k != "line"},
-                    )
-                )
-        _quarantine(cur, report, sha, conflicts)
+                conflicts.append((int(row.line), f"item_id: item {row.item_id} repeats {chunk.unit} "
+                                                 f"{int(original['line'])} with different values"))
+        raws = chunk.raw(np.searchsorted(chunk.lines, [line for line, _ in conflicts]))
+        _quarantine(cur, report, sha, [Rejection(line, "item_id", reason, raw)
+                                       for (line, reason), raw in zip(conflicts, raws)], chunk.unit)
     descriptions = kept["description"].astype(object).where(kept["description"].notna(), None)
     kept["text_sha256"] = [text_sha256(item_text(t, d)) for t, d in zip(kept["title"], descriptions)]
     cur.execute(
@@ -322,6 +204,7 @@ def load(
     source_sha256: str,
     now: pd.Timestamp | None = None,
     future_tolerance_s: int = 300,
+    min_event_time: datetime | None = None,
     progress: bool = False,
     total_rows: int | None = None,
 ) -> IngestReport:
@@ -332,6 +215,7 @@ def load(
         source: a name for the input, kept with every quarantined row.
         source_sha256: content hash of the input; quarantine rows are unique per (hash, line).
         now: reference time for future timestamps (default: current UTC time).
+        min_event_time: events stamped earlier are quarantined (None: no lower bound).
 
     Returns:
         The reconciled counts; also stored in ``interest.ingest_runs``.
@@ -349,7 +233,7 @@ def load(
         bar = tqdm(total=total_rows, unit="rows", desc=f"load {kind}", disable=not progress)
         try:
             for chunk in chunks:
-                _load_chunk(cur, report, kind, chunk, source_sha256, now, future_tolerance_s)
+                _load_chunk(cur, report, kind, chunk, source_sha256, now, future_tolerance_s, min_event_time)
                 chunk_rows = len(chunk.frame) + len(chunk.malformed)
                 report.rows_read += chunk_rows
                 _record(cur, report, status="running")
@@ -370,19 +254,18 @@ def load(
 
 
 def _load_chunk(cur: psycopg.Cursor, report: IngestReport, kind: str, chunk: RawChunk, sha: str,
-                now: pd.Timestamp, future_tolerance_s: int) -> None:
+                now: pd.Timestamp, future_tolerance_s: int, min_event_time: datetime | None) -> None:
     """Quarantine the chunk's bad rows and load its good ones (not committed)."""
-    _quarantine(cur, report, sha, chunk.malformed)
+    _quarantine(cur, report, sha, chunk.malformed, chunk.unit)
     if kind == EVENTS.name:
-        clean, rejected = validate_events(chunk.frame, chunk.lines, now, future_tolerance_s)
-        _quarantine(cur, report, sha, rejected)
-        if len(clean):
-            _load_events_chunk(cur, report, sha, clean)
+        checked = validate_events(chunk.frame, chunk.lines, chunk.raw, now, future_tolerance_s, min_event_time)
     else:
-        clean, rejected = validate_items(chunk.frame, chunk.lines)
-        _quarantine(cur, report, sha, rejected)
-        if len(clean):
-            _load_items_chunk(cur, report, sha, clean)
+        checked = validate_items(chunk.frame, chunk.lines, chunk.raw)
+    _quarantine(cur, report, sha, checked.rejections, chunk.unit)
+    if len(checked.clean):
+        (_load_events_chunk if kind == EVENTS.name else _load_items_chunk)(cur, report, sha, checked.clean, chunk)
+    for change, rows in checked.conversions.items():
+        report.conversions[change] = report.conversions.get(change, 0) + rows
 
 
 def _record(cur: psycopg.Cursor, report: IngestReport, status: str, error: str | None = None) -> None:
@@ -416,7 +299,11 @@ def load_file(conn: psycopg.Connection, kind: str, path: Path, chunk_rows: int, 
     path = Path(path)
     schema = EVENTS if kind == EVENTS.name else ITEMS
     chunks = read_file(path, schema, chunk_rows)
-    return load(conn, kind, chunks, source=str(path), source_sha256=file_sha256(path), **kwargs)
+    try:
+        sha = file_sha256(path)
+    except OSError as error:
+        raise UnreadableInput(f"{path}: cannot be read ({error.strerror})") from None
+    return load(conn, kind, chunks, source=str(path), source_sha256=sha, **kwargs)
 
 
 def load_frames(

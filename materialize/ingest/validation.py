@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -18,9 +20,21 @@ import pandas as pd
 from materialize.ingest.schema import EVENT_TYPE_CODES, TableSchema
 
 MAX_ID = 2**63 - 1
+MAX_PRICE = Decimal("999999999999.99")
+"""The largest price ``numeric(14, 2)`` holds."""
+
+_ESCAPED = {c: f"\\x{c:02x}" for c in [*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0)]}
+_ESCAPED.update({c: f"\\x{c - 0xDC00:02x}" for c in range(0xDC80, 0xDD00)})  # bytes kept by surrogateescape
+_ESCAPED.update({c: f"\\u{c:04x}" for c in range(0xD800, 0xE000) if c not in _ESCAPED})
+_CONTROL = "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+_NOT_UTF8 = "[\ud800-\udfff]"
 
 
-class SchemaError(ValueError):
+class UnreadableInput(ValueError):
+    """An input that cannot be read as a table; the message names it and the cause."""
+
+
+class SchemaError(UnreadableInput):
     """An input whose column set does not match the documented schema."""
 
 
@@ -33,14 +47,21 @@ class Rejection:
     reason: str
     raw: dict[str, Any]
 
-    def describe(self, source: str) -> str:
-        return f"{source} line {self.line}: {self.reason}"
+    def describe(self, source: str, unit: str = "line") -> str:
+        """``source line 12: reason`` (``row`` for Parquet files and frames)."""
+        return f"{source} {unit} {self.line}: {self.reason}"
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters and bytes that are not UTF-8 (kept as surrogates)
+    written as ``\\xNN``: what PostgreSQL text and JSON can hold, and a terminal can show."""
+    return text.translate(_ESCAPED)
 
 
 def check_columns(columns: list[str], schema: TableSchema, source: str) -> None:
     """Raise ``SchemaError`` naming the source and fields when the column set is wrong."""
     missing = [c for c in schema.required if c not in columns]
-    unexpected = [c for c in columns if c not in schema.columns]
+    unexpected = [printable(c[:40]) for c in columns if c not in schema.columns][:10]
     duplicated = sorted({c for c in columns if columns.count(c) > 1})
     if missing or unexpected or duplicated:
         parts = []
@@ -57,13 +78,34 @@ def check_columns(columns: list[str], schema: TableSchema, source: str) -> None:
 
 
 def _text(series: pd.Series) -> pd.Series:
-    """Values as stripped strings, missing values as None."""
-    out = series.astype("string").str.strip()
+    """Values as strings without surrounding spaces, tabs and line breaks; empty ones missing."""
+    out = series.astype("string").str.strip(" \t\r\n")
     return out.mask(out == "", pd.NA)
 
 
+def _reason(reason: np.ndarray | str, mask: pd.Series, text: pd.Series, template: str) -> np.ndarray:
+    """``reason`` with ``template`` where ``mask`` holds, its ``{}`` the row's value
+    (the first 40 characters, ``printable``)."""
+    out = np.full(len(text), reason, dtype=object) if isinstance(reason, str) else reason.astype(object)
+    positions = np.flatnonzero(mask.fillna(False).to_numpy(dtype=bool))
+    for pos, value in zip(positions, text.iloc[positions].tolist()):
+        out[pos] = template.format(printable(("" if value is pd.NA else str(value))[:40]))
+    return out
+
+
+def _free_text(series: pd.Series, field: str, problems: dict[str, pd.Series]) -> pd.Series:
+    """Text kept as it is (trimmed): no control characters, nothing that is not UTF-8."""
+    text = _text(series)
+    control = text.str.contains(_CONTROL).fillna(False).astype(bool)
+    not_utf8 = text.str.contains(_NOT_UTF8).fillna(False).astype(bool)
+    reason = _reason("", control, text, field + ": control character in '{}'")
+    reason = _reason(reason, not_utf8, text, field + ": not UTF-8 text: '{}'")
+    problems[field] = pd.Series(reason, index=series.index)
+    return text
+
+
 def _positive_ids(series: pd.Series, field: str, problems: dict[str, pd.Series]) -> pd.Series:
-    if pd.api.types.is_integer_dtype(series):
+    if pd.api.types.is_signed_integer_dtype(series):
         values = series.astype("Int64")
         problems[field] = pd.Series(
             np.where(values.isna(), f"{field}: missing", np.where(values <= 0, f"{field}: must be a positive integer", "")),
@@ -71,38 +113,50 @@ def _positive_ids(series: pd.Series, field: str, problems: dict[str, pd.Series])
         )
         return values
     text = _text(series)
-    is_int = text.str.fullmatch(r"\+?\d{1,19}").fillna(False).astype(bool)
-    numbers = pd.to_numeric(text.where(is_int), errors="coerce")
-    valid = is_int & numbers.notna() & (numbers > 0) & (numbers <= MAX_ID)
-    reason = np.where(
-        text.isna(), f"{field}: missing", "",
-    )
-    bad_value = (~valid) & text.notna()
-    shown = text.fillna("").str.slice(0, 40)
-    reason = np.where(bad_value, f"{field}: not a positive integer: '" + shown + "'", reason)
+    valid = text.str.fullmatch(r"\+?0*[1-9][0-9]{0,17}").fillna(False).astype(bool)  # below MAX_ID
+    nineteen = text.str.fullmatch(r"\+?0*[1-9][0-9]{18}").fillna(False).astype(bool)
+    if nineteen.any():  # compared exactly: such numbers do not fit a float
+        valid |= nineteen & text.where(nineteen, "0").map(lambda t: int(t) <= MAX_ID).astype(bool)
+    reason = np.where(text.isna(), f"{field}: missing", "")
+    reason = _reason(reason, ~valid & text.notna(), text, field + ": not a positive integer: '{}'")
     problems[field] = pd.Series(reason, index=series.index)
     return text.where(valid, "0").astype("int64").astype("Int64").where(valid, pd.NA)
 
 
-def _optional_price(series: pd.Series | None, index: pd.Index, problems: dict[str, pd.Series]) -> pd.Series:
+def _optional_price(series: pd.Series | None, index: pd.Index, problems: dict[str, pd.Series],
+                    conversions: dict[str, int]) -> pd.Series:
+    """Prices to load: floats from typed input, else the text itself (so PostgreSQL rounds
+    the value written in the file, not a float near it). Rows rounded to whole cents are
+    counted in ``conversions``."""
     if series is None:
         return pd.Series(np.nan, index=index, dtype="float64")
     if pd.api.types.is_numeric_dtype(series):
         price = series.astype("float64")
-        unparseable = pd.Series(False, index=index)
+        loaded = price
+        rounded = price.notna() & (price.round(2) != price)
+        cents = price.round(2)
     else:
-        text = _text(series)
-        price = pd.to_numeric(text, errors="coerce").astype("float64")
-        unparseable = text.notna() & price.isna()
-        problems["price_parse"] = pd.Series(
-            np.where(unparseable, "price: not a number: '" + text.fillna("").str.slice(0, 40) + "'", ""), index=index
-        )
-    bad = (price < 0) | np.isinf(price)
-    problems["price"] = pd.Series(np.where(bad, "price: must be a finite number >= 0", ""), index=index)
-    return price
+        loaded = _text(series)
+        number = loaded.str.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?").fillna(False).astype(bool)
+        problems["price_parse"] = pd.Series(_reason("", loaded.notna() & ~number, loaded, "price: not a number: '{}'"),
+                                            index=index)
+        price = pd.to_numeric(loaded.where(number), errors="coerce").astype("float64")
+        cents = price.round(2)
+        exact = loaded.str.fullmatch(r"[+-]?[0-9]*(\.[0-9]{0,2})?").fillna(False).astype(bool)
+        check = number & ~exact & (price.abs() < 1e13)  # more decimals, or an exponent: compare exactly
+        rounded = pd.Series(False, index=index)
+        if check.any():
+            rounded[check] = [Decimal(t) != Decimal(t).quantize(Decimal("0.01")) for t in loaded[check]]
+    bad = price.notna() & ~((price >= 0) & (cents <= float(MAX_PRICE)))
+    problems["price"] = pd.Series(np.where(bad, f"price: must be a number >= 0 and <= {MAX_PRICE}", ""), index=index)
+    rounded = int((rounded & ~bad).sum())
+    if rounded:
+        conversions["price rounded to cents"] = conversions.get("price rounded to cents", 0) + rounded
+    return loaded
 
 
-def _timestamps(series: pd.Series, now: pd.Timestamp, tolerance_s: int, problems: dict[str, pd.Series]) -> pd.Series:
+def _timestamps(series: pd.Series, now: pd.Timestamp, tolerance_s: int, earliest: datetime | None,
+                problems: dict[str, pd.Series]) -> pd.Series:
     field = "event_timestamp"
     if pd.api.types.is_datetime64_any_dtype(series):
         ts = series if series.dt.tz is not None else series.dt.tz_localize("UTC")
@@ -110,56 +164,67 @@ def _timestamps(series: pd.Series, now: pd.Timestamp, tolerance_s: int, problems
         text = ts.astype("string")
     else:
         text = _text(series)
-        epoch = text.str.fullmatch(r"\d{9,10}(\.\d+)?").fillna(False).astype(bool)
+        epoch = text.str.fullmatch(r"[0-9]{9,10}(\.[0-9]+)?").fillna(False).astype(bool)
         from_epoch = pd.to_datetime(pd.to_numeric(text.where(epoch), errors="coerce"), unit="s", utc=True)
         iso = pd.to_datetime(text.where(~epoch), errors="coerce", utc=True, format="ISO8601")
         ts = from_epoch.where(epoch, iso)
     future = ts > now + pd.Timedelta(seconds=tolerance_s)
     reason = np.where(text.isna(), f"{field}: missing", "")
-    reason = np.where(text.notna() & ts.isna(), f"{field}: unparseable timestamp '" + text.fillna("").str.slice(0, 40) + "'", reason)
-    reason = np.where(future.fillna(False), f"{field}: in the future ('" + text.fillna("") + "' is after now)", reason)
+    reason = _reason(reason, text.notna() & ts.isna(), text, field + ": unparseable or out-of-range timestamp '{}'")
+    reason = _reason(reason, future, text, field + ": in the future ('{}' is after now)")
+    if earliest is not None:
+        reason = _reason(reason, ts < pd.Timestamp(earliest), text,
+                         f"{field}: before min_event_time {earliest.isoformat()} ('{{}}')")
     problems[field] = pd.Series(reason, index=series.index)
     return ts
 
 
-def _collect(frame: pd.DataFrame, lines: np.ndarray, problems: dict[str, pd.Series]) -> tuple[np.ndarray, list[Rejection]]:
+RawRows = Callable[[np.ndarray], list[dict[str, Any]]]
+"""The rows at some positions of a chunk as they were in the input (see ``RawChunk.raw``)."""
+
+
+@dataclass
+class Validated:
+    """One chunk after validation."""
+
+    clean: pd.DataFrame          # good rows typed for loading: ``line`` + the schema columns
+    rejections: list[Rejection]  # bad rows in line order
+    conversions: dict[str, int]  # good rows whose value was changed as documented, per change
+
+
+def _collect(lines: np.ndarray, raw: RawRows, problems: dict[str, pd.Series]) -> tuple[np.ndarray, list[Rejection]]:
     """Combine per-field reasons; returns the good-row mask and rejections in line order."""
-    order = list(problems)
-    reasons = pd.DataFrame({k: problems[k] for k in order}).fillna("")
+    reasons = pd.DataFrame(problems).fillna("")
     bad = (reasons != "").any(axis=1).to_numpy()
+    positions = np.flatnonzero(bad)
     rejections = []
-    if bad.any():
-        raw_rows = frame[bad].astype("string").to_dict("records")
-        for pos, raw in zip(np.flatnonzero(bad), raw_rows):
-            row_reasons = [r for r in reasons.iloc[pos].tolist() if r]
-            field = row_reasons[0].split(":", 1)[0]
-            rejections.append(
-                Rejection(
-                    line=int(lines[pos]),
-                    field=field,
-                    reason="; ".join(row_reasons),
-                    raw={k: (None if v is pd.NA else str(v)) for k, v in raw.items()},
-                )
-            )
+    for pos, row_raw, row_reasons in zip(positions, raw(positions), reasons.to_numpy()[positions].tolist()):
+        row_reasons = [r for r in row_reasons if r]
+        rejections.append(Rejection(line=int(lines[pos]), field=row_reasons[0].split(":", 1)[0],
+                                    reason="; ".join(row_reasons), raw=row_raw))
     return ~bad, rejections
 
 
-def validate_events(
-    frame: pd.DataFrame, lines: np.ndarray, now: pd.Timestamp, future_tolerance_s: int
-) -> tuple[pd.DataFrame, list[Rejection]]:
+def _count_trimmed(series: pd.Series, text: pd.Series, good: np.ndarray, conversions: dict[str, int]) -> None:
+    trimmed = int((text.notna() & (series.astype("string") != text)).to_numpy()[good].sum())
+    if trimmed:
+        conversions["spaces trimmed from text"] = conversions.get("spaces trimmed from text", 0) + trimmed
+
+
+def validate_events(frame: pd.DataFrame, lines: np.ndarray, raw: RawRows, now: pd.Timestamp, future_tolerance_s: int,
+                    min_event_time: datetime | None = None) -> Validated:
     """Validate an events chunk.
 
     Args:
         frame: rows in the ``EVENTS`` schema, as strings (files) or typed (generators).
-        lines: (n,) int64 line number of each row in its source.
+        lines: (n,) int64 line (or row) number of each row in its source.
+        raw: the rows as they were in the input, kept with rejections.
         now: reference time for the "future timestamp" check (UTC).
         future_tolerance_s: clock skew allowed, in seconds.
-
-    Returns:
-        Good rows typed for loading (columns ``line`` + the schema columns) and the
-        rejections.
+        min_event_time: earlier timestamps are rejected (None: no lower bound).
     """
     problems: dict[str, pd.Series] = {}
+    conversions: dict[str, int] = {}
     user_id = _positive_ids(frame["user_id"], "user_id", problems)
     item_id = _positive_ids(frame["item_id"], "item_id", problems)
     event_text = _text(frame["event_type"]).str.lower()
@@ -168,14 +233,19 @@ def validate_events(
         np.where(
             event_text.isna(),
             "event_type: missing",
-            np.where(event_type.isna(), "event_type: unknown event type '" + event_text.fillna("").str.slice(0, 40) + "' (expected view, click, cart or purchase)", ""),
+            _reason("", event_type.isna(), event_text, "event_type: unknown event type '{}' (expected view, click, cart or purchase)"),
         ),
         index=frame.index,
     )
-    timestamp = _timestamps(frame["event_timestamp"], now, future_tolerance_s, problems)
-    price = _optional_price(frame.get("price"), frame.index, problems)
-    session = _text(frame["session_id"]) if "session_id" in frame else pd.Series(pd.NA, index=frame.index, dtype="string")
-    good, rejections = _collect(frame, lines, problems)
+    timestamp = _timestamps(frame["event_timestamp"], now, future_tolerance_s, min_event_time, problems)
+    price = _optional_price(frame.get("price"), frame.index, problems, conversions)
+    if "session_id" in frame:
+        session = _free_text(frame["session_id"], "session_id", problems)
+    else:
+        session = pd.Series(pd.NA, index=frame.index, dtype="string")
+    good, rejections = _collect(lines, raw, problems)
+    if "session_id" in frame:
+        _count_trimmed(frame["session_id"], session, good, conversions)
     clean = pd.DataFrame(
         {
             "line": lines[good],
@@ -187,20 +257,23 @@ def validate_events(
             "session_id": session[good].to_numpy(),
         }
     )
-    return clean, rejections
+    return Validated(clean, rejections, conversions)
 
 
-def validate_items(frame: pd.DataFrame, lines: np.ndarray) -> tuple[pd.DataFrame, list[Rejection]]:
-    """Validate a catalogue chunk; returns typed good rows (with ``line``) and rejections."""
+def validate_items(frame: pd.DataFrame, lines: np.ndarray, raw: RawRows) -> Validated:
+    """Validate a catalogue chunk (arguments as for ``validate_events``)."""
     problems: dict[str, pd.Series] = {}
+    conversions: dict[str, int] = {}
     item_id = _positive_ids(frame["item_id"], "item_id", problems)
-    texts = {}
+    fields = [f for f in ("category", "title", "description") if f in frame]
+    texts = {field: _free_text(frame[field], field, problems) for field in fields}
     for field in ("category", "title"):
-        texts[field] = _text(frame[field])
-        problems[field] = pd.Series(np.where(texts[field].isna(), f"{field}: missing", ""), index=frame.index)
-    description = _text(frame["description"]) if "description" in frame else pd.Series(pd.NA, index=frame.index, dtype="string")
-    price = _optional_price(frame.get("price"), frame.index, problems)
-    good, rejections = _collect(frame, lines, problems)
+        problems[field] = problems[field].where(texts[field].notna(), f"{field}: missing")
+    description = texts.get("description", pd.Series(pd.NA, index=frame.index, dtype="string"))
+    price = _optional_price(frame.get("price"), frame.index, problems, conversions)
+    good, rejections = _collect(lines, raw, problems)
+    for field in fields:
+        _count_trimmed(frame[field], texts[field], good, conversions)
     clean = pd.DataFrame(
         {
             "line": lines[good],
@@ -211,10 +284,11 @@ def validate_items(frame: pd.DataFrame, lines: np.ndarray) -> tuple[pd.DataFrame
             "price": price[good].to_numpy(),
         }
     )
-    return clean, rejections
+    return Validated(clean, rejections, conversions)
 
 
 def raw_json(raw: dict[str, Any]) -> str:
-    """A rejected row as JSON text (NaN becomes null)."""
-    return json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in raw.items()})
+    """A rejected row as JSON text (NaN becomes null, text made ``printable``)."""
+    return json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else printable(v) if isinstance(v, str) else v)
+                       for k, v in raw.items()})
 
