@@ -3,6 +3,8 @@ serialization produce, on random columns with nulls, NaN, negatives, empty lists
 non-ASCII text (no database)."""
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -12,8 +14,9 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from materialize.feature_store.arrow_values import serialized_entity_keys, serialized_values
+from materialize.feature_store.arrow_values import serialized_entity_keys, serialized_values, timestamp_wires
 
 N = 400
 
@@ -106,3 +109,20 @@ def test_entity_keys_equal_feasts_serialization():
         assert serialized_entity_keys(columns, types, 3) == expected
     assert serialized_entity_keys({"user_id": [1, None]}, {"user_id": ValueType.INT64}, 3) is None
     assert serialized_entity_keys({"user_id": [1]}, {"user_id": ValueType.INT64}, 2) is None
+
+
+def test_timestamp_wires_equal_protobufs_timestamp():
+    rng = np.random.default_rng(9)
+    micros = rng.integers(-(2**41), 2**41, 300).tolist() + [0, 1, -1, 1_000_000, -1_000_000, 999_999]
+    stamps = [dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=m) for m in micros]
+    expected = []
+    for stamp in stamps:
+        body = Timestamp()
+        body.FromDatetime(stamp)
+        wire = body.SerializeToString()
+        expected.append(b"\x1a" + bytes([len(wire)]) + wire)
+    aware = pa.chunked_array([pa.array(stamps[:100], pa.timestamp("us", tz="UTC")),
+                              pa.array(stamps[100:], pa.timestamp("us", tz="UTC"))])
+    assert timestamp_wires(aware).to_pylist() == expected
+    naive = pa.array([s.replace(tzinfo=None) for s in stamps], pa.timestamp("ns"))  # naive means UTC
+    assert timestamp_wires(naive).to_pylist() == expected
