@@ -7,6 +7,7 @@ from the online store instead of point-in-time retrieval.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from interest_models.data.feature_frames import (
     USER_EMBEDDING_REF, ServiceFeatures, affinity_transformation, check_user_affinity, service_features, user_affinity,
 )
 
+log = logging.getLogger(__name__)
 SERVING_SERVICE = "user_item_serving"
 
 REASONS = {
@@ -83,25 +85,44 @@ class InterestPrediction:
 
 class ItemFeatureCache:
     """Item and category features of every catalogue item, read from the online store in
-    one call and re-read when older than ``max_age_s`` (they change when the store is
-    materialized, not per request)."""
+    one call (they change when the store is materialized, not per request).
+
+    Values older than ``max_age_s`` are re-read in a background thread and swapped in
+    when complete: ``get`` never waits for the database, so requests go on with the
+    previous values while a refresh is in flight (one at a time). A failed refresh keeps
+    the previous values for another ``max_age_s``.
+    """
 
     def __init__(self, store, refs: list[str], item_ids: np.ndarray, item_category: np.ndarray, max_age_s: float):
         self.store, self.refs, self.max_age_s = store, refs, max_age_s
         self.rows = [{"item_id": int(i), "category_id": int(c)} for i, c in zip(item_ids[1:], item_category[1:])]
-        self.lock = threading.Lock()
-        self.values: np.ndarray | None = None
-        self.loaded_at = 0.0
+        self.refreshing = threading.Lock()  # held by the refresh in flight
+        self.values = self.read()
+        self.loaded_at = time.monotonic()
+
+    def read(self) -> np.ndarray:
+        """(n_items + 1, len(ITEM_COLUMNS)) float64 from the online store; row i is item
+        index i, row 0 is NaN."""
+        online = self.store.get_online_features(features=self.refs, entity_rows=self.rows).to_dict()
+        values = np.full((len(self.rows) + 1, len(ITEM_COLUMNS)), np.nan)
+        values[1:] = np.column_stack([as_float(online[c]) for c in ITEM_COLUMNS])
+        return values
 
     def get(self) -> np.ndarray:
-        """(n_items + 1, len(ITEM_COLUMNS)) float64; row i is item index i, row 0 is NaN."""
-        with self.lock:
-            if self.values is None or time.monotonic() - self.loaded_at > self.max_age_s:
-                online = self.store.get_online_features(features=self.refs, entity_rows=self.rows).to_dict()
-                values = np.full((len(self.rows) + 1, len(ITEM_COLUMNS)), np.nan)
-                values[1:] = np.column_stack([as_float(online[c]) for c in ITEM_COLUMNS])
-                self.values, self.loaded_at = values, time.monotonic()
-            return self.values
+        """The current values (see ``read``); starts a background refresh when they are
+        older than ``max_age_s``."""
+        if time.monotonic() - self.loaded_at > self.max_age_s and self.refreshing.acquire(blocking=False):
+            threading.Thread(target=self._refresh, name="item-feature-refresh", daemon=True).start()
+        return self.values
+
+    def _refresh(self) -> None:
+        try:
+            self.values = self.read()  # one assignment: a reader holds either the old array or the new one
+        except Exception as error:  # noqa: BLE001 - the previous values keep serving; the next refresh retries
+            log.warning("item features not refreshed, the previous values stay for %s s: %s", self.max_age_s, error)
+        finally:
+            self.loaded_at = time.monotonic()
+            self.refreshing.release()
 
 
 @dataclass

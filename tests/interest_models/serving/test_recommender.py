@@ -4,10 +4,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
+import time
 
 import numpy as np
 import pandas as pd
+import psycopg
 import pytest
+from psycopg import sql
 
 from interest_models.candidates.neighbour_search import InProcessSearch, PgvectorSearch
 from interest_models.data.ranking_features import FEATURE_COLUMNS, ITEM_COLUMNS, build_matrix
@@ -19,6 +23,7 @@ from interest_models.training.recipe import train_models
 from interest_models.data.feature_frames import (
     affinity, affinity_transformation, candidate_features, service_features, user_affinity, user_features,
 )
+from materialize.feature_store.online_store import view_table
 from materialize.pipeline import Pipeline
 from tests.conftest import new_database, settings_for
 from tests.interest_models.training.test_recipe import FAST, GAP, SHOP
@@ -159,6 +164,14 @@ def test_pgvector_search_finds_the_in_process_neighbours(served):
         Recommender.from_registry(recommender.registered.path.parent, pipeline.store, {}, config={"neighbour_serach": "pgvector"})
 
 
+def wait_until(condition, timeout_s: float = 30) -> bool:
+    """Polls ``condition`` (a background refresh swaps values in when it completes)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
 def test_popular_lists_follow_the_online_store(served):
     """A recommender re-reads item features after ``item_features_max_age_s`` and its popular
     lists (cold start, popular candidates) follow: here an item made most viewed online."""
@@ -174,10 +187,37 @@ def test_popular_lists_follow_the_online_store(served):
                         "created_timestamp": [pd.Timestamp.now(tz="UTC")]})
     try:
         store.write_to_online_store("item_popularity", row.assign(item_view_count_30d=10**6))
-        assert int(fresh.candidate_index().popular[0]) == least
+        assert wait_until(lambda: int(fresh.candidate_index().popular[0]) == least)
         assert fresh.recommend(987_654_321, k=1).items[0].item_id == item_id  # cold start: most popular
         category = int(fresh.vocabulary.item_category[least])
         assert int(fresh.candidate_index().popular_by_category[category][0]) == least
     finally:
         store.write_to_online_store("item_popularity", row.assign(event_timestamp=pd.Timestamp.now(tz="UTC"), created_timestamp=pd.Timestamp.now(tz="UTC")))
-    assert int(fresh.candidate_index().popular[0]) != least
+    assert wait_until(lambda: int(fresh.candidate_index().popular[0]) != least)
+
+
+def test_a_refresh_never_holds_up_requests(served):
+    """While the item-feature refresh waits on the database (here on a lock another session
+    holds on an online table), requests are answered at once from the previous values."""
+    pipeline, recommender = served
+    store = pipeline.store
+    user = int(pipeline.conn.execute("SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0])
+    pipeline.conn.commit()
+    fresh = Recommender.from_registry(recommender.registered.path.parent, store, {}, config={"item_features_max_age_s": 0})
+    expected = fresh.recommend(user, k=5)
+    table = view_table(store.config, store.get_feature_view("item_popularity")).ident
+    with psycopg.connect(pipeline.settings.postgres.conninfo()) as blocker:
+        blocker.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
+        release = threading.Timer(10, blocker.rollback)  # without the fix the requests below wait for this
+        release.start()
+        try:
+            started = time.monotonic()
+            answers = [fresh.recommend(user, k=5) for _ in range(3)]
+            elapsed = time.monotonic() - started
+            assert fresh.item_features.refreshing.locked()  # a refresh is in flight, waiting on the lock
+        finally:
+            release.cancel()
+            blocker.rollback()
+    assert elapsed < 5, f"requests waited {elapsed:.1f} s for the refresh"
+    assert all(a.items == expected.items for a in answers)
+    assert wait_until(lambda: not fresh.item_features.refreshing.locked())
