@@ -1,30 +1,39 @@
 """HTTP service: recommendations, interest predictions and event intake (FastAPI).
 
-The model and the Feast store are loaded once per worker process. When PostgreSQL cannot be reached the
-service answers recommendations from the popular items it cached at start-up, marks
-those answers ``degraded``, reports not-ready, and reconnects by itself on a later
-request once the database is back. Every endpoint but ``/health`` and ``/ready`` needs
-the ``X-API-Key`` header.
+The model and the Feast store are loaded once per worker process. When PostgreSQL cannot
+be reached the service answers recommendations from the popular items it cached at
+start-up, marks those answers ``degraded``, reports not-ready, and reconnects by itself on
+a later request once the database is back. Every endpoint but ``/health`` and ``/ready``
+needs the ``X-API-Key`` header.
+
+Whatever a client sends is answered with a 4xx, never a 500 or a 503: requests are
+checked at the edge (ids within int64, prices within the database column, no NUL in text,
+no unknown fields, a body size limit), error answers never quote more than a short piece
+of the input, a value the database refuses is the client's error, and only a lost
+connection degrades the service. Rejected events are quarantined up to a quota per client.
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import secrets
 import threading
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Iterator, Literal
 
 import pandas as pd
 import psycopg
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Path as PathParameter, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
-from pydantic import BaseModel, Field
+from psycopg_pool import ConnectionPool
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from interest_models.config import load_config
 from interest_models.serving.recommender import Recommender
@@ -37,13 +46,36 @@ from materialize.settings import Settings
 
 log = logging.getLogger(__name__)
 RECONNECT_INTERVAL_S = 2.0
+POOL_SIZE = 4                    # the service's own connections (event intake, readiness); reads use the online store's pool
+POOL_TIMEOUT_S = 5.0             # wait for a pooled connection before answering "unreachable"
+QUOTA_WINDOW_S = 60.0            # the window of the per-client quarantine quota
 PUSHED_TABLES = {"user_daily_push": "user_daily_features", "user_sequence_push": "user_recent_sequence"}
+INT64_MAX = 2**63 - 1
+PRICE_MAX = 999_999_999_999.99   # interest.events.price is numeric(14, 2)
+SHOWN_CHARS = 200                # error answers quote at most this much of any text
+SHOWN_ERRORS = 20                # and list at most this many validation errors
+
+# A lost or refused connection degrades the service; a value the database refuses is the client's error.
+_OUTAGE_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, OSError)
+_INPUT_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
+
+
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    return text
+
+
+PositiveId = Annotated[int, Field(gt=0, le=INT64_MAX)]
+TextWithoutNul = Annotated[str, AfterValidator(_no_nul)]
 
 
 class RecommendRequest(BaseModel):
-    user_id: int = Field(gt=0, description="The shopper")
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: PositiveId = Field(description="The shopper")
     k: int = Field(10, ge=1, le=200, description="Number of items to return")
-    candidates: list[int] | None = Field(None, max_length=5000, description="Item ids to rank (default: retrieved)")
+    candidates: list[PositiveId] | None = Field(None, max_length=5000, description="Item ids to rank (default: retrieved)")
     exclude_seen: bool = Field(True, description="Leave out items in the user's recent sequence")
 
 
@@ -71,12 +103,14 @@ class InterestsResponse(BaseModel):
 
 
 class EventIn(BaseModel):
-    user_id: int = Field(gt=0)
-    item_id: int = Field(gt=0)
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: PositiveId
+    item_id: PositiveId
     event_type: Literal["view", "click", "cart", "purchase"]
     event_timestamp: dt.datetime | None = Field(None, description="Default: now (UTC)")
-    price: float | None = Field(None, ge=0)
-    session_id: str | None = Field(None, max_length=200)
+    price: float | None = Field(None, ge=0, le=PRICE_MAX, allow_inf_nan=False)
+    session_id: TextWithoutNul | None = Field(None, max_length=200)
 
 
 class EventAccepted(BaseModel):
@@ -85,56 +119,124 @@ class EventAccepted(BaseModel):
     sequence_length: int
 
 
-class ServiceState:
-    """The loaded model and store, the service's own connection, and whether the database
-    currently answers.
+class EventRejected(ValueError):
+    """The loader quarantined the event; the message is its reason."""
 
-    The model and the Feast store load once. An outage closes only the service's connection:
-    the online store plugin's pool reconnects by itself, so on recovery the loaded model
-    serves again without a reload.
+
+def _shown(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return _shown(text.splitlines()[0]) if text else type(error).__name__
+
+
+class QuarantineQuota:
+    """How many rejected events each client may have quarantined per minute (from its
+    first one); past that, the client's events are refused (429) until its minute is over.
+    Counts are per worker process; a client is its address (behind a proxy: the proxy's)."""
+
+    def __init__(self, per_minute: int):
+        self.per_minute = per_minute
+        self.lock = threading.Lock()
+        self.windows: dict[str, tuple[float, int]] = {}  # client -> (start of its minute, quarantined in it)
+        self.quarantined = 0   # rejected events written to interest.quarantine
+        self.refused = 0       # events refused because their client's quota was used up
+
+    def refusal_s(self, client: str) -> int | None:
+        """None when ``client`` may send an event, else the seconds until it may (counted as refused)."""
+        with self.lock:
+            start, count = self.windows.get(client, (0.0, 0))
+            left_s = start + QUOTA_WINDOW_S - time.monotonic()
+            if left_s <= 0 or count < self.per_minute:
+                return None
+            self.refused += 1
+            return max(1, math.ceil(left_s))
+
+    def add(self, client: str) -> None:
+        """Count one quarantined event of ``client``."""
+        with self.lock:
+            now = time.monotonic()
+            start, count = self.windows.get(client, (0.0, 0))
+            if now - start >= QUOTA_WINDOW_S:  # a new minute for this client: forget the clients whose minute is over
+                self.windows = {c: w for c, w in self.windows.items() if now - w[0] < QUOTA_WINDOW_S}
+                start, count = now, 0
+            self.windows[client] = (start, count + 1)
+            self.quarantined += 1
+
+
+class ServiceState:
+    """The loaded model and store, the service's own connection pool, and whether the
+    database currently answers.
+
+    The model and the Feast store load once. An outage closes only the service's pool (a
+    new one opens on recovery): the online store plugin's pool reconnects by itself, so on
+    recovery the loaded model serves again without a reload.
     """
 
-    def __init__(self, settings: Settings, registry_root: Path, version: str | None, serving_config: dict | None):
+    def __init__(self, settings: Settings, registry_root: Path, version: str | None, serving_config: dict | None,
+                 quarantine_per_minute: int):
         self.settings, self.registry_root, self.version, self.serving_config = settings, registry_root, version, serving_config
         self.lock = threading.RLock()
+        self.intake = threading.Lock()  # one event at a time: each recomputes and pushes its user's latest rows
         self.recommender: Recommender | None = None
-        self.conn: psycopg.Connection | None = None
+        self.pool: ConnectionPool | None = None
         self.healthy = False
         self.fallback: list[int] = []
         self.fallback_version = ""
         self.last_attempt = 0.0
-        self.last_error: str | None = None
+        self.quota = QuarantineQuota(quarantine_per_minute)
 
     def connect(self) -> None:
-        """Open the service's connection; load the model and store the first time."""
+        """Open the service's connection pool; load the model and store the first time."""
         with self.lock:
-            conn = connect(self.settings.postgres)
-            if self.recommender is None:
-                store = open_store(self.settings.feature_repo_dir, self.settings.postgres, has_pgvector(conn))
-                names = dict(conn.execute("SELECT category_id, category FROM interest.categories"))
-                conn.commit()
-                recommender = Recommender.from_registry(self.registry_root, store, names, self.version,
-                                                        self.serving_config, self.settings.config_dir)
-                self.recommender = recommender
-                self.fallback = [int(recommender.vocabulary.item_ids[i]) for i in recommender.index.popular]
-                self.fallback_version = recommender.registered.version
-            self.conn, self.healthy, self.last_error = conn, True, None
+            # One plain connection first: it fails at once when the server is down, where a
+            # pool would keep retrying in the background until its timeout.
+            with connect(self.settings.postgres) as conn:
+                if self.recommender is None:
+                    store = open_store(self.settings.feature_repo_dir, self.settings.postgres, has_pgvector(conn))
+                    names = dict(conn.execute("SELECT category_id, category FROM interest.categories"))
+                    recommender = Recommender.from_registry(self.registry_root, store, names, self.version,
+                                                            self.serving_config, self.settings.config_dir)
+                    self.recommender = recommender
+                    self.fallback = [int(recommender.vocabulary.item_ids[i]) for i in recommender.index.popular]
+                    self.fallback_version = recommender.registered.version
+            pool = ConnectionPool(self.settings.postgres.conninfo(), min_size=1, max_size=POOL_SIZE, timeout=POOL_TIMEOUT_S,
+                                  check=ConnectionPool.check_connection, name="interest-service", open=False)
+            try:
+                pool.open(wait=True, timeout=POOL_TIMEOUT_S)
+            except BaseException:
+                pool.close()
+                raise
+            self.pool, self.healthy = pool, True
 
     def failed(self, error: Exception) -> None:
         with self.lock:
             log.warning("database unavailable, serving degraded answers: %s", error)
-            self.last_error = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            if self.conn is not None:
-                try:
-                    self.conn.close()
-                except Exception:  # already broken
-                    pass
-            self.conn, self.healthy = None, False
+            pool, self.pool, self.healthy = self.pool, None, False
+        if pool is not None:  # closing waits for its workers: not in the request
+            threading.Thread(target=pool.close, name="interest-service-pool-close", daemon=True).start()
+
+    def close(self) -> None:
+        with self.lock:
+            pool, self.pool, self.healthy = self.pool, None, False
+        if pool is not None:
+            pool.close()
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection for this thread alone (returned, rolled back if need be, on exit)."""
+        pool = self.pool
+        if pool is None:
+            raise psycopg.OperationalError("the database is unreachable")
+        with pool.connection() as conn:
+            yield conn
 
     def available(self) -> Recommender | None:
         """The recommender while the database answers; reconnects (at most every few
         seconds) when it did not."""
-        if self.healthy:  # the common case takes no lock (an /events call may hold it)
+        if self.healthy:  # the common case takes no lock
             return self.recommender
         with self.lock:
             if not self.healthy and time.monotonic() - self.last_attempt >= RECONNECT_INTERVAL_S:
@@ -146,19 +248,45 @@ class ServiceState:
             return self.recommender if self.healthy else None
 
     def ping(self) -> bool:
-        with self.lock:
-            if self.available() is None:
-                return False
-            try:
-                self.conn.execute("SELECT 1").fetchone()
-                self.conn.commit()
-                return True
-            except psycopg.Error as error:
-                self.failed(error)
-                return False
+        if self.available() is None:
+            return False
+        try:
+            with self.connection() as conn:
+                conn.execute("SELECT 1").fetchone()
+                conn.commit()
+            return True
+        except _OUTAGE_ERRORS as error:
+            self.failed(error)
+            return False
 
 
-_DATABASE_ERRORS = (psycopg.Error, OSError)
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is answered 413 before it is parsed
+    (by its Content-Length, or once a chunked body passes the limit)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_bytes:
+            return await self.too_large()(scope, receive, send)
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(status_code=413, detail=f"the request body is over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def too_large(self) -> JSONResponse:
+        return JSONResponse(status_code=413, content={"detail": f"the request body is over {self.max_bytes} bytes"})
 
 
 def create_app(settings: Settings, registry_root: Path, api_key: str, version: str | None = None,
@@ -170,21 +298,25 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
     """
     if not api_key:
         raise ValueError("an API key is required (set INTEREST_API_KEY)")
-    load_config("serving", serving_config, settings.config_dir)  # unknown keys fail now, not as a "database down" later
-    state = ServiceState(settings, registry_root, version, serving_config)
+    config = load_config("serving", serving_config, settings.config_dir)  # unknown keys fail now, not as a "database down" later
+    state = ServiceState(settings, registry_root, version, serving_config, config["quarantine_per_client_per_minute"])
+    expected_key = api_key.encode()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         state.available()
         yield
+        state.close()
 
     app = FastAPI(title="Interest-shift recommender", version="0.1.0", lifespan=lifespan,
                   description="Recommendations and interest predictions from the Feast online store.")
+    app.add_middleware(BodyLimit, max_bytes=config["max_request_bytes"])
     app.state.service = state
     key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
     async def require_key(key: str | None = Depends(key_header)) -> None:
-        if key is None or not secrets.compare_digest(key, api_key):
+        # Header values arrive as Latin-1 text: compared as the bytes sent (any byte, no exception).
+        if key is None or not secrets.compare_digest(key.encode("latin-1"), expected_key):
             raise HTTPException(status_code=401, detail="missing or wrong X-API-Key")
 
     async def loaded() -> Recommender | None:
@@ -203,6 +335,12 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
         reason = "the model is not loaded" if state.recommender is None else "the database is unreachable"
         return JSONResponse(status_code=503, content={"ready": False, "reason": f"{reason} (see the service log)"})
 
+    @app.get("/metrics", dependencies=[Depends(require_key)])
+    def metrics() -> dict:
+        """This worker process's counters of the event intake."""
+        return {"events_quarantined": state.quota.quarantined, "events_refused_over_quota": state.quota.refused,
+                "quarantine_per_client_per_minute": state.quota.per_minute}
+
     @app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(require_key)])
     async def recommend(request: RecommendRequest) -> RecommendResponse:
         # Scoring is a few milliseconds of CPU, so it runs on the event loop: a thread hand-off
@@ -216,7 +354,7 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
                     user_id=answer.user_id, items=[RecommendedItemOut(**i.__dict__) for i in answer.items],
                     cold_start=answer.cold_start, degraded=False, model_version=answer.model_version,
                 )
-            except _DATABASE_ERRORS as error:
+            except _OUTAGE_ERRORS as error:
                 state.failed(error)
         if not state.fallback:
             raise HTTPException(status_code=503, detail="the database is unreachable and no fallback is cached yet")
@@ -227,33 +365,51 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
         )
 
     @app.get("/users/{user_id}/interests", response_model=InterestsResponse, dependencies=[Depends(require_key)])
-    async def interests(user_id: int) -> InterestsResponse:
-        if user_id <= 0:
-            raise HTTPException(status_code=422, detail=[{"loc": ["path", "user_id"], "msg": "must be a positive integer"}])
+    async def interests(user_id: Annotated[int, PathParameter(gt=0, le=INT64_MAX)]) -> InterestsResponse:
         recommender = await loaded()
         if recommender is not None:
             try:
                 answer = await recommender.interests_async(user_id)
                 return InterestsResponse(**{k: v for k, v in answer.__dict__.items() if k != "extra"})
-            except _DATABASE_ERRORS as error:
+            except _OUTAGE_ERRORS as error:
                 state.failed(error)
         raise HTTPException(status_code=503, detail="interest predictions need the database, which is unreachable")
 
     @app.post("/events", response_model=EventAccepted, dependencies=[Depends(require_key)])
-    def events(event: EventIn) -> EventAccepted:
-        with state.lock:
+    def events(event: EventIn, request: Request) -> EventAccepted:
+        client = request.client.host if request.client else "unknown"
+        with state.intake:
+            wait_s = state.quota.refusal_s(client)
+            if wait_s is not None:
+                raise HTTPException(status_code=429, headers={"Retry-After": str(wait_s)}, detail=(
+                    f"over {state.quota.per_minute} rejected events from this client within a minute: "
+                    f"events are refused for {wait_s} s"))
             recommender = state.available()
             if recommender is None:
                 raise HTTPException(status_code=503, detail="the database is unreachable; the event was not stored")
             try:
                 return _store_and_push(state, recommender, event)
-            except _DATABASE_ERRORS as error:
+            except EventRejected as rejected:
+                state.quota.add(client)
+                raise HTTPException(status_code=422, detail=_shown(str(rejected)))
+            except _INPUT_ERRORS as error:
+                state.quota.add(client)
+                raise HTTPException(status_code=422, detail=f"the database refused the event: {_first_line(error)}")
+            except _OUTAGE_ERRORS as error:
                 state.failed(error)
                 raise HTTPException(status_code=503, detail="the database is unreachable; the event was not stored")
 
+    @app.exception_handler(RequestValidationError)
+    def invalid_request(_: Request, error: RequestValidationError):
+        # FastAPI's default answer repeats each invalid input in full (megabytes for a large one).
+        errors = error.errors()
+        return JSONResponse(status_code=422, content={"errors": len(errors), "detail": [
+            {"loc": [part if isinstance(part, int) else _shown(str(part)) for part in e["loc"]],
+             "msg": _shown(e["msg"]), "type": e["type"]} for e in errors[:SHOWN_ERRORS]]})
+
     @app.exception_handler(ValueError)
     def value_error(_: Request, error: ValueError):
-        return JSONResponse(status_code=422, content={"detail": str(error)})
+        return JSONResponse(status_code=422, content={"detail": _shown(str(error))})
 
     return app
 
@@ -289,24 +445,23 @@ def _store_and_push(state: ServiceState, recommender: Recommender, event: EventI
     timestamp = pd.Timestamp(event.event_timestamp or dt.datetime.now(dt.timezone.utc))
     timestamp = timestamp.tz_localize("UTC") if timestamp.tzinfo is None else timestamp.tz_convert("UTC")
     frame = pd.DataFrame([{**event.model_dump(), "event_timestamp": timestamp}])
-    conn = state.conn
-    report = ingest.load_frames(conn, "events", [frame], source=f"api:{event.user_id}:{timestamp.isoformat()}",
-                                future_tolerance_s=state.settings.pipeline.future_tolerance_seconds)
-    if report.quarantined:
-        reason = report.examples[0].split(": ", 1)[-1]
-        raise ValueError(reason)
-    refresh_users(conn, state.settings.pipeline, [event.user_id])
-    store = recommender.store
-    for push_source, table in PUSHED_TABLES.items():
-        latest = fetch_frame(
-            conn, f"SELECT * FROM interest.{table} WHERE user_id = %s ORDER BY event_timestamp DESC LIMIT 1",  # table is a constant
+    with state.connection() as conn:
+        report = ingest.load_frames(conn, "events", [frame], source=f"api:{event.user_id}:{timestamp.isoformat()}",
+                                    future_tolerance_s=state.settings.pipeline.future_tolerance_seconds)
+        if report.quarantined:
+            raise EventRejected(report.examples[0].split(": ", 1)[-1])
+        refresh_users(conn, state.settings.pipeline, [event.user_id])
+        store = recommender.store
+        for push_source, table in PUSHED_TABLES.items():
+            latest = fetch_frame(
+                conn, f"SELECT * FROM interest.{table} WHERE user_id = %s ORDER BY event_timestamp DESC LIMIT 1",  # table is a constant
+                (event.user_id,),
+            )
+            conn.commit()
+            store.push(push_source, latest, to=PushMode.ONLINE)
+        length = conn.execute(
+            "SELECT sequence_length FROM interest.user_recent_sequence WHERE user_id = %s ORDER BY event_timestamp DESC LIMIT 1",
             (event.user_id,),
-        )
+        ).fetchone()[0]
         conn.commit()
-        store.push(push_source, latest, to=PushMode.ONLINE)
-    length = conn.execute(
-        "SELECT sequence_length FROM interest.user_recent_sequence WHERE user_id = %s ORDER BY event_timestamp DESC LIMIT 1",
-        (event.user_id,),
-    ).fetchone()[0]
-    conn.commit()
     return EventAccepted(accepted=True, duplicate=report.duplicate > 0, sequence_length=int(length))
