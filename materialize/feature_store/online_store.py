@@ -56,8 +56,9 @@ returned as null with status OUTSIDE_MAX_AGE; ``flag`` keeps the value with that
 
 Vector search (``retrieve_online_documents_v2``) is ``ORDER BY vector_value <op> query
 LIMIT k`` on the view's table, which PostgreSQL serves with an index scan of the HNSW
-index; ``hnsw.ef_search`` is set per query to max(``hnsw_ef_search``, 2 k), capped at
-pgvector's 1000 (larger k run exactly, without the index).
+index; ``hnsw.ef_search`` is max(``hnsw_ef_search``, 2 k), capped at pgvector's 1000
+(larger k run exactly, without the index), set on a pooled connection only when it
+changes, so a search is one round trip.
 
 Connections (autocommit) come from a ``psycopg_pool.ConnectionPool`` for sync calls and,
 for async calls, from a small set of connections per event loop that runs no background
@@ -522,6 +523,7 @@ WHERE t.entity_key = ANY(%s::bytea[])
 """
 
 _SET_EF_SEARCH = "SELECT set_config('hnsw.ef_search', %s, true)"
+_SET_SESSION_EF_SEARCH = "SELECT set_config('hnsw.ef_search', %s, false)"
 _EXACT_SEARCH = "SELECT set_config('enable_indexscan', 'off', true)"
 _ANN = """
 SELECT nn.entity_key, l.feature_names, nn.feature_values, nn.event_ts, nn.distance
@@ -669,6 +671,7 @@ class PostgresFastOnlineStore(OnlineStore):
         self._lock = threading.Lock()
         self._pool: Optional[ConnectionPool] = None
         self._layouts: Dict[int, Tuple[str, ...]] = {}  # layout_id -> feature names (ids are content hashes)
+        self._ef_search_of: "weakref.WeakKeyDictionary[psycopg.Connection, int]" = weakref.WeakKeyDictionary()
         self._async_connections: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopConnections]" = (
             weakref.WeakKeyDictionary()
         )
@@ -1250,10 +1253,14 @@ class PostgresFastOnlineStore(OnlineStore):
         ef_search = ef_search_for(config, top_k)
 
         def work(conn: psycopg.Connection) -> List[tuple]:
-            with conn.transaction(), conn.cursor(binary=True) as cur:
-                cur.execute(_SET_EF_SEARCH, (str(ef_search),))
-                if top_k > ef_search:
-                    cur.execute(_EXACT_SEARCH)  # HNSW returns at most ef_search rows
+            if top_k > ef_search:  # HNSW returns at most ef_search rows: an exact search
+                with conn.transaction(), conn.cursor(binary=True) as cur:
+                    cur.execute(_EXACT_SEARCH)
+                    return cur.execute(statement, params).fetchall()
+            with conn.cursor(binary=True) as cur:
+                if self._ef_search_of.get(conn) != ef_search:  # set once per pooled connection, not per query
+                    cur.execute(_SET_SESSION_EF_SEARCH, (str(ef_search),))
+                    self._ef_search_of[conn] = ef_search
                 return cur.execute(statement, params).fetchall()
 
         rows = self._run(config, work)
