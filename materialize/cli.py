@@ -76,14 +76,14 @@ def load_movielens() -> None:
 @click.option("--strict", is_flag=True, help="Exit with status 1 when any row was quarantined.")
 def load_files(items, events, strict) -> None:
     """Load your own files in the documented schema (see README)."""
-    from materialize.ingest.validation import SchemaError
+    from materialize.ingest.validation import UnreadableInput
 
     if items is None and events is None:
         raise click.UsageError("give --items and/or --events")
     with open_pipeline() as pipeline:
         try:
             reports = pipeline.load_files(items=items, events=events)
-        except SchemaError as error:
+        except UnreadableInput as error:
             raise click.ClickException(str(error))
     print_loads(reports)
     if strict and any(r.quarantined for r in reports):

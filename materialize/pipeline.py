@@ -66,7 +66,8 @@ class Pipeline:
     # ------------------------------------------------------------------ loading
 
     def _load_kwargs(self) -> dict:
-        return {"future_tolerance_s": self.settings.pipeline.future_tolerance_seconds, "progress": self.progress}
+        return {"future_tolerance_s": self.settings.pipeline.future_tolerance_seconds,
+                "min_event_time": self.settings.pipeline.min_event_time, "progress": self.progress}
 
     def load_files(self, items: Path | None = None, events: Path | None = None) -> list[IngestReport]:
         """Load a catalogue and/or an events file (CSV or Parquet, documented schema)."""

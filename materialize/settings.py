@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Mapping
 
@@ -128,6 +129,7 @@ class PipelineConfig:
     interest_embedding_events: int
     session_gap_minutes: int
     future_tolerance_seconds: int
+    min_event_time: datetime        # earlier event timestamps are quarantined (UTC when no offset)
     ingest_chunk_rows: int
     embedding_batch_size: int
     feature_ttl_days: int
@@ -141,6 +143,7 @@ class PipelineConfig:
             unknown = set(values) - set(cls.__dataclass_fields__)
             if unknown:
                 raise SettingsError(f"unknown pipeline config keys in {override}: {sorted(unknown)}")
+        values["min_event_time"] = _utc_time(values["min_event_time"], "min_event_time")
         return cls(**values)
 
 
@@ -207,6 +210,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             embedded=True,
         )
     return Settings(project_dir=project_dir, postgres=postgres, pipeline=pipeline)
+
+
+def _utc_time(value: object, key: str) -> datetime:
+    """A YAML date, datetime or ISO 8601 text as an aware datetime (UTC when no offset)."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day)
+    elif not isinstance(value, datetime):
+        try:
+            value = datetime.fromisoformat(str(value))
+        except ValueError:
+            raise SettingsError(f"pipeline config {key}: not an ISO 8601 date or time: {value!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _port(text: str) -> int:

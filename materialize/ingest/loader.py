@@ -13,6 +13,7 @@ import io
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Iterable
 
@@ -137,6 +138,13 @@ def _load_events_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clea
     report.duplicate += staged - cur.rowcount
 
 
+def _same(a, b, number: bool = False) -> bool:
+    """Both missing, or equal (as numbers when ``number``: a price of '12' is one of '12.00')."""
+    if pd.isna(a) or pd.isna(b):
+        return pd.isna(a) and pd.isna(b)
+    return Decimal(str(a)) == Decimal(str(b)) if number else a == b
+
+
 def _load_items_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clean: pd.DataFrame, chunk: RawChunk) -> None:
     # Within a file the first row of an item wins; a later identical row is a duplicate,
     # a later conflicting row is quarantined.
@@ -148,10 +156,8 @@ def _load_items_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clean
         conflicts: list[tuple[int, str]] = []
         for row in repeats.itertuples(index=False):
             original = originals.loc[row.item_id]
-            same = all(
-                (pd.isna(getattr(row, c)) and pd.isna(original[c])) or getattr(row, c) == original[c]
-                for c in ("category", "title", "description", "price")
-            )
+            same = all(_same(getattr(row, c), original[c], number=c == "price")
+                       for c in ("category", "title", "description", "price"))
             if same:
                 report.duplicate += 1
             else:

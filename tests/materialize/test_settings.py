@@ -60,3 +60,13 @@ def test_bad_settings_reach_the_cli_as_one_line(monkeypatch):
     monkeypatch.setenv("INTEREST_PG_PORT", "fivefourthreetwo")
     result = CliRunner().invoke(main, ["status"])
     assert result.exit_code == 1 and "INTEREST_PG_PORT must be a port number" in result.output
+
+
+def test_min_event_time_from_the_pipeline_config(tmp_path):
+    assert load_settings({}).pipeline.min_event_time.isoformat() == "1995-01-01T00:00:00+00:00"
+    override = tmp_path / "pipeline.yaml"
+    override.write_text("min_event_time: 2010-06-01T12:00:00+02:00\n")
+    assert load_settings({"INTEREST_CONFIG": str(override)}).pipeline.min_event_time.isoformat() == "2010-06-01T12:00:00+02:00"
+    override.write_text("min_event_time: long ago\n")
+    with pytest.raises(SettingsError, match="min_event_time: not an ISO 8601 date or time: 'long ago'"):
+        load_settings({"INTEREST_CONFIG": str(override)})
