@@ -102,9 +102,12 @@ def _online_targets(online: dict, rows: list[dict]) -> None:
     for set_name in online_store_benchmark.READ_SETS:
         read = online["reads"].get(f"{set_name} x 100")
         if read is not None:
-            rows.append({"target": f"online read of 100 entities ({set_name}) at least 3x faster than stock (p50)",
-                         "figure": f"{read['p50_speedup']}x (p99 {read['p99_speedup']}x; "
-                                   f"before to_dict {read['read_p50_speedup']}x)",
+            rows.append({"target": f"online read of 100 entities ({set_name}) at least 3x faster than stock: "
+                                   "get_online_features p50",
+                         "figure": f"{read['read_p50_speedup']}x", "met": read["read_p50_speedup"] >= 3})
+            rows.append({"target": f"  the same with Feast's OnlineResponse.to_dict() added (the same conversion "
+                                   "for both stores)",
+                         "figure": f"{read['p50_speedup']}x (p99 {read['p99_speedup']}x)",
                          "met": read["p50_speedup"] >= 3})
 
 
