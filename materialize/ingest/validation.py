@@ -166,8 +166,12 @@ def _timestamps(series: pd.Series, now: pd.Timestamp, tolerance_s: int, earliest
         text = _text(series)
         epoch = text.str.fullmatch(r"[0-9]{9,10}(\.[0-9]+)?").fillna(False).astype(bool)
         from_epoch = pd.to_datetime(pd.to_numeric(text.where(epoch), errors="coerce"), unit="s", utc=True)
-        iso = pd.to_datetime(text.where(~epoch), errors="coerce", utc=True, format="ISO8601")
-        ts = from_epoch.where(epoch, iso)
+        # Parsed apart: in one call pandas reads a time without an offset with the offset of
+        # the row before it ('09:00' after '10:00+02:00' became 07:00 UTC).
+        offset = text.str.contains(r"[Tt ].*(?:[+-]|[zZ]$)").fillna(False).astype(bool)
+        with_offset = pd.to_datetime(text.where(~epoch & offset), errors="coerce", utc=True, format="ISO8601")
+        in_utc = pd.to_datetime(text.where(~epoch & ~offset), errors="coerce", utc=True, format="ISO8601")
+        ts = from_epoch.where(epoch, with_offset.where(offset, in_utc))
     future = ts > now + pd.Timedelta(seconds=tolerance_s)
     reason = np.where(text.isna(), f"{field}: missing", "")
     reason = _reason(reason, text.notna() & ts.isna(), text, field + ": unparseable or out-of-range timestamp '{}'")

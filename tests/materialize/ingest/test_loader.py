@@ -377,3 +377,12 @@ def test_the_cli_refuses_an_unreadable_file_without_a_traceback(fresh_db, tmp_pa
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines()[-1] == f"Error: {path}: empty file, expected a header line"
     assert "Traceback" not in result.output
+
+
+def test_a_time_without_offset_is_utc_whatever_the_row_before_it(conn, tmp_path):
+    """Found by test_hostile_files: parsed in one call, '09:00' after '10:00+02:00' was
+    taken as 09:00+02:00 and loaded as 07:00 UTC."""
+    body = b"40,1,view,2026-01-01T10:00:00+02:00,,\n40,1,click,2026-01-01 09:00:00,,\n40,1,cart,2026-01-01T09:30:00-05:00,,\n"
+    _load_events_bytes(conn, tmp_path, body)
+    stamps = [ts for (ts,) in conn.execute("SELECT event_timestamp FROM interest.events WHERE user_id = 40 ORDER BY event_type")]
+    assert stamps == [pd.Timestamp(t, tz="UTC") for t in ("2026-01-01 08:00", "2026-01-01 09:00", "2026-01-01 14:30")]
