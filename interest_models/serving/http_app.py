@@ -15,6 +15,7 @@ connection degrades the service. Rejected events are quarantined up to a quota p
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
 import math
 import os
@@ -202,6 +203,12 @@ class ServiceState:
                     self.recommender = recommender
                     self.fallback = [int(recommender.vocabulary.item_ids[i]) for i in recommender.index.popular]
                     self.fallback_version = recommender.registered.version
+                    # The model, the store and the imports live as long as the process: frozen out of
+                    # the collector's sight, a full collection no longer walks them. Measured with a
+                    # model loaded: 0.4-0.7 s per full collection, one every few item-feature refreshes,
+                    # each stalling every request; 0.5 ms once frozen.
+                    gc.collect()
+                    gc.freeze()
             pool = ConnectionPool(self.settings.postgres.conninfo(), min_size=1, max_size=POOL_SIZE, timeout=POOL_TIMEOUT_S,
                                   check=ConnectionPool.check_connection, name="interest-service", open=False)
             try:

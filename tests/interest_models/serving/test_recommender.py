@@ -18,7 +18,7 @@ from interest_models.data.ranking_features import FEATURE_COLUMNS, ITEM_COLUMNS,
 from interest_models.registry.model_registry import ModelRegistry, RegistryError
 from interest_models.data.sequences import encode_sequences
 from interest_models.models.interest_shift_lstm import predict_all
-from interest_models.serving.recommender import Recommender
+from interest_models.serving.recommender import ItemFeatureCache, Recommender
 from interest_models.training.recipe import train_models
 from interest_models.data.feature_frames import (
     affinity, affinity_transformation, candidate_features, service_features, user_affinity, user_features,
@@ -194,6 +194,15 @@ def test_popular_lists_follow_the_online_store(served):
     finally:
         store.write_to_online_store("item_popularity", row.assign(event_timestamp=pd.Timestamp.now(tz="UTC"), created_timestamp=pd.Timestamp.now(tz="UTC")))
     assert wait_until(lambda: int(fresh.candidate_index().popular[0]) != least)
+
+
+def test_item_features_read_in_chunks_equal_one_read(served):
+    pipeline, recommender = served
+    cache, vocabulary = recommender.item_features, recommender.vocabulary
+    whole = ItemFeatureCache(pipeline.store, cache.refs, vocabulary.item_ids, vocabulary.item_category, 60, chunk_rows=10**6)
+    chunked = ItemFeatureCache(pipeline.store, cache.refs, vocabulary.item_ids, vocabulary.item_category, 60, chunk_rows=7)
+    assert whole.values.shape == (vocabulary.n_items + 1, len(ITEM_COLUMNS))
+    np.testing.assert_array_equal(chunked.read(paced=True), whole.values)
 
 
 def test_a_refresh_never_holds_up_requests(served):
