@@ -96,9 +96,9 @@ def _reason(reason: np.ndarray | str, mask: pd.Series, text: pd.Series, template
 def _free_text(series: pd.Series, field: str, problems: dict[str, pd.Series]) -> pd.Series:
     """Text kept as it is (trimmed): no control characters, nothing that is not UTF-8."""
     text = _text(series)
-    control = text.str.contains(_CONTROL).fillna(False).astype(bool)
-    not_utf8 = text.str.contains(_NOT_UTF8).fillna(False).astype(bool)
-    reason = _reason("", control, text, field + ": control character in '{}'")
+    suspect = text.str.contains(_CONTROL[:-1] + _NOT_UTF8[1:]).fillna(False).astype(bool)  # one pass over all rows
+    not_utf8 = text[suspect].str.contains(_NOT_UTF8).astype(bool).reindex(text.index, fill_value=False)
+    reason = _reason("", suspect & ~not_utf8, text, field + ": control character in '{}'")
     reason = _reason(reason, not_utf8, text, field + ": not UTF-8 text: '{}'")
     problems[field] = pd.Series(reason, index=series.index)
     return text
