@@ -142,11 +142,17 @@ def lookup(user_id) -> None:
 
 
 def print_lookup(features: dict) -> None:
+    """One line per feature; floats rounded to 4 decimals, lists as their last 8 values."""
+    def shown(value) -> str:
+        return str(round(value, 4)) if isinstance(value, float) else str(value)
+
     for name, values in sorted(features.items()):
         value = values[0]
-        if isinstance(value, list) and len(value) > 8:
-            value = f"[{', '.join(f'{v:.3g}' if isinstance(v, float) else str(v) for v in value[-8:])}] (last 8 of {len(value)})"
-        click.echo(f"  {name:<28} {value}")
+        if isinstance(value, list):
+            text = f"[{', '.join(shown(v) for v in value[-8:])}]" + (f" (last 8 of {len(value)})" if len(value) > 8 else "")
+        else:
+            text = shown(value)
+        click.echo(f"  {name:<28} {text}")
 
 
 @commands.command()
