@@ -67,7 +67,7 @@ PEER_TORCH = "torch==2.13.0"  # the CPU build on this disk; a CUDA build elsewhe
 PEER_REQUIREMENTS = ("numpy<2", "pandas<2.3", "scipy<1.14", "scikit-learn<1.6", "tqdm", "colorlog==4.7.2",
                      "colorama==0.4.4", "pyyaml", "tabulate", "texttable", "tensorboard", "psutil")
 DEFAULT_PEERS = ("GRU4Rec", "SASRec", "CORE")
-DEFAULT_EPOCHS = {"GRU4Rec": 10, "SASRec": 6, "CORE": 6}  # upper bounds; early stopping may end sooner
+DEFAULT_EPOCHS = {"GRU4Rec": 8, "SASRec": 5, "CORE": 5}  # upper bounds; early stopping may end sooner
 DATASET = "peers"  # RecBole's dataset name: files <data_dir>/peers/peers.<split>.inter
 ATOMIC_HEADER = "user_id:token\titem_id_list:token_seq\titem_id:token\ttimestamp:float\n"
 OUR_ROWS = ("blend (LSTM + XGBoost)", "XGBoost ranker", "LSTM")
@@ -295,6 +295,7 @@ def worker_main(args: argparse.Namespace) -> None:
         "train_neg_sample_args": None, "loss_type": "CE",
         "eval_args": {"mode": "full", "order": "TO", "split": {"LS": "valid_and_test"}, "group_by": "user"},
         "metrics": ["Recall", "NDCG", "MRR", "Hit"], "topk": [10], "valid_metric": "NDCG@10",
+        "metric_decimal_place": 12,  # RecBole rounds to 4 places by default
         "epochs": args.epochs, "stopping_step": args.stopping_step, "eval_step": 1,
         "seed": args.seed, "reproducibility": True, "device": "cpu", "use_gpu": False,
         "checkpoint_dir": str(out_dir / f"{args.model}-checkpoint"), "show_progress": False,
@@ -423,13 +424,12 @@ def peer_metrics(summary: dict, out_dir: Path, export: Export, vocabulary, exclu
 # ----------------------------------------------------------------------------- data
 
 
-def load_movielens_folder(pipeline, folder: Path) -> list:
+def movielens_from_folder(folder: Path):
     """MovieLens-100K from a folder: RecBole's atomic files (``ml-100k.inter``,
     ``ml-100k.item``), GroupLens' originals (``u.data``, ``u.item``, ``u.genre``), or the
-    ``recbole-1.2.1`` wheel; loaded as ``Pipeline.load_movielens`` loads the packaged copy."""
+    ``recbole-1.2.1`` wheel; the same events and catalogue as the packaged copy."""
     import pandas as pd
 
-    from materialize.ingest import loader as ingest
     from materialize.ingest.sources.movielens import MovieLens100K
 
     class FolderMovieLens(MovieLens100K):
@@ -442,7 +442,14 @@ def load_movielens_folder(pipeline, folder: Path) -> list:
                 return _grouplens_as_atomic(folder, file_name)
             return super()._read_atomic(file_name)
 
-    movielens = FolderMovieLens(folder)
+    return FolderMovieLens(folder)
+
+
+def load_movielens_folder(pipeline, folder: Path) -> list:
+    """``movielens_from_folder`` loaded as ``Pipeline.load_movielens`` loads the packaged copy."""
+    from materialize.ingest import loader as ingest
+
+    movielens = movielens_from_folder(folder)
     kwargs = pipeline._load_kwargs()
     return [ingest.load_frames(pipeline.conn, "items", [movielens.items()], source=f"movielens-100k:{folder}:items", **kwargs),
             ingest.load_frames(pipeline.conn, "events", movielens.events(), source=f"movielens-100k:{folder}:events",
@@ -690,14 +697,25 @@ def render(results: dict) -> list[str]:
         f"decision points: train_sequence {s['points_train_sequence']:,}, train_ranker {s['points_train_ranker']:,}, "
         f"valid {s['points_valid']:,}, test {s['points_test']:,} ({s['test_users']:,} users); RecBole rows "
         f"{s['recbole_rows']}",
-        f"peers: history up to {p['history_length']} events, batch {p['batch_size']}, {p['threads']} torch threads, "
+        f"peers: history up to {p['history_length']} events, batch {p['batch_size']}, torch threads {p['threads']}, "
         f"epochs at most {p['max_epochs']}, early stop after {p['stopping_step']} epochs without valid gain",
         f"ranked against all {s['items']:,} items; seen items excluded: {s['seen_items_excluded']}; every NDCG/HR/MRR "
         f"below is computed by interest_models.evaluation.metrics on the same test points",
         "",
         table(["model (test)", "NDCG@10", "HR@10", "MRR@10", "train s", "note"], cells),
+        *_metric_check(results["peers"]),
         "=" * 100,
     ]
+
+
+def _metric_check(peers: dict) -> list[str]:
+    """One line: RecBole's own test figures against ours on the same scores and ranking."""
+    gaps = [abs(v) for peer in peers.values() if "failed" not in peer
+            for v in peer["recbole_minus_ours_same_ranking"].values()]
+    if not gaps:
+        return []
+    return ["", f"check: RecBole's own test NDCG@10 and HR@10 (its topk, no seen-item exclusion) minus ours on the same "
+                f"scores without exclusion: largest |difference| {max(gaps):.2e}"]
 
 
 if __name__ == "__main__":
