@@ -413,7 +413,7 @@ def peer_metrics(summary: dict, out_dir: Path, export: Export, vocabulary, exclu
     ranks = target_ranks(scores, targets, exclude)
     ours = ranking_metrics(ranks, ks=(10,))
     plain = ranking_metrics(target_ranks(scores, targets), ks=(10,))  # no exclusion, as RecBole ranks
-    return {"ours": ours, "ours_without_exclusion": plain,
+    return {"ours": ours, "ours_without_exclusion": plain, "test_ranks": ranks.tolist(),  # per test point, file order
             "recbole_minus_ours_same_ranking": {
                 "NDCG@10": summary["recbole_test"]["ndcg@10"] - plain["NDCG@10"],
                 "HR@10": summary["recbole_test"]["hit@10"] - plain["HR@10"]},
