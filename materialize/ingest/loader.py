@@ -268,8 +268,10 @@ def _load_chunk(cur: psycopg.Cursor, report: IngestReport, kind: str, chunk: Raw
     else:
         checked = validate_items(chunk.frame, chunk.lines, chunk.raw)
     _quarantine(cur, report, sha, checked.rejections, chunk.unit)
-    if len(checked.clean):
-        (_load_events_chunk if kind == EVENTS.name else _load_items_chunk)(cur, report, sha, checked.clean, chunk)
+    if len(checked.clean) and kind == EVENTS.name:
+        _load_events_chunk(cur, report, sha, checked.clean, chunk)
+    elif len(checked.clean):
+        _load_items_chunk(cur, report, sha, checked.clean, chunk)
     for change, rows in checked.conversions.items():
         report.conversions[change] = report.conversions.get(change, 0) + rows
 
