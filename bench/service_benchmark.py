@@ -10,6 +10,13 @@ both, with the ratio. Last, it times the stages of one ``recommend`` call in pro
 
     python bench/service_benchmark.py [--requests 2000] [--concurrency 8] [--workers 2]
 
+With ``--duration S`` it measures only the refresh of the service's item-feature cache
+instead: ``/recommend`` (100 candidates) driven for S seconds with the cache re-read every
+``--refresh-period`` seconds (``item_features_max_age_s``), and p50/p99/max latency over
+the whole run and per refresh period, so that a stall at each refresh shows:
+
+    python bench/service_benchmark.py --duration 60 --refresh-period 5 --workers 1 --concurrency 4
+
 The load generator (one process per concurrent client, each with one keep-alive
 connection, sending its next request when the last one is answered) runs on the same
 machine and takes CPU from the servers; its CPU per request is printed so that it can
@@ -72,6 +79,26 @@ def client_process(port: int, path: str, headers: dict[str, str], bodies: list[b
     return latencies, time.time(), time.process_time() - cpu
 
 
+def client_for_duration(port: int, path: str, headers: dict[str, str], bodies: list[bytes], start_at: float,
+                        duration_s: float) -> list[tuple[float, float]]:
+    """One closed-loop client sending ``bodies`` round and round for ``duration_s``.
+
+    Returns:
+        (seconds after ``start_at`` the request was sent, its latency in seconds) of each.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Content-Type": "application/json", **headers}
+    post(connection, path, bodies[0], headers)
+    time.sleep(max(0.0, start_at - time.time()))
+    samples, sent = [], 0
+    while time.time() - start_at < duration_s:
+        t, wall = time.perf_counter(), time.time()
+        post(connection, path, bodies[sent % len(bodies)], headers)
+        samples.append((wall - start_at, time.perf_counter() - t))
+        sent += 1
+    return samples
+
+
 def wait_ready(port: int, path: str, server: ServerProcess, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -124,11 +151,40 @@ def drive(port: int, path: str, headers: dict[str, str], bodies: list[bytes], co
     }
 
 
-def serving_config(folder: Path, neighbour_search: str) -> str:
+def serving_config(folder: Path, neighbour_search: str, **overrides) -> str:
     """A serving config file in ``folder`` (a temporary one), for INTEREST_SERVING_CONFIG."""
     path = folder / "serving.yaml"
-    path.write_text(json.dumps({"neighbour_search": neighbour_search}))  # JSON is YAML
+    path.write_text(json.dumps({"neighbour_search": neighbour_search, **overrides}))  # JSON is YAML
     return str(path)
+
+
+def refresh_stalls(args, bodies: list[bytes]) -> dict:
+    """``/recommend`` latency over ``args.duration`` seconds with the item-feature cache
+    re-read every ``args.refresh_period`` seconds: overall and per refresh period."""
+    with tempfile.TemporaryDirectory(prefix="service_bench_") as config_dir, server_process(
+        [sys.executable, "-m", "interest_shift.cli", "serve", "--port", str(args.port), "--workers", str(args.workers)],
+        env={**os.environ, "INTEREST_API_KEY": KEY, "INTEREST_SERVING_CONFIG": serving_config(
+            Path(config_dir), args.neighbour_search, item_features_max_age_s=args.refresh_period)},
+    ) as server:
+        wait_ready(args.port, "/ready", server)
+        headers = {"X-API-Key": KEY}
+        drive(args.port, "/recommend", headers, bodies[: args.warmup], args.concurrency, server)  # warm every worker
+        with multiprocessing.get_context("spawn").Pool(args.concurrency) as pool:
+            pool.map(time.sleep, [0.2] * args.concurrency, chunksize=1)
+            start_at = time.time() + 1.0
+            runs = pool.starmap(client_for_duration, [(args.port, "/recommend", headers, bodies[i::args.concurrency], start_at,
+                                                       args.duration) for i in range(args.concurrency)], chunksize=1)
+    sent, latency = np.array([s for run in runs for s in run]).T
+    period = (sent // args.refresh_period).astype(int)
+    per_period = [latency[period == p] for p in np.unique(period)]
+    return {
+        "duration_s": args.duration, "refresh_period_s": args.refresh_period, "requests": len(latency),
+        **percentiles(list(latency)), "max_ms": round(1000 * float(latency.max()), 2),
+        "per_refresh_period": {
+            "p99_ms": [round(1000 * float(np.percentile(v, 99)), 1) for v in per_period],
+            "max_ms": [round(1000 * float(v.max()), 1) for v in per_period],
+        },
+    }
 
 
 def serve_ours(args, bodies: list[bytes], retrieved: list[bytes]) -> tuple[dict, dict]:
@@ -211,8 +267,12 @@ def main() -> None:
     parser.add_argument("--stage-repeats", type=int, default=300)
     parser.add_argument("--neighbour-search", choices=["in_process", "pgvector"], default="in_process",
                         help="the service's search for items near the user's interest embedding")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/service.json"))
+    parser.add_argument("--duration", type=float, default=0,
+                        help="seconds: measure only /recommend over this long with --refresh-period (see above)")
+    parser.add_argument("--refresh-period", type=float, default=60, help="the service's item_features_max_age_s, seconds")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/service.json (service_refresh.json with --duration)")
     args = parser.parse_args()
+    args.out = args.out or Path("bench/results/service_refresh.json" if args.duration else "bench/results/service.json")
     warnings.filterwarnings("ignore")
     stop_on_sigterm()
 
@@ -243,14 +303,17 @@ def main() -> None:
             "requests": args.requests, "concurrency": args.concurrency, "workers": args.workers, "k": 10, "candidates": 100,
             "neighbour_search": args.neighbour_search,
         }
-        retrieved = [json.dumps({"user_id": p["user_id"], "k": 10}).encode() for p in payloads]
-        result["recommend_http"], result["recommend_http_retrieved_candidates"] = serve_ours(args, ours, retrieved)
-        result["stock_feast_serve"] = {**serve_stock(args, settings, pgvector, stock),
-                                       "what": "POST /get-online-features, feature service user_item_serving, 100 entity rows"}
-        result["ratio_p99_stock_over_recommend"] = round(result["stock_feast_serve"]["p99_ms"] / result["recommend_http"]["p99_ms"], 2)
-        recommender = Recommender.from_registry(registry_for(settings.project_dir).root, pipeline.store, names,
-                                                config={"neighbour_search": args.neighbour_search})
-        result["in_process_ms"] = stages(recommender, payloads, args.stage_repeats)
+        if args.duration:
+            result["refresh"] = refresh_stalls(args, ours)
+        else:
+            retrieved = [json.dumps({"user_id": p["user_id"], "k": 10}).encode() for p in payloads]
+            result["recommend_http"], result["recommend_http_retrieved_candidates"] = serve_ours(args, ours, retrieved)
+            result["stock_feast_serve"] = {**serve_stock(args, settings, pgvector, stock),
+                                           "what": "POST /get-online-features, feature service user_item_serving, 100 entity rows"}
+            result["ratio_p99_stock_over_recommend"] = round(result["stock_feast_serve"]["p99_ms"] / result["recommend_http"]["p99_ms"], 2)
+            recommender = Recommender.from_registry(registry_for(settings.project_dir).root, pipeline.store, names,
+                                                    config={"neighbour_search": args.neighbour_search})
+            result["in_process_ms"] = stages(recommender, payloads, args.stage_repeats)
     print(json.dumps(result, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
