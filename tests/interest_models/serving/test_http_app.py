@@ -335,6 +335,9 @@ JSON = st.recursive(
     st.none() | st.booleans() | HOSTILE_NUMBERS | HOSTILE_TEXT,
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(HOSTILE_TEXT, inner, max_size=5), max_leaves=15,
 )
+# Values at the limits of what JSON, Python, int64, numeric(14, 2) and Postgres text hold.
+EDGE_VALUES = st.sampled_from([0, -1, 2**63, 2**64, 2**70, -(2**63) - 1, 1e20, float("inf"), float("nan"), "\x00",
+                               "a\x00b", "\ud800", "x" * 5000, [2**70], [], {}])
 PLAIN_TEXT = st.text(st.characters(exclude_categories=("Cc", "Cs")), max_size=60)
 RECOMMEND = st.fixed_dictionaries(
     {"user_id": st.integers(1, 1200)},  # the shop's users and a few unknown ones
@@ -349,12 +352,13 @@ EVENT = st.fixed_dictionaries(
 
 
 def corrupted(request: st.SearchStrategy[dict], fields: list[str]) -> st.SearchStrategy[dict]:
-    """``request`` with up to three of ``fields`` (or an extra one) set to random JSON or removed."""
-    changes = st.dictionaries(st.sampled_from([*fields, "extra"]), JSON | st.just(...), max_size=3)
+    """``request`` with up to two of ``fields`` (or an extra one) set to a value at the limits, to
+    random JSON, or removed."""
+    changes = st.dictionaries(st.sampled_from([*fields, "extra"]), EDGE_VALUES | JSON | st.just(...), max_size=2)
     return st.builds(lambda body, change: {k: v for k, v in {**body, **change}.items() if v is not ...}, request, changes)
 
 
-PROPERTY_SETTINGS = hypothesis_settings(max_examples=60, deadline=None, database=None,
+PROPERTY_SETTINGS = hypothesis_settings(max_examples=100, deadline=None, database=None,
                                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
