@@ -229,7 +229,8 @@ class Export:
     test_points: pd.DataFrame  # our test decision points, in file order
 
 
-def export_split(conn, points: pd.DataFrame, protocol: str, item_ids, data_dir: Path, max_len: int) -> Export:
+def export_split(conn, points: pd.DataFrame, protocol: str, item_ids, data_dir: Path, max_len: int,
+                 train_targets: str = "points") -> Export:
     """Write our split as RecBole benchmark files (see the module docstring).
 
     Args:
@@ -238,6 +239,10 @@ def export_split(conn, points: pd.DataFrame, protocol: str, item_ids, data_dir: 
         protocol: "time_split" (train on the events before the first validation point) or
             "leave_one_out" (train on all but each user's last two events).
         item_ids: the whole catalogue.
+        train_targets: "points": the training rows are our models' own training decision
+            points (train_sequence and train_ranker splits) with their histories up to
+            ``as_of``; "events": every next event of the training events (RecBole's
+            augmentation, several times more rows).
     """
     import numpy as np
 
@@ -253,8 +258,15 @@ def export_split(conn, points: pd.DataFrame, protocol: str, item_ids, data_dir: 
         raise ValueError(f"unknown protocol {protocol!r}")
     folder = data_dir / DATASET
     folder.mkdir(parents=True, exist_ok=True)
-    rows = {"train": write_inter(folder / f"{DATASET}.train.inter", training_examples(events, keep, max_len))}
     fallbacks, test_points = {}, None
+    if train_targets == "events":
+        train = training_examples(events, keep, max_len)
+    elif train_targets == "points":
+        train, fallbacks["train"] = point_examples(
+            events, points[points.split.isin(["train_sequence", "train_ranker"])].reset_index(drop=True), max_len)
+    else:
+        raise ValueError(f"unknown train_targets {train_targets!r}")
+    rows = {"train": write_inter(folder / f"{DATASET}.train.inter", train)}
     for split in ("valid", "test"):
         split_points = points[points.split == split].reset_index(drop=True)
         examples, fallbacks[split] = point_examples(events, split_points, max_len)
@@ -522,6 +534,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "MAX_ITEM_LIST_LENGTH (default: lstm.yaml's max_sequence_length, what our LSTM reads)")
     parser.add_argument("--batch-size", type=int, default=None, help="peer training batch (default: lstm.yaml's "
                         "batch_size, our LSTM's)")
+    parser.add_argument("--train-targets", choices=["points", "events"], default="points",
+                        help="peer training rows: our models' training decision points (train_sequence and "
+                             "train_ranker, with histories up to as_of), or every next training event (RecBole's "
+                             "augmentation: about 8x the rows on the synthetic shop)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each peer")
     parser.add_argument("--peer-timeout-s", type=float, default=1800, help="a peer still running then is stopped")
     parser.add_argument("--venv", type=Path, default=PEER_VENV, help="the peer virtualenv (created when missing)")
@@ -624,7 +640,8 @@ def _run(args: argparse.Namespace, pg, scratch: Path, python: Path) -> dict:
                 raise RuntimeError(f"the {split} decision points drawn again differ from the training run's")
         vocabulary = load_vocabulary(pipeline.conn)
         with timed() as clock:
-            export = export_split(pipeline.conn, points, protocol, vocabulary.item_ids[1:], scratch / "atomic", args.max_len)
+            export = export_split(pipeline.conn, points, protocol, vocabulary.item_ids[1:], scratch / "atomic", args.max_len,
+                                  args.train_targets)
         progress(f"exported to RecBole atomic files in {clock.seconds:.1f} s: {export.rows}")
         exclude = seen_items(pipeline.conn, export.test_points, vocabulary) if config["exclude_seen"] else None
         events, users = pipeline.conn.execute("SELECT count(*), count(DISTINCT user_id) FROM interest.events").fetchone()
@@ -638,7 +655,7 @@ def _run(args: argparse.Namespace, pg, scratch: Path, python: Path) -> dict:
             "seen_items_excluded": bool(config["exclude_seen"]),
         }
         out["seeds"] = {"shop": args.shop_seed if args.data == "synthetic" else None, "models": args.seed}
-        out["peer_settings"] = {"history_length": args.max_len, "batch_size": args.batch_size, "threads": args.threads,
+        out["peer_settings"] = {"train_targets": args.train_targets, "history_length": args.max_len, "batch_size": args.batch_size, "threads": args.threads,
                                 "max_epochs": args.peer_epochs, "stopping_step": args.stopping_step, "loss": "CE",
                                 "early_stopping_metric": "valid NDCG@10 (RecBole's)"}
         out["checks"] = {"valid and test points equal the training run's": True}
@@ -697,7 +714,7 @@ def render(results: dict) -> list[str]:
         f"decision points: train_sequence {s['points_train_sequence']:,}, train_ranker {s['points_train_ranker']:,}, "
         f"valid {s['points_valid']:,}, test {s['points_test']:,} ({s['test_users']:,} users); RecBole rows "
         f"{s['recbole_rows']}",
-        f"peers: history up to {p['history_length']} events, batch {p['batch_size']}, torch threads {p['threads']}, "
+        f"peers: trained on {p['train_targets']}, history up to {p['history_length']} events, batch {p['batch_size']}, torch threads {p['threads']}, "
         f"epochs at most {p['max_epochs']}, early stop after {p['stopping_step']} epochs without valid gain",
         f"ranked against all {s['items']:,} items; seen items excluded: {s['seen_items_excluded']}; every NDCG/HR/MRR "
         f"below is computed by interest_models.evaluation.metrics on the same test points",

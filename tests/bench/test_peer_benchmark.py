@@ -79,8 +79,9 @@ def test_atomic_files_have_recbole_headers_and_fields(peers, tmp_path):
     assert (tmp_path / "peers.item").read_text().splitlines() == ["item_id:token", "3", "1", "2"]
 
 
-@pytest.mark.parametrize("protocol", ["time_split", "leave_one_out"])
-def test_exported_test_rows_are_our_test_decision_points(peers, conn, tmp_path, protocol):
+@pytest.mark.parametrize("protocol, train_targets",
+                         [("time_split", "points"), ("time_split", "events"), ("leave_one_out", "events")])
+def test_exported_test_rows_are_our_test_decision_points(peers, conn, tmp_path, protocol, train_targets):
     shop = SyntheticShop(SyntheticConfig(n_users=60, n_items=80, n_categories=4, days=30,
                                          sessions_per_user_mean=6.0, seed=5))
     load_frames(conn, "items", [shop.items()], source="peer-export:items")
@@ -88,7 +89,8 @@ def test_exported_test_rows_are_our_test_decision_points(peers, conn, tmp_path, 
     config = load_config("training", {"protocol": protocol})
     points = decision_points(conn, config, dt.timedelta(minutes=30))
     vocabulary = load_vocabulary(conn)
-    export = peers.export_split(conn, points, protocol, vocabulary.item_ids[1:], tmp_path, max_len=20)
+    export = peers.export_split(conn, points, protocol, vocabulary.item_ids[1:], tmp_path, max_len=20,
+                                train_targets=train_targets)
 
     folder = tmp_path / peers.DATASET
     test = pd.read_csv(folder / "peers.test.inter", sep="\t", dtype=str)
@@ -108,6 +110,10 @@ def test_exported_test_rows_are_our_test_decision_points(peers, conn, tmp_path, 
 
     train = pd.read_csv(folder / "peers.train.inter", sep="\t", dtype=str)
     held_out = ours.assign(t=label_seconds)
+    if train_targets == "points":  # our models' own training decision points, in our order
+        ours_train = points[points.split.isin(["train_sequence", "train_ranker"])]
+        assert train["item_id:token"].astype(int).tolist() == ours_train.label_item_id.tolist()
+        assert train["user_id:token"].astype(int).tolist() == ours_train.user_id.tolist()
     if protocol == "time_split":  # training targets end before the first validation point
         first_valid = points[points.split == "valid"].as_of.min().timestamp()
         assert train["timestamp:float"].astype(float).max() <= first_valid
