@@ -10,6 +10,7 @@ connections of its own (the parent's sockets are never shared).
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import threading
@@ -92,4 +93,6 @@ def _close(conn) -> None:
 
 
 CONNECTIONS = ArrowConnections()
-"""The process's idle ADBC connections."""
+"""The process's idle ADBC connections (closed at exit, before the driver's own clean-up
+would meet them half torn down)."""
+atexit.register(CONNECTIONS.close_all)
