@@ -454,7 +454,8 @@ def _store_and_push(state: ServiceState, recommender: Recommender, event: EventI
     frame = pd.DataFrame([{**event.model_dump(), "event_timestamp": timestamp}])
     with state.connection() as conn:
         report = ingest.load_frames(conn, "events", [frame], source=f"api:{event.user_id}:{timestamp.isoformat()}",
-                                    future_tolerance_s=state.settings.pipeline.future_tolerance_seconds)
+                                    future_tolerance_s=state.settings.pipeline.future_tolerance_seconds,
+                                    min_event_time=state.settings.pipeline.min_event_time)
         if report.quarantined:
             raise EventRejected(report.examples[0].split(": ", 1)[-1])
         refresh_users(conn, state.settings.pipeline, [event.user_id])

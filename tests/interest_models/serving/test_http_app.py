@@ -141,6 +141,9 @@ def test_pushed_events_change_the_sequence_and_the_answer(service):
     assert [i["item_id"] for i in after["items"]] != [i["item_id"] for i in before["items"]]
     bad = client.post("/events", headers=KEY, json={"user_id": user, "item_id": 99_999_999, "event_type": "view"})
     assert bad.status_code == 422 and "item_id" in bad.text
+    ancient = client.post("/events", headers=KEY, json={"user_id": user, "item_id": items[0], "event_type": "view",
+                                                        "event_timestamp": "1970-01-01T00:00:00Z"})
+    assert ancient.status_code == 422 and "min_event_time" in ancient.text  # as the file loader quarantines it
 
 
 def test_cli_serves_from_several_worker_processes(service):
