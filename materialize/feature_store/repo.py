@@ -110,11 +110,27 @@ def materialize_online(store, end: dt.datetime | None = None) -> MaterializeRepo
     views = store.list_feature_views()
     empty = set(_empty_online_views(store))
     fresh = [v.name for v in views if not v.materialization_intervals or v.name in empty]
-    if fresh:
-        store.materialize(start_date=FIRST_MATERIALIZATION_START, end_date=end, feature_views=fresh)
-    store.materialize_incremental(end_date=end)
+    known = [v.name for v in views if v.name not in fresh]
+    with _plain_unless_terminal():  # one pass per view: fresh views are not listed again, empty
+        if fresh:
+            store.materialize(start_date=FIRST_MATERIALIZATION_START, end_date=end, feature_views=fresh)
+        if known:
+            store.materialize_incremental(end_date=end, feature_views=known)
     seconds = time.perf_counter() - started
     return MaterializeReport(len(views), fresh, end, online_entity_counts(store), seconds)
+
+
+@contextlib.contextmanager
+def _plain_unless_terminal() -> Iterator[None]:
+    """Feast colours its materialization lines with ANSI codes; a log file or a pipe gets
+    them without."""
+    if sys.stdout.isatty():
+        yield
+        return
+    from colorama import AnsiToWin32
+
+    with contextlib.redirect_stdout(AnsiToWin32(sys.stdout, strip=True).stream):
+        yield
 
 
 def _online_tables(store):
