@@ -10,7 +10,7 @@ def test_a_second_database_does_not_inherit_the_first_ones_materialization(pg_se
     with new_database(pg_server) as first, new_database(pg_server) as second:
         with Pipeline(settings_for(settings, first), progress=False) as pipeline:
             pipeline.apply()
-            capsys.readouterr()
+            assert "No project found" not in capsys.readouterr().out  # feature_repo/project.py names it
             pipeline.materialize()
             printed = capsys.readouterr().out  # not a terminal: no colour codes, each view listed once
             names = [v.name for v in pipeline.store.list_feature_views()]
