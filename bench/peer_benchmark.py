@@ -538,7 +538,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="peer training rows: our models' training decision points (train_sequence and "
                              "train_ranker, with histories up to as_of), or every next training event (RecBole's "
                              "augmentation: about 8x the rows on the synthetic shop)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of each peer")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each peer (2 is a little faster on "
+                        "a quiet 2-core machine, many times slower when other processes hold a core)")
     parser.add_argument("--peer-timeout-s", type=float, default=1800, help="a peer still running then is stopped")
     parser.add_argument("--venv", type=Path, default=PEER_VENV, help="the peer virtualenv (created when missing)")
     parser.add_argument("--keep-db", action="store_true", help="keep the benchmark database")
