@@ -206,7 +206,7 @@ def _retrieval_worker(way: str, pg: PostgresSettings, pgvector: bool, repo_dir: 
         lookups = lower_bound_lookups(store)
         if way != "lower_bound":  # warm the driver imports outside the clock
             import adbc_driver_postgresql.dbapi  # noqa: F401
-        entity_df = pd.read_pickle(entity_path)
+        entity_df = pd.read_parquet(entity_path)
         channel.send(("ready", _rss_bytes()))
         if way == "lower_bound":
             figures = _lower_bound_call(pg, entity_df, lookups)
@@ -216,7 +216,7 @@ def _retrieval_worker(way: str, pg: PostgresSettings, pgvector: bool, repo_dir: 
             figures = {"seconds": time.perf_counter() - started, "rows": len(frame), "columns": len(frame.columns)}
         figures["peak_rss_bytes"] = _peak_rss_bytes()
         if way != "lower_bound" and result_path:
-            frame.to_pickle(result_path)  # after the clock and the RSS reading
+            frame.to_parquet(result_path)  # after the clock and the RSS reading
         channel.send(("done", figures))
     except BaseException as error:  # reported by the parent
         channel.send(("error", f"{type(error).__name__}: {error}"[:2000]))
@@ -396,11 +396,11 @@ def measure(run: BenchRun) -> dict:
         entity_paths, plugin_frames = {}, {}
         for n_rows in args.entity_rows:
             entity_df = sample_entity_rows(pipeline.conn, n_rows, seed=args.seed + n_rows)
-            entity_paths[n_rows] = workdir / f"entities_{n_rows}.pkl"
-            entity_df.to_pickle(entity_paths[n_rows])
+            entity_paths[n_rows] = workdir / f"entities_{n_rows}.parquet"
+            entity_df.to_parquet(entity_paths[n_rows])
             record = {"entity_rows": len(entity_df), "load_before": load_average()}
             if n_rows <= args.check_max_rows and not args.skip_stock:
-                plugin_frames[n_rows] = workdir / f"plugin_{n_rows}.pkl"
+                plugin_frames[n_rows] = workdir / f"plugin_{n_rows}.parquet"
             for way, repo in (("plugin", plugin_repo), ("lower_bound", plugin_repo)):
                 progress(f"retrieval, {way}, {n_rows:,} entity rows ...")
                 record[way] = run_call(way, pg, pgvector, repo, entity_paths[n_rows], timeout_s=math.inf,
@@ -414,14 +414,14 @@ def measure(run: BenchRun) -> dict:
                 continue
             progress(f"retrieval, stock, {n_rows:,} entity rows (time limit {args.stock_timeout_s:.0f} s) ...")
             record["stock"] = run_call("stock", pg, pgvector, stock_repo, entity_paths[n_rows],
-                                       timeout_s=args.stock_timeout_s, result_path=workdir / f"stock_{n_rows}.pkl")
+                                       timeout_s=args.stock_timeout_s, result_path=workdir / f"stock_{n_rows}.parquet")
             record["stock_limit_s"] = args.stock_timeout_s
             record["load_after"] = load_average()
             progress(_summary("stock", n_rows, record["stock"]))
             _ratios(record)
-            stock_frame, plugin_frame = workdir / f"stock_{n_rows}.pkl", plugin_frames.get(n_rows)
+            stock_frame, plugin_frame = workdir / f"stock_{n_rows}.parquet", plugin_frames.get(n_rows)
             if record["stock"]["status"] == "done" and plugin_frame is not None and plugin_frame.exists():
-                record["check"] = compare_frames(pd.read_pickle(plugin_frame), pd.read_pickle(stock_frame),
+                record["check"] = compare_frames(pd.read_parquet(plugin_frame), pd.read_parquet(stock_frame),
                                                  args.check_rows, seed=args.seed)
                 progress(f"plugin vs stock x {n_rows:,} rows: same rows {record['check']['same_rows']}, "
                          f"same values {record['check']['same_values']}")
