@@ -17,22 +17,14 @@ from interest_models.models.item_ranker import ItemRanker
 from interest_models.models.most_popular import MostPopular
 from interest_models.models.personal_frequency import PersonalFrequency
 from interest_models.models.popular_in_last_category import PopularInLastCategory
+from tests.interest_models.models.random_batches import N_CATEGORIES, N_ITEMS, random_item_category, random_sequences
 
 RNG = np.random.default_rng(3)
-N_ITEMS, N_CATEGORIES = 30, 4
-ITEM_CATEGORY = np.concatenate([[0], RNG.integers(1, N_CATEGORIES + 1, N_ITEMS)])
+ITEM_CATEGORY = random_item_category(RNG)
 
 
 def _sequences(n: int) -> SequenceBatch:
-    items = torch.from_numpy(RNG.integers(1, N_ITEMS + 1, (n, 6)))
-    return SequenceBatch(
-        items=items, categories=torch.from_numpy(ITEM_CATEGORY[items.numpy()]),
-        event_types=torch.from_numpy(RNG.integers(1, 5, (n, 6))), log_gaps=torch.rand(n, 6),
-        lengths=torch.from_numpy(RNG.integers(1, 7, n)), dominant_category=torch.from_numpy(RNG.integers(0, N_CATEGORIES + 1, n)),
-        target_item=torch.from_numpy(RNG.integers(1, N_ITEMS + 1, n)),
-        target_category=torch.from_numpy(RNG.integers(1, N_CATEGORIES + 1, n)),
-        shifted=torch.from_numpy(RNG.integers(0, 2, n).astype(np.float32)),
-    )
+    return random_sequences(n, RNG, ITEM_CATEGORY)
 
 
 def test_lstm_round_trip(tmp_path):

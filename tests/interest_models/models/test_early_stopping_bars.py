@@ -13,21 +13,10 @@ from interest_models.data.ranking_features import FEATURE_COLUMNS
 from interest_models.data.sequences import SequenceBatch
 from interest_models.models.interest_shift_lstm import InterestShiftLSTM
 from interest_models.models.item_ranker import ItemRanker
-
-N_ITEMS, N_CATEGORIES = 30, 4
-
+from tests.interest_models.models.random_batches import N_CATEGORIES, N_ITEMS, random_item_category, random_sequences
 
 def _sequences(n: int, rng: np.random.Generator) -> SequenceBatch:
-    item_category = np.concatenate([[0], rng.integers(1, N_CATEGORIES + 1, N_ITEMS)])
-    items = torch.from_numpy(rng.integers(1, N_ITEMS + 1, (n, 6)))
-    return SequenceBatch(
-        items=items, categories=torch.from_numpy(item_category[items.numpy()]),
-        event_types=torch.from_numpy(rng.integers(1, 5, (n, 6))), log_gaps=torch.rand(n, 6),
-        lengths=torch.from_numpy(rng.integers(1, 7, n)), dominant_category=torch.from_numpy(rng.integers(0, N_CATEGORIES + 1, n)),
-        target_item=torch.from_numpy(rng.integers(1, N_ITEMS + 1, n)),
-        target_category=torch.from_numpy(rng.integers(1, N_CATEGORIES + 1, n)),
-        shifted=torch.from_numpy(rng.integers(0, 2, n).astype(np.float32)),
-    )
+    return random_sequences(n, rng, random_item_category(rng))
 
 
 def _last_bar(stderr: str, desc: str) -> str:
