@@ -74,13 +74,22 @@ CREATE TABLE IF NOT EXISTS interest.text_embeddings (
     created_at      timestamptz NOT NULL DEFAULT now()
 );
 
--- How far each feature set has consumed interest.events.load_seq.
+-- What the feature tables were built from: 'events' (interest.events.load_seq consumed and
+-- the last event day then), 'items' and 'text_embeddings' (the newest created_at consumed),
+-- 'categories' (load_seq: the highest category_id, the category_share arrays' length).
 CREATE TABLE IF NOT EXISTS interest.feature_watermarks (
     feature_set     text PRIMARY KEY,
     load_seq        bigint NOT NULL,
     max_event_day   date,
+    changed_at      timestamptz,
     computed_at     timestamptz NOT NULL DEFAULT now()
 );
+DO $$ BEGIN  -- databases made before the column existed (their next build is a full one)
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = 'interest' AND table_name = 'feature_watermarks' AND column_name = 'changed_at') THEN
+        ALTER TABLE interest.feature_watermarks ADD COLUMN changed_at timestamptz;
+    END IF;
+END $$;
 
 -- Feature sources read by Feast. event_timestamp: when the values became known.
 

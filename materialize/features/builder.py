@@ -1,10 +1,26 @@
 """Computing the feature-source tables in SQL, incrementally.
 
-A watermark records the highest ``interest.events.load_seq`` consumed. An incremental run
-recomputes only the entities touched since then: users and items with new events, plus
-those whose window-exit days fall into the newly covered days; category rows from the
-first changed day on. The result equals a full recompute (``tests`` check it), whatever
-order or lateness the new events had.
+Watermarks record what the tables were built from: the highest
+``interest.events.load_seq`` consumed (and the last event day then), the newest
+``interest.items.created_at`` (a catalogue row is stamped when it changes), the newest
+``interest.text_embeddings.created_at`` and the highest category id. An incremental run recomputes each affected entity
+only from its first changed day on, and keeps its older rows:
+
+- a user or item with new events: from the day of its earliest new event (late events
+  included);
+- a user or item whose events leave the 1, 7 or 30-day window on a newly covered day:
+  from that day (daily tables only);
+- a changed catalogue row (category, title, description or price): the users with events
+  on that item from their first such event (the user tables use the item's current
+  category and text for the whole history), and categories from that day;
+- a newly embedded item text: the users with events on an item with that text, from their
+  first such event (``user_interest_embedding`` only);
+- a new category (the ``category_share`` arrays grow): every user's daily rows.
+
+The SQL reads only the events it needs for those days (a 30-day window before the first
+changed day, the last sequence-length events before it) and carries running values over
+from the last stored row. The result equals a full recompute (``tests`` check it),
+whatever order or lateness the new events had.
 """
 from __future__ import annotations
 
@@ -21,17 +37,71 @@ from materialize.database.server import has_pgvector
 from materialize.settings import PipelineConfig
 
 WATERMARK = "events"
+ITEMS_WATERMARK = "items"
+EMBEDDINGS_WATERMARK = "text_embeddings"
+CATEGORIES_WATERMARK = "categories"  # load_seq = the highest category_id when built
 WINDOW_EXIT_OFFSETS_DAYS = (1, 7, 30)
 USER_TABLES = ("user_daily_features", "user_recent_sequence", "user_interest_embedding")
 ITEM_TABLES = ("item_daily_features",)
+# Which affected_users column says from which day each user table is recomputed, and
+# whether that day's own stored rows go too: daily rows are stamped at the end of their day
+# (a row stamped at from_day 00:00 is the day before's and stays), sequence rows at the
+# event time (a row at from_day 00:00 is from_day's and goes).
+_USER_TABLE_FROM = {
+    "user_daily_features": ("daily_from", ">"),
+    "user_recent_sequence": ("sequence_from", ">="),
+    "user_interest_embedding": ("embedding_from", ">"),
+}
 
-_MEAN_EMBEDDING_PGVECTOR = "SELECT user_id, day, avg(embedding::vector)::real[] AS embedding FROM recent GROUP BY user_id, day"
+_MEAN_EMBEDDING_PGVECTOR = "SELECT user_id, day, avg(embedding)::real[] AS embedding FROM recent GROUP BY user_id, day"
+# item_vectors: each item's text embedding, cast once to pgvector's type where it exists
+_ITEM_VECTORS = """
+    CREATE TEMP TABLE item_vectors ON COMMIT DROP AS
+    SELECT i.item_id, t.embedding{cast} AS embedding
+    FROM interest.items i JOIN interest.text_embeddings t USING (text_sha256)
+"""
 _MEAN_EMBEDDING_PORTABLE = """
     SELECT user_id, day, array_agg(value ORDER BY dim) AS embedding
     FROM (SELECT user_id, day, dim, avg(value)::real AS value
           FROM recent, unnest(embedding) WITH ORDINALITY AS u(value, dim)
           GROUP BY user_id, day, dim) per_dimension
     GROUP BY user_id, day
+"""
+
+# The affected entities of an incremental run and the first day to recompute of each,
+# from temp tables new_events, exit_days, changed_items and embedded_items.
+_AFFECTED_USERS = """
+    INSERT INTO affected_users (user_id, daily_from, sequence_from, embedding_from)
+    SELECT user_id, min(day) FILTER (WHERE daily), min(day) FILTER (WHERE sequence), min(day) FILTER (WHERE embedding)
+    FROM (
+        SELECT user_id, min(day) AS day, true AS daily, true AS sequence, true AS embedding
+        FROM new_events GROUP BY user_id
+        UNION ALL
+        SELECT x.user_id, min(x.day + o.offset_days), true, false, false
+        FROM exit_days x, unnest(%(offsets)s::int[]) AS o(offset_days)
+        WHERE x.day + o.offset_days > %(old_max_day)s AND x.day + o.offset_days <= %(new_max_day)s
+        GROUP BY x.user_id
+        UNION ALL
+        SELECT e.user_id, (min(e.event_timestamp) AT TIME ZONE 'UTC')::date, true, true, true
+        FROM changed_items c JOIN interest.events e USING (item_id) GROUP BY e.user_id
+        UNION ALL
+        SELECT e.user_id, (min(e.event_timestamp) AT TIME ZONE 'UTC')::date, false, false, true
+        FROM embedded_items c JOIN interest.events e USING (item_id) GROUP BY e.user_id
+    ) changes
+    GROUP BY user_id
+"""
+_AFFECTED_ITEMS = """
+    INSERT INTO affected_items (item_id, from_day)
+    SELECT item_id, min(day)
+    FROM (
+        SELECT item_id, min(day) AS day FROM new_events GROUP BY item_id
+        UNION ALL
+        SELECT x.item_id, min(x.day + o.offset_days)
+        FROM exit_days x, unnest(%(offsets)s::int[]) AS o(offset_days)
+        WHERE x.day + o.offset_days > %(old_max_day)s AND x.day + o.offset_days <= %(new_max_day)s
+        GROUP BY x.item_id
+    ) changes
+    GROUP BY item_id
 """
 
 
@@ -46,44 +116,161 @@ class FeatureBuildReport:
     new_events: int = 0
     users_recomputed: int = 0
     items_recomputed: int = 0
+    changed_items: int = 0             # catalogue rows changed since the last build
+    embedded_items: int = 0            # items whose text got its embedding since the last build
     rows: dict[str, int] = field(default_factory=dict)   # rows now in each feature table
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # each table's SQL
+    # the rest of the wall time: "changes" (what changed, the affected sets and the deletes
+    # or truncates), "commit", "analyze", "row counts"
+    other_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _watermark(conn: psycopg.Connection) -> tuple[int, dt.date | None]:
-    row = conn.execute(
-        "SELECT load_seq, max_event_day FROM interest.feature_watermarks WHERE feature_set = %s", (WATERMARK,)
+@dataclass(frozen=True)
+class _Watermarks:
+    load_seq: int = 0
+    max_event_day: dt.date | None = None
+    n_categories: int = 0               # the category_share arrays' length when built
+    complete: bool = False             # all four watermarks recorded (else: a full build)
+
+
+def _watermarks(conn: psycopg.Connection) -> _Watermarks:
+    rows = {name: (seq, day) for name, seq, day in conn.execute(
+        "SELECT feature_set, load_seq, max_event_day FROM interest.feature_watermarks")}
+    seq, day = rows.get(WATERMARK, (0, None))
+    complete = day is not None and all(k in rows for k in (ITEMS_WATERMARK, EMBEDDINGS_WATERMARK, CATEGORIES_WATERMARK))
+    return _Watermarks(seq, day, rows.get(CATEGORIES_WATERMARK, (0, None))[0], complete)
+
+
+def _n_categories(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT coalesce(max(category_id), 0) FROM interest.categories").fetchone()[0]
+
+
+# The catalogue and embedding marks stay in SQL: they can be -infinity (nothing yet), which
+# Python's datetime cannot hold. catalogue_marks (temp table) holds them as this build
+# found them at its start; the watermarks take them when the build commits.
+_CATALOGUE_MARKS = """
+    CREATE TEMP TABLE catalogue_marks ON COMMIT DROP AS
+    SELECT (SELECT coalesce(max(created_at), '-infinity') FROM interest.items) AS items_at,
+           (SELECT coalesce(max(created_at), '-infinity') FROM interest.text_embeddings) AS embeddings_at,
+           (SELECT changed_at FROM interest.feature_watermarks WHERE feature_set = %(items)s) AS items_built_at,
+           (SELECT changed_at FROM interest.feature_watermarks WHERE feature_set = %(embeddings)s) AS embeddings_built_at
+"""
+
+
+def _save_watermarks(cur: psycopg.Cursor, max_seq: int, max_day: dt.date, n_categories: int) -> None:
+    cur.execute(
+        """
+        INSERT INTO interest.feature_watermarks (feature_set, load_seq, max_event_day, changed_at, computed_at)
+        SELECT %(events)s, %(max_seq)s, %(max_day)s, NULL, now()
+        UNION ALL SELECT %(items)s, 0, NULL, items_at, now() FROM catalogue_marks
+        UNION ALL SELECT %(embeddings)s, 0, NULL, embeddings_at, now() FROM catalogue_marks
+        UNION ALL SELECT %(categories)s, %(n_categories)s, NULL, NULL, now()
+        ON CONFLICT (feature_set) DO UPDATE
+           SET load_seq = excluded.load_seq, max_event_day = excluded.max_event_day,
+               changed_at = excluded.changed_at, computed_at = now()
+        """,
+        {"events": WATERMARK, "items": ITEMS_WATERMARK, "embeddings": EMBEDDINGS_WATERMARK,
+         "categories": CATEGORIES_WATERMARK, "n_categories": n_categories, "max_seq": max_seq, "max_day": max_day},
+    )
+
+
+def _create_affected_tables(conn: psycopg.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TEMP TABLE affected_users (
+            user_id bigint PRIMARY KEY, daily_from date, sequence_from date, embedding_from date
+        ) ON COMMIT DROP
+        """
+    )
+    conn.execute("CREATE TEMP TABLE affected_items (item_id bigint PRIMARY KEY, from_day date NOT NULL) ON COMMIT DROP")
+
+
+def _select_affected(conn: psycopg.Connection, marks: _Watermarks, new_max_day: dt.date) -> tuple[int, int, dt.date | None]:
+    """Fill affected_users / affected_items for an incremental run (see the module text).
+
+    Returns the number of changed catalogue rows, of newly embedded items, and the first
+    day a catalogue change touches (None if none).
+    """
+    conn.execute(
+        """
+        CREATE TEMP TABLE new_events ON COMMIT DROP AS
+        SELECT user_id, item_id, (event_timestamp AT TIME ZONE 'UTC')::date AS day
+        FROM interest.events WHERE load_seq > %s
+        """,
+        (marks.load_seq,),
+    )
+    # (user, item, day) of the events that can leave a window on a newly covered day
+    conn.execute(
+        """
+        CREATE TEMP TABLE exit_days ON COMMIT DROP AS
+        SELECT DISTINCT user_id, item_id, (event_timestamp AT TIME ZONE 'UTC')::date AS day
+        FROM interest.events
+        WHERE %(new_max_day)s > %(old_max_day)s
+          AND event_timestamp >= (%(old_max_day)s::date + 1 - %(longest)s)::timestamp AT TIME ZONE 'UTC'
+          AND event_timestamp < %(new_max_day)s::timestamp AT TIME ZONE 'UTC'
+        """,
+        {"old_max_day": marks.max_event_day, "new_max_day": new_max_day, "longest": max(WINDOW_EXIT_OFFSETS_DAYS)},
+    )
+    conn.execute(
+        """
+        CREATE TEMP TABLE changed_items ON COMMIT DROP AS
+        SELECT item_id FROM interest.items, catalogue_marks WHERE created_at > items_built_at
+        """
+    )
+    conn.execute(
+        """
+        CREATE TEMP TABLE embedded_items ON COMMIT DROP AS
+        SELECT i.item_id FROM interest.items i JOIN interest.text_embeddings t USING (text_sha256), catalogue_marks
+        WHERE t.created_at > embeddings_built_at
+        """
+    )
+    for table in ("new_events", "exit_days", "changed_items", "embedded_items"):
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(table)))
+    params = {"offsets": list(WINDOW_EXIT_OFFSETS_DAYS), "old_max_day": marks.max_event_day, "new_max_day": new_max_day}
+    conn.execute(_AFFECTED_USERS, params)
+    conn.execute(_AFFECTED_ITEMS, params)
+    if _n_categories(conn) != marks.n_categories:
+        # A new category lengthens every category_share array: all daily user rows again.
+        conn.execute(
+            """
+            INSERT INTO affected_users (user_id, daily_from) SELECT DISTINCT user_id, '-infinity'::date FROM interest.events
+            ON CONFLICT (user_id) DO UPDATE SET daily_from = excluded.daily_from
+            """
+        )
+    changed, embedded, catalogue_day = conn.execute(
+        """
+        SELECT (SELECT count(*) FROM changed_items), (SELECT count(*) FROM embedded_items),
+               (SELECT (min(e.event_timestamp) AT TIME ZONE 'UTC')::date
+                FROM changed_items c JOIN interest.events e USING (item_id))
+        """
     ).fetchone()
-    return (row[0], row[1]) if row else (0, None)
+    return changed, embedded, catalogue_day
 
 
-def _select_affected(conn: psycopg.Connection, since_seq: int, old_max_day: dt.date, new_max_day: dt.date) -> None:
-    """Fill temp tables affected_users / affected_items for an incremental run: entities
-    with new events, and entities whose events leave a window on a newly covered day."""
-    params = {
-        "since_seq": since_seq,
-        "old_max_day": old_max_day,
-        "new_max_day": new_max_day,
-        "offsets": list(WINDOW_EXIT_OFFSETS_DAYS),
-    }
-    for affected, key in (("affected_users", "user_id"), ("affected_items", "item_id")):
-        query = sql.SQL(
-            """
-            INSERT INTO {affected}
-            SELECT {key} FROM interest.events WHERE load_seq > %(since_seq)s
-            UNION
-            SELECT e.{key}
-            FROM interest.events e, unnest(%(offsets)s::int[]) AS o(offset_days)
-            WHERE e.event_timestamp >= (%(old_max_day)s::date - 30)::timestamp AT TIME ZONE 'UTC'
-              AND (e.event_timestamp AT TIME ZONE 'UTC')::date + o.offset_days > %(old_max_day)s
-              AND (e.event_timestamp AT TIME ZONE 'UTC')::date + o.offset_days <= %(new_max_day)s
-            """
-        ).format(affected=sql.Identifier(affected), key=sql.Identifier(key))
-        conn.execute(query, params)
+def _delete_recomputed_rows(conn: psycopg.Connection) -> None:
+    """Remove the rows that the steps write again: each affected entity's rows from its
+    first recomputed day on."""
+    for table, (column, comparison) in _USER_TABLE_FROM.items():
+        conn.execute(
+            sql.SQL(
+                """
+                DELETE FROM interest.{table} t USING affected_users a
+                WHERE t.user_id = a.user_id AND a.{column} IS NOT NULL
+                  AND t.event_timestamp {comparison} a.{column}::timestamp AT TIME ZONE 'UTC'
+                """
+            ).format(table=sql.Identifier(table), column=sql.Identifier(column), comparison=sql.SQL(comparison))
+        )
+    conn.execute(
+        """
+        DELETE FROM interest.item_daily_features t USING affected_items a
+        WHERE t.item_id = a.item_id AND t.event_timestamp > a.from_day::timestamp AT TIME ZONE 'UTC'
+        """
+    )
 
 
 def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool = False, progress: bool = False) -> FeatureBuildReport:
-    """Bring every feature-source table up to date with ``interest.events``.
+    """Bring every feature-source table up to date with ``interest.events``, the catalogue
+    and the text embeddings.
 
     Args:
         conn: an open connection; the whole build commits at the end (all or nothing).
@@ -92,84 +279,98 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
     """
     # One build at a time per database (services build after every pushed event).
     conn.execute("SELECT pg_advisory_xact_lock(hashtext('interest.build_features'))")
-    since_seq, old_max_day = _watermark(conn)
-    max_seq, new_max_day, min_new_day, new_events = conn.execute(
+    marks = _watermarks(conn)
+    # Through the load_seq index only: the events not consumed yet, not the whole table.
+    max_seq, new_events, new_events_max_day = conn.execute(
         """
-        SELECT max(load_seq), (max(event_timestamp) AT TIME ZONE 'UTC')::date,
-               (min(event_timestamp) FILTER (WHERE load_seq > %s) AT TIME ZONE 'UTC')::date,
-               count(*) FILTER (WHERE load_seq > %s)
-        FROM interest.events
+        SELECT (SELECT max(load_seq) FROM interest.events), count(*), (max(event_timestamp) AT TIME ZONE 'UTC')::date
+        FROM interest.events WHERE load_seq > %s
         """,
-        (since_seq, since_seq),
+        (marks.load_seq,),
     ).fetchone()
     if max_seq is None:
         conn.commit()
         return FeatureBuildReport(mode="no events")
-    full = full or old_max_day is None
-    if not full and new_events == 0:
+    if marks.max_event_day is None or full:
+        new_max_day = conn.execute("SELECT (max(event_timestamp) AT TIME ZONE 'UTC')::date FROM interest.events").fetchone()[0]
+    else:  # events are never deleted: the last day is the last built one or a new event's
+        new_max_day = max(d for d in (marks.max_event_day, new_events_max_day) if d is not None)
+    conn.execute(_CATALOGUE_MARKS, {"items": ITEMS_WATERMARK, "embeddings": EMBEDDINGS_WATERMARK})
+    catalogue_changed = conn.execute(
+        "SELECT items_at > items_built_at OR embeddings_at > embeddings_built_at FROM catalogue_marks"
+    ).fetchone()[0]
+    full = full or not marks.complete
+    if not full and new_events == 0 and not catalogue_changed and _n_categories(conn) == marks.n_categories:
         conn.commit()
         return FeatureBuildReport(mode="up to date", rows=_row_counts(conn))
 
     report = FeatureBuildReport(mode="full" if full else "incremental", new_events=new_events)
-    conn.execute("CREATE TEMP TABLE affected_users (user_id bigint PRIMARY KEY) ON COMMIT DROP")
-    conn.execute("CREATE TEMP TABLE affected_items (item_id bigint PRIMARY KEY) ON COMMIT DROP")
+    started = time.perf_counter()
+    _create_affected_tables(conn)
     if full:
         for table in USER_TABLES + ITEM_TABLES + ("category_daily_features",):
             conn.execute(sql.SQL("TRUNCATE interest.{}").format(sql.Identifier(table)))
-        conn.execute("INSERT INTO affected_users SELECT DISTINCT user_id FROM interest.events")
-        conn.execute("INSERT INTO affected_items SELECT DISTINCT item_id FROM interest.events")
+        conn.execute("INSERT INTO affected_users SELECT DISTINCT user_id, '-infinity'::date, '-infinity'::date, '-infinity'::date FROM interest.events")
+        conn.execute("INSERT INTO affected_items SELECT DISTINCT item_id, '-infinity'::date FROM interest.events")
         category_since = conn.execute(
             "SELECT (min(event_timestamp) AT TIME ZONE 'UTC')::date FROM interest.events"
         ).fetchone()[0]
     else:
-        _select_affected(conn, since_seq, old_max_day, new_max_day)
-        for table in USER_TABLES:
+        report.changed_items, report.embedded_items, catalogue_day = _select_affected(conn, marks, new_max_day)
+        new_day = conn.execute("SELECT min(day) FROM new_events").fetchone()[0]
+        starts = [d for d in (new_day, catalogue_day) if d is not None]
+        if new_max_day > marks.max_event_day:
+            starts.append(marks.max_event_day + dt.timedelta(days=1))
+        category_since = min(starts) if starts else None
+        _delete_recomputed_rows(conn)
+        if category_since is not None:
             conn.execute(
-                sql.SQL("DELETE FROM interest.{} t USING affected_users a WHERE t.user_id = a.user_id").format(sql.Identifier(table))
+                "DELETE FROM interest.category_daily_features WHERE event_timestamp > %s::timestamp AT TIME ZONE 'UTC'",
+                (category_since,),
             )
-        conn.execute("DELETE FROM interest.item_daily_features t USING affected_items a WHERE t.item_id = a.item_id")
-        category_since = min(min_new_day, old_max_day + dt.timedelta(days=1))
-        conn.execute(
-            "DELETE FROM interest.category_daily_features WHERE event_timestamp >= (%s::date + 1)::timestamp AT TIME ZONE 'UTC'",
-            (category_since,),
-        )
     conn.execute("ANALYZE affected_users")
     conn.execute("ANALYZE affected_items")
     report.users_recomputed = conn.execute("SELECT count(*) FROM affected_users").fetchone()[0]
     report.items_recomputed = conn.execute("SELECT count(*) FROM affected_items").fetchone()[0]
+    report.other_seconds["changes"] = round(time.perf_counter() - started, 3)
 
     created = dt.datetime.now(dt.timezone.utc)
-    steps = _user_steps(conn, config, new_max_day, created) + [
+    n_categories = _n_categories(conn)
+    steps = _user_steps(conn, config, new_max_day, created, n_categories) + [
         ("item_daily_features", feature_sql("item_daily_features.sql"), {"max_day": new_max_day, "created": created}),
-        ("category_daily_features", feature_sql("category_daily_features.sql"), {
-            "since_day": category_since, "max_day": new_max_day, "created": created}),
     ]
+    if category_since is not None:
+        steps.append(("category_daily_features", feature_sql("category_daily_features.sql"), {
+            "since_day": category_since, "max_day": new_max_day, "created": created}))
     with conn.cursor() as cur:
         for name, query, params in tqdm(steps, desc="build features", unit="table", disable=not progress):
             started = time.perf_counter()
             cur.execute(query, params)
             report.seconds[name] = round(time.perf_counter() - started, 3)
-        cur.execute(
-            """
-            INSERT INTO interest.feature_watermarks (feature_set, load_seq, max_event_day, computed_at)
-            VALUES (%s, %s, %s, now())
-            ON CONFLICT (feature_set) DO UPDATE
-               SET load_seq = excluded.load_seq, max_event_day = excluded.max_event_day, computed_at = now()
-            """,
-            (WATERMARK, max_seq, new_max_day),
-        )
+        _save_watermarks(cur, max_seq, new_max_day, n_categories)
+    started = time.perf_counter()
     conn.commit()
+    report.other_seconds["commit"] = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
     for table in USER_TABLES + ITEM_TABLES + ("category_daily_features",):
         conn.execute(sql.SQL("ANALYZE interest.{}").format(sql.Identifier(table)))
     conn.commit()
+    report.other_seconds["analyze"] = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
     report.rows = _row_counts(conn)
+    report.other_seconds["row counts"] = round(time.perf_counter() - started, 3)
     return report
 
 
-def _user_steps(conn: psycopg.Connection, config: PipelineConfig, max_day: dt.date, created: dt.datetime) -> list:
+def _user_steps(conn: psycopg.Connection, config: PipelineConfig, max_day: dt.date, created: dt.datetime,
+                n_categories: int) -> list:
     """(table, SQL, parameters) of the user-level feature tables, for affected_users."""
-    mean_embedding = _MEAN_EMBEDDING_PGVECTOR if has_pgvector(conn) else _MEAN_EMBEDDING_PORTABLE
-    n_categories = conn.execute("SELECT coalesce(max(category_id), 0) FROM interest.categories").fetchone()[0]
+    pgvector = has_pgvector(conn)
+    mean_embedding = _MEAN_EMBEDDING_PGVECTOR if pgvector else _MEAN_EMBEDDING_PORTABLE
+    conn.execute("DROP TABLE IF EXISTS item_vectors")
+    conn.execute(sql.SQL(_ITEM_VECTORS.format(cast="::vector" if pgvector else "")))
+    conn.execute("ALTER TABLE item_vectors ADD PRIMARY KEY (item_id)")
+    conn.execute("ANALYZE item_vectors")
     return [
         ("user_daily_features", feature_sql("user_daily_features.sql"), {
             "max_day": max_day, "created": created, "n_categories": n_categories,
@@ -184,17 +385,41 @@ def _user_steps(conn: psycopg.Connection, config: PipelineConfig, max_day: dt.da
 def refresh_users(conn: psycopg.Connection, config: PipelineConfig, user_ids: list[int]) -> None:
     """Recompute the user-level tables of ``user_ids`` now (after events arrive online).
 
-    The rows equal what the next build will write for these users; the watermark does
-    not move, so that build still updates items and categories with the same events.
+    Each user is recomputed from the day of its earliest event not yet consumed by a build,
+    or from the day after the last built day when it has none (its window exits), or
+    wholly before any build. The rows equal what the next build will write for these
+    users; the watermarks do not move, so that build still updates items and categories
+    with the same events.
     """
     conn.execute("SELECT pg_advisory_xact_lock(hashtext('interest.build_features'))")
-    max_day = conn.execute("SELECT (max(event_timestamp) AT TIME ZONE 'UTC')::date FROM interest.events").fetchone()[0]
-    conn.execute("CREATE TEMP TABLE affected_users (user_id bigint PRIMARY KEY) ON COMMIT DROP")
-    conn.execute("INSERT INTO affected_users SELECT unnest(%s::bigint[])", (list(user_ids),))
-    for table in USER_TABLES:
-        conn.execute(sql.SQL("DELETE FROM interest.{} t USING affected_users a WHERE t.user_id = a.user_id").format(sql.Identifier(table)))
+    marks = _watermarks(conn)
+    if marks.max_event_day is None:
+        max_day = conn.execute("SELECT (max(event_timestamp) AT TIME ZONE 'UTC')::date FROM interest.events").fetchone()[0]
+    else:  # as the next build will find it, through the load_seq index
+        new_max_day = conn.execute(
+            "SELECT (max(event_timestamp) AT TIME ZONE 'UTC')::date FROM interest.events WHERE load_seq > %s",
+            (marks.load_seq,),
+        ).fetchone()[0]
+        max_day = max(d for d in (marks.max_event_day, new_max_day) if d is not None)
+    _create_affected_tables(conn)
+    conn.execute(
+        """
+        INSERT INTO affected_users
+        SELECT u.user_id, f.from_day, f.from_day, f.from_day
+        FROM unnest(%(users)s::bigint[]) AS u(user_id)
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN %(old_max_day)s::date IS NULL THEN '-infinity'::date
+                        ELSE least((min(e.event_timestamp) AT TIME ZONE 'UTC')::date, %(old_max_day)s::date + 1)
+                   END AS from_day
+            FROM interest.events e WHERE e.user_id = u.user_id AND e.load_seq > %(since_seq)s
+        ) f
+        ON CONFLICT DO NOTHING
+        """,
+        {"users": list(user_ids), "old_max_day": marks.max_event_day, "since_seq": marks.load_seq},
+    )
+    _delete_recomputed_rows(conn)
     with conn.cursor() as cur:
-        for _, query, params in _user_steps(conn, config, max_day, dt.datetime.now(dt.timezone.utc)):
+        for _, query, params in _user_steps(conn, config, max_day, dt.datetime.now(dt.timezone.utc), _n_categories(conn)):
             cur.execute(query, params)
     conn.commit()
 

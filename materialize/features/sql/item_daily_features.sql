@@ -1,9 +1,13 @@
--- Daily item snapshots for the items in affected_items (same snapshot-day rule as users).
+-- Daily item snapshots for the items in affected_items from each item's from_day on
+-- (same snapshot-day rule as users); only the events of the 30 days before from_day and
+-- later are read, through the index on events (item_id, event_timestamp).
 -- Parameters: max_day (date), created (timestamptz).
 INSERT INTO interest.item_daily_features
 WITH ev AS (
     SELECT e.item_id, (e.event_timestamp AT TIME ZONE 'UTC')::date AS day, e.event_type, e.user_id
-    FROM interest.events e JOIN affected_items USING (item_id)
+    FROM affected_items a
+    JOIN interest.events e
+      ON e.item_id = a.item_id AND e.event_timestamp >= (a.from_day - 30)::timestamp AT TIME ZONE 'UTC'
 ),
 daily AS (
     SELECT item_id, day, count(*) AS events,
@@ -14,8 +18,8 @@ daily AS (
 daily_users AS (SELECT DISTINCT item_id, day, user_id FROM ev),
 snapshots AS (
     SELECT DISTINCT d.item_id, d.day + o.offset_days AS snap_day
-    FROM daily d CROSS JOIN (VALUES (0), (1), (7), (30)) AS o(offset_days)
-    WHERE d.day + o.offset_days <= %(max_day)s
+    FROM daily d JOIN affected_items a USING (item_id) CROSS JOIN (VALUES (0), (1), (7), (30)) AS o(offset_days)
+    WHERE d.day + o.offset_days <= %(max_day)s AND d.day + o.offset_days >= a.from_day
 ),
 windowed AS (
     SELECT s.item_id, s.snap_day,

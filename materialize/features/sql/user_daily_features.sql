@@ -1,16 +1,39 @@
--- Daily user snapshots for the users in temp table affected_users.
+-- Daily user snapshots for the users in temp table affected_users, from each user's
+-- daily_from day on (a full build: from -infinity).
 -- A snapshot for day D (stamped D+1 00:00 UTC) covers events up to the end of D.
 -- Snapshot days are the active days plus the days an active day leaves the 1/7/30-day
 -- windows, so every day's values are exact without a row per user per calendar day.
+-- Only the events of the 30 days before daily_from and later are read (plus the one event
+-- before them, for the session start of the first); what the new snapshots carry over
+-- from older days (the previous snapshot's "dominant category changed" and interest-shift
+-- start, the last event time) comes from the user's last stored snapshot before
+-- daily_from and one index lookup.
 -- Parameters: max_day (date), created (timestamptz), session_gap (interval), n_categories (int).
 INSERT INTO interest.user_daily_features
-WITH ev AS (
+WITH scope AS (
+    SELECT user_id, daily_from AS from_day,
+           (daily_from - 30)::timestamp AT TIME ZONE 'UTC' AS read_from
+    FROM affected_users WHERE daily_from IS NOT NULL
+),
+ev AS (
     SELECT e.user_id, (e.event_timestamp AT TIME ZONE 'UTC')::date AS day, e.event_timestamp,
            e.event_type, e.price, i.category_id, e.session_id,
            lag(e.event_timestamp) OVER w AS previous_timestamp,
            lag(e.session_id) OVER w AS previous_session_id
-    FROM interest.events e
-    JOIN affected_users USING (user_id)
+    FROM (
+        SELECT e.user_id, e.item_id, e.event_type, e.event_timestamp, e.price, e.session_id
+        FROM scope s JOIN interest.events e ON e.user_id = s.user_id AND e.event_timestamp >= s.read_from
+        UNION ALL
+        SELECT s.user_id, before.item_id, before.event_type, before.event_timestamp, before.price, before.session_id
+        FROM scope s
+        CROSS JOIN LATERAL (
+            SELECT e.item_id, e.event_type, e.event_timestamp, e.price, e.session_id
+            FROM interest.events e
+            WHERE e.user_id = s.user_id AND e.event_timestamp < s.read_from
+            ORDER BY e.event_timestamp DESC, e.item_id DESC, e.event_type DESC
+            LIMIT 1
+        ) before
+    ) e
     JOIN interest.items i USING (item_id)
     WINDOW w AS (PARTITION BY e.user_id ORDER BY e.event_timestamp, e.item_id, e.event_type)
 ),
@@ -34,8 +57,8 @@ daily_category AS (
 ),
 snapshots AS (
     SELECT DISTINCT d.user_id, d.day + o.offset_days AS snap_day
-    FROM daily d CROSS JOIN (VALUES (0), (1), (7), (30)) AS o(offset_days)
-    WHERE d.day + o.offset_days <= %(max_day)s
+    FROM daily d JOIN scope USING (user_id) CROSS JOIN (VALUES (0), (1), (7), (30)) AS o(offset_days)
+    WHERE d.day + o.offset_days <= %(max_day)s AND d.day + o.offset_days >= scope.from_day
 ),
 windowed AS (
     SELECT s.user_id, s.snap_day,
@@ -100,13 +123,32 @@ combined AS (
            coalesce(c.dominant_category_7d <> c.dominant_category_30d, false) AS dominant_category_changed
     FROM windowed w JOIN category_stats c USING (user_id, snap_day)
 ),
+previous AS (
+    SELECT s.user_id, p.dominant_category_changed AS previous_changed,
+           p.snap_day - p.days_since_interest_shift::int AS previous_shift_day,
+           l.last_event_at AS previous_last_event_at
+    FROM scope s
+    LEFT JOIN LATERAL (
+        SELECT f.dominant_category_changed, f.days_since_interest_shift,
+               (f.event_timestamp AT TIME ZONE 'UTC')::date - 1 AS snap_day
+        FROM interest.user_daily_features f
+        WHERE f.user_id = s.user_id AND f.event_timestamp <= s.from_day::timestamp AT TIME ZONE 'UTC'
+        ORDER BY f.event_timestamp DESC
+        LIMIT 1
+    ) p ON true
+    LEFT JOIN LATERAL (
+        SELECT max(e.event_timestamp) AS last_event_at
+        FROM interest.events e
+        WHERE e.user_id = s.user_id AND e.event_timestamp < s.from_day::timestamp AT TIME ZONE 'UTC'
+    ) l ON true
+),
 shifts AS (
-    SELECT *,
-           dominant_category_changed
-               AND NOT coalesce(lag(dominant_category_changed) OVER u, false) AS shift_starts,
-           max(last_event_in_30d) OVER u AS last_event_at
-    FROM combined
-    WINDOW u AS (PARTITION BY user_id ORDER BY snap_day)
+    SELECT c.*, p.previous_shift_day,
+           c.dominant_category_changed
+               AND NOT coalesce(lag(c.dominant_category_changed) OVER u, p.previous_changed, false) AS shift_starts,
+           greatest(max(c.last_event_in_30d) OVER u, p.previous_last_event_at) AS last_event_at
+    FROM combined c JOIN previous p USING (user_id)
+    WINDOW u AS (PARTITION BY c.user_id ORDER BY c.snap_day)
 )
 SELECT user_id,
        (snap_day + 1)::timestamp AT TIME ZONE 'UTC' AS event_timestamp,
@@ -119,6 +161,7 @@ SELECT user_id,
            AS days_since_last_event,
        category_share_7d, category_share_30d, dominant_category_7d, dominant_category_30d,
        category_entropy_30d, category_divergence_7d_30d, dominant_category_changed,
-       (snap_day - max(CASE WHEN shift_starts THEN snap_day END)
-            OVER (PARTITION BY user_id ORDER BY snap_day))::float8 AS days_since_interest_shift
+       (snap_day - greatest(max(CASE WHEN shift_starts THEN snap_day END)
+                                OVER (PARTITION BY user_id ORDER BY snap_day), previous_shift_day))::float8
+           AS days_since_interest_shift
 FROM shifts;

@@ -1,21 +1,34 @@
--- Mean text embedding of each user's last K items as of the end of each active day, for
--- the users in affected_users. The runner fills in the mean aggregate: pgvector
--- avg() where the extension exists, a per-dimension average otherwise.
+-- Mean text embedding of each user's last K events' items as of the end of each active
+-- day, for the users in affected_users from their embedding_from day on. Bounded: each
+-- (user, active day) fetches its K newest events through the events primary key
+-- (user_id, event_timestamp, item_id, event_type), read backwards, so the work is
+-- (active days x K) index entries, never a join of a user's days with the user's whole
+-- history. Events whose item text has no embedding yet are left out of the mean (a day
+-- with none of them has no row).
+-- item_vectors (temp table: item_id, embedding) is filled by the runner, which also fills
+-- in the mean aggregate: pgvector avg() where the extension exists, a per-dimension
+-- average otherwise.
 -- Parameters: recent_events (int), created (timestamptz).
 INSERT INTO interest.user_interest_embedding
-WITH ev AS (
-    SELECT e.user_id, (e.event_timestamp AT TIME ZONE 'UTC')::date AS day, e.item_id,
-           row_number() OVER (PARTITION BY e.user_id ORDER BY e.event_timestamp, e.item_id, e.event_type) AS position
-    FROM interest.events e JOIN affected_users USING (user_id)
+WITH active_days AS (
+    SELECT DISTINCT e.user_id, (e.event_timestamp AT TIME ZONE 'UTC')::date AS day
+    FROM affected_users a
+    JOIN interest.events e
+      ON e.user_id = a.user_id AND e.event_timestamp >= a.embedding_from::timestamp AT TIME ZONE 'UTC'
+    WHERE a.embedding_from IS NOT NULL
 ),
-active_days AS (SELECT user_id, day, max(position) AS last_position FROM ev GROUP BY user_id, day),
 recent AS (
-    SELECT a.user_id, a.day, t.embedding
+    SELECT a.user_id, a.day, v.embedding
     FROM active_days a
-    JOIN ev ON ev.user_id = a.user_id
-           AND ev.position > a.last_position - %(recent_events)s AND ev.position <= a.last_position
-    JOIN interest.items i ON i.item_id = ev.item_id
-    JOIN interest.text_embeddings t ON t.text_sha256 = i.text_sha256
+    CROSS JOIN LATERAL (
+        SELECT e.item_id
+        FROM interest.events e
+        WHERE e.user_id = a.user_id
+          AND e.event_timestamp < (a.day + 1)::timestamp AT TIME ZONE 'UTC'
+        ORDER BY e.event_timestamp DESC, e.item_id DESC, e.event_type DESC
+        LIMIT %(recent_events)s
+    ) last_events
+    JOIN item_vectors v ON v.item_id = last_events.item_id
 )
 SELECT user_id, (day + 1)::timestamp AT TIME ZONE 'UTC', %(created)s, embedding
 FROM (MEAN_EMBEDDING) m;

@@ -45,10 +45,12 @@ def random_shop(seed: int, n_users: int = 25, n_items: int = 40, n_events: int =
 
 
 def _embed_stub_free(conn):
-    """Give every item text a deterministic vector without the model (the embedding step
-    has its own tests); the SQL under test only averages them."""
-    rng = np.random.default_rng(0)
-    shas = [r[0] for r in conn.execute("SELECT DISTINCT text_sha256 FROM interest.items")]
+    """Give every item text not embedded yet a deterministic vector without the model (the
+    embedding step has its own tests); the SQL under test only averages them."""
+    shas = [r[0] for r in conn.execute(
+        "SELECT DISTINCT text_sha256 FROM interest.items LEFT JOIN interest.text_embeddings t USING (text_sha256) "
+        "WHERE t.text_sha256 IS NULL ORDER BY 1")]
+    rng = np.random.default_rng(len(shas))
     with conn.cursor() as cur, cur.copy(
         "COPY interest.text_embeddings (text_sha256, model_version, embedding) FROM STDIN"
     ) as copy:
@@ -156,3 +158,141 @@ def test_refreshing_one_user_equals_the_next_build(conn):
     for table in refreshed:
         assert len(refreshed[table]) > 0
         pd.testing.assert_frame_equal(refreshed[table], built[table], check_exact=False, rtol=1e-9, obj=table)
+
+
+def _reference_interest_embeddings(conn, recent_events: int) -> dict:
+    """user_interest_embedding recomputed in Python, straight from the definition: per user
+    and active UTC day, the mean of the text embeddings of the items of the user's last
+    ``recent_events`` events up to the end of that day (order: time, item, event type;
+    events whose item text has no embedding are left out)."""
+    events = fetch_frame(conn, "SELECT user_id, item_id, event_type, event_timestamp FROM interest.events")
+    vectors = {
+        item: np.asarray(vector, dtype=np.float64)
+        for item, vector in conn.execute(
+            "SELECT i.item_id, t.embedding FROM interest.items i JOIN interest.text_embeddings t USING (text_sha256)"
+        )
+    }
+    expected = {}
+    for user, frame in events.sort_values(["user_id", "event_timestamp", "item_id", "event_type"]).groupby("user_id"):
+        days = frame.event_timestamp.dt.tz_convert("UTC").dt.normalize()
+        for day in days.unique():
+            window = frame[days <= day].item_id.to_numpy()[-recent_events:]
+            embedded = [vectors[i] for i in window if i in vectors]
+            if embedded:
+                expected[(user, day + pd.Timedelta(days=1))] = np.mean(embedded, axis=0)
+    return expected
+
+
+def _assert_interest_embeddings_match_reference(conn, recent_events: int) -> None:
+    expected = _reference_interest_embeddings(conn, recent_events)
+    stored = fetch_frame(conn, "SELECT user_id, event_timestamp, interest_embedding FROM interest.user_interest_embedding")
+    assert len(expected) > 0
+    assert set(zip(stored.user_id, stored.event_timestamp)) == set(expected)
+    for row in stored.itertuples():
+        np.testing.assert_allclose(row.interest_embedding, expected[(row.user_id, row.event_timestamp)], rtol=1e-6, atol=1e-7)
+
+
+def test_interest_embedding_equals_a_straight_recomputation(conn):
+    config = PipelineConfig.load()
+    items, events = random_shop(seed=5)
+    # Same-instant events (ordered by item, then type) and items without an embedding.
+    events.loc[events.index[:200], "event_timestamp"] = events.event_timestamp.iloc[200:400].to_numpy()
+    load_frames(conn, "items", [items], source="items")
+    _embed_stub_free(conn)
+    extra = items.assign(item_id=items.item_id + 100, title=items.title + " (new)")
+    load_frames(conn, "items", [extra], source="items-not-embedded")
+    events.loc[events.index[::7], "item_id"] += 100
+    load_frames(conn, "events", [events], source="events")
+    build_features(conn, config)
+    _assert_interest_embeddings_match_reference(conn, config.interest_embedding_events)
+
+
+def _assert_incremental_equals_full(conn, config, step: str) -> None:
+    incremental = _snapshot(conn)
+    assert build_features(conn, config, full=True).mode == "full"
+    full = _snapshot(conn)
+    for table in TABLES:
+        assert len(full[table]) > 0, (step, table)
+        pd.testing.assert_frame_equal(incremental[table], full[table], check_exact=False, rtol=1e-9,
+                                      obj=f"{step}: {table}")
+
+
+def test_incremental_equals_full_through_every_kind_of_change(conn):
+    """Embeddings after the events, late events, a day with no events, one more day, a
+    catalogue change (category and text) and the new text's embedding: after each, the
+    incremental build equals a full recompute."""
+    config = PipelineConfig.load()
+    items, events = random_shop(seed=6, n_events=2000)
+    load_frames(conn, "items", [items], source="items")
+    day = events.event_timestamp.dt.floor("D")
+    last_day = day.max()
+    history, late = events[day < last_day - pd.Timedelta(days=3)], events[day >= last_day - pd.Timedelta(days=3)]
+    late_in_history = history.sample(150, random_state=0)
+    history = history.drop(late_in_history.index)
+    load_frames(conn, "events", [history], source="history")
+    assert build_features(conn, config).mode == "full"
+    assert len(_snapshot(conn)["user_interest_embedding"]) == 0  # nothing embedded yet
+
+    # 1. Embeddings arrive after the events (the "up to date" ordering bug).
+    _embed_stub_free(conn)
+    report = build_features(conn, config)
+    assert report.mode == "incremental" and report.new_events == 0 and report.embedded_items == len(items)
+    _assert_incremental_equals_full(conn, config, "embeddings after events")
+    _assert_interest_embeddings_match_reference(conn, config.interest_embedding_events)
+
+    # 2. Late, out-of-order events inside the history.
+    load_frames(conn, "events", [late_in_history], source="late")
+    assert build_features(conn, config).mode == "incremental"
+    _assert_incremental_equals_full(conn, config, "late events")
+
+    # 3. Two days later, with a day without events in between, then the days in between.
+    later = late[late.event_timestamp.dt.floor("D") == last_day]
+    load_frames(conn, "events", [later], source="two days later")
+    build_features(conn, config)
+    _assert_incremental_equals_full(conn, config, "a day with no events")
+    load_frames(conn, "events", [late.drop(later.index)], source="the days between")
+    build_features(conn, config)
+    _assert_incremental_equals_full(conn, config, "the days between, late")
+
+    # 4. Catalogue change: items 1-5 change category, items 6-10 their title (a new text).
+    changed = items.copy()
+    changed.loc[changed.item_id <= 5, "category"] = "kitchen"
+    changed.loc[changed.item_id.between(6, 10), "title"] = changed.title + " (revised)"
+    load_frames(conn, "items", [changed], source="items v2")
+    report = build_features(conn, config)
+    assert report.mode == "incremental" and report.changed_items == 10 and report.new_events == 0
+    _assert_incremental_equals_full(conn, config, "catalogue change")
+    sequences = _snapshot(conn)["user_recent_sequence"]
+    kitchen = conn.execute("SELECT category_id FROM interest.categories WHERE category = 'kitchen'").fetchone()[0]
+    assert any(kitchen in row for row in sequences.recent_category_ids)
+
+    # 5. ... and the revised texts' embeddings afterwards.
+    _embed_stub_free(conn)
+    report = build_features(conn, config)
+    assert report.mode == "incremental" and report.embedded_items == 5
+    _assert_incremental_equals_full(conn, config, "embeddings of changed texts")
+    _assert_interest_embeddings_match_reference(conn, config.interest_embedding_events)
+    assert build_features(conn, config).mode == "up to date"
+
+
+def test_incremental_build_recomputes_only_from_the_first_changed_day(conn):
+    """Rows of the days before an entity's first changed day are kept as they were (their
+    created_timestamp does not move); a late event moves only its own user's rows from its day."""
+    config = PipelineConfig.load()
+    items, events = random_shop(seed=7)
+    load_frames(conn, "items", [items], source="items")
+    _embed_stub_free(conn)
+    load_frames(conn, "events", [events], source="events")
+    build_features(conn, config)
+    before = fetch_frame(conn, "SELECT user_id, event_timestamp, created_timestamp FROM interest.user_daily_features")
+    user, late_at = 3, events.event_timestamp.min() + pd.Timedelta(days=40, hours=1)
+    late = pd.DataFrame({"user_id": [user], "item_id": [1], "event_type": ["view"], "event_timestamp": [late_at],
+                         "price": [np.nan], "session_id": [None]})
+    load_frames(conn, "events", [late], source="one late event")
+    report = build_features(conn, config)
+    assert report.users_recomputed == 1
+    after = fetch_frame(conn, "SELECT user_id, event_timestamp, created_timestamp FROM interest.user_daily_features")
+    merged = before.merge(after, on=["user_id", "event_timestamp"], how="outer", suffixes=("_before", "_after"))
+    moved = merged[merged.created_timestamp_before.ne(merged.created_timestamp_after)]
+    assert set(moved.user_id) == {user}
+    assert moved.event_timestamp.min() > late_at.floor("D")
