@@ -52,6 +52,27 @@ CREATE TABLE IF NOT EXISTS interest.items (
     created_at      timestamptz NOT NULL DEFAULT now()
 );
 
+-- Every version of every catalogue row: valid from its load time (the first version: the
+-- epoch) until the next version's valid_from (valid_to; NULL for the current one). The
+-- loader writes a version with each insert or change of interest.items.
+CREATE TABLE IF NOT EXISTS interest.item_versions (
+    item_id         bigint NOT NULL,
+    valid_from      timestamptz NOT NULL,
+    valid_to        timestamptz,              -- NULL: the current version
+    category_id     integer NOT NULL REFERENCES interest.categories,
+    title           text NOT NULL,
+    description     text,
+    price           numeric(14, 2),
+    text_sha256     text NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (item_id, valid_from)
+);
+-- Databases made before the table existed: their current rows become first versions.
+INSERT INTO interest.item_versions (item_id, valid_from, category_id, title, description, price, text_sha256, created_at)
+SELECT i.item_id, i.valid_from, i.category_id, i.title, i.description, i.price, i.text_sha256, i.created_at
+FROM interest.items i
+WHERE NOT EXISTS (SELECT 1 FROM interest.item_versions v WHERE v.item_id = i.item_id);
+
 CREATE TABLE IF NOT EXISTS interest.events (
     load_seq        bigint GENERATED ALWAYS AS IDENTITY,
     user_id         bigint NOT NULL,
@@ -184,11 +205,12 @@ CREATE TABLE IF NOT EXISTS interest.item_embeddings (
     PRIMARY KEY (item_id, event_timestamp)
 );
 
--- Catalogue attributes as a feature source.
+-- Catalogue attributes as a feature source: one row per version, stamped with its
+-- valid_from, so a point-in-time lookup returns the category and price of that time.
 CREATE OR REPLACE VIEW interest.item_catalog AS
 SELECT item_id, category_id AS item_category_id, price::double precision AS item_price,
        valid_from AS event_timestamp, created_at AS created_timestamp
-FROM interest.items;
+FROM interest.item_versions;
 
 -- Ground truth of the synthetic generator's planted interest shifts (for evaluation only;
 -- never read by feature views).

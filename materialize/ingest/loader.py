@@ -180,20 +180,36 @@ def _load_items_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clean
     cur.execute(
         "INSERT INTO interest.categories (category) SELECT DISTINCT category FROM stage_items ORDER BY 1 ON CONFLICT DO NOTHING"
     )
+    # The current row goes to interest.items; each new or changed row is also a new
+    # version in interest.item_versions, and a change closes the item's previous version.
     rows = cur.execute(
         """
-        INSERT INTO interest.items AS i (item_id, category_id, title, description, price, text_sha256, valid_from)
-        SELECT s.item_id, c.category_id, s.title, s.description, s.price, s.text_sha256,
-               CASE WHEN EXISTS (SELECT 1 FROM interest.items o WHERE o.item_id = s.item_id)
-                    THEN now() ELSE 'epoch'::timestamptz END
-        FROM stage_items s JOIN interest.categories c USING (category)
-        ON CONFLICT (item_id) DO UPDATE
-           SET category_id = excluded.category_id, title = excluded.title,
-               description = excluded.description, price = excluded.price,
-               text_sha256 = excluded.text_sha256, valid_from = now(), created_at = now()
-         WHERE (i.category_id, i.title, i.description, i.price)
-               IS DISTINCT FROM (excluded.category_id, excluded.title, excluded.description, excluded.price)
-        RETURNING (xmax = 0) AS inserted
+        WITH upserted AS (
+            INSERT INTO interest.items AS i (item_id, category_id, title, description, price, text_sha256, valid_from)
+            SELECT s.item_id, c.category_id, s.title, s.description, s.price, s.text_sha256,
+                   CASE WHEN EXISTS (SELECT 1 FROM interest.items o WHERE o.item_id = s.item_id)
+                        THEN now() ELSE 'epoch'::timestamptz END
+            FROM stage_items s JOIN interest.categories c USING (category)
+            ON CONFLICT (item_id) DO UPDATE
+               SET category_id = excluded.category_id, title = excluded.title,
+                   description = excluded.description, price = excluded.price,
+                   text_sha256 = excluded.text_sha256, valid_from = now(), created_at = now()
+             WHERE (i.category_id, i.title, i.description, i.price)
+                   IS DISTINCT FROM (excluded.category_id, excluded.title, excluded.description, excluded.price)
+            RETURNING (xmax = 0) AS inserted, i.*
+        ),
+        closed AS (
+            UPDATE interest.item_versions v SET valid_to = u.valid_from
+            FROM upserted u
+            WHERE v.item_id = u.item_id AND v.valid_to IS NULL AND v.valid_from < u.valid_from
+        ),
+        versions AS (
+            INSERT INTO interest.item_versions
+                (item_id, valid_from, category_id, title, description, price, text_sha256, created_at)
+            SELECT item_id, valid_from, category_id, title, description, price, text_sha256, created_at
+            FROM upserted
+        )
+        SELECT inserted FROM upserted
         """
     ).fetchall()
     inserted = sum(1 for (was_insert,) in rows if was_insert)

@@ -175,3 +175,26 @@ def test_retrieval_matches_brute_force_reference(applied, tmp_path):
     # Nothing left behind by either store.
     leftovers = fetch_frame(conn, "SELECT relname FROM pg_class WHERE relname LIKE 'feast_entit%%'")
     assert leftovers.empty
+
+
+def test_item_catalog_is_retrieved_as_it_was_at_the_entity_time(applied):
+    """A category and price change keeps the earlier version: rows before the change get
+    the old values, rows after it the new ones (both stores)."""
+    conn = applied.conn
+    first = pd.DataFrame({"item_id": [101, 102], "category": ["garden", "toys"], "title": ["spade", "kite"],
+                          "price": [12.5, 8.0]})
+    load_frames(conn, "items", [first], source="catalogue v1")
+    load_frames(conn, "items", [first.assign(category=["kitchen", "toys"], price=[14.0, 8.0])], source="catalogue v2")
+    changed_at = conn.execute("SELECT valid_from FROM interest.items WHERE item_id = 101").fetchone()[0]
+    categories = dict(conn.execute("SELECT category, category_id FROM interest.categories"))
+    entity_rows = pd.DataFrame({
+        "item_id": [101, 101, 101, 102],
+        "event_timestamp": pd.to_datetime([changed_at - dt.timedelta(days=3), changed_at - dt.timedelta(microseconds=1),
+                                           changed_at + dt.timedelta(seconds=1), changed_at + dt.timedelta(seconds=1)],
+                                          utc=True),
+    })
+    got = applied.store.get_historical_features(
+        entity_df=entity_rows, features=["item_catalog:item_category_id", "item_catalog:item_price"]
+    ).to_df().sort_values(["item_id", "event_timestamp"]).reset_index(drop=True)
+    assert list(got.item_category_id) == [categories["garden"], categories["garden"], categories["kitchen"], categories["toys"]]
+    assert list(got.item_price) == [12.5, 12.5, 14.0, 8.0]

@@ -386,3 +386,21 @@ def test_a_time_without_offset_is_utc_whatever_the_row_before_it(conn, tmp_path)
     _load_events_bytes(conn, tmp_path, body)
     stamps = [ts for (ts,) in conn.execute("SELECT event_timestamp FROM interest.events WHERE user_id = 40 ORDER BY event_type")]
     assert stamps == [pd.Timestamp(t, tz="UTC") for t in ("2026-01-01 08:00", "2026-01-01 09:00", "2026-01-01 14:30")]
+
+
+def test_catalogue_changes_keep_every_version(conn, tmp_path):
+    load_file(conn, "items", _write(tmp_path, "a.csv", ITEMS_CSV), chunk_rows=1000)
+    changed = "item_id,category,title,description,price\n1,books,Deep Learning 2nd ed.,A book about neural networks,45.00\n2,books,Feature Stores,Serving features online,30.5\n"
+    load_file(conn, "items", _write(tmp_path, "b.csv", changed), chunk_rows=1000)
+    load_file(conn, "items", _write(tmp_path, "b.csv", changed), chunk_rows=1000)  # the same again: no new version
+    versions = fetch_frame(conn, "SELECT item_id, valid_from, valid_to, title, price FROM interest.item_versions "
+                                 "WHERE item_id IN (1, 2) ORDER BY item_id, valid_from")
+    current = dict(conn.execute("SELECT item_id, valid_from FROM interest.items"))
+    assert list(versions.item_id) == [1, 1, 2]
+    old, new = versions.iloc[0], versions.iloc[1]
+    assert old.valid_from == pd.Timestamp(0, tz="UTC") and old.valid_to == new.valid_from == current[1]
+    assert old.title != new.title == "Deep Learning 2nd ed." and pd.isna(new.valid_to)
+    assert pd.isna(versions.iloc[2].valid_to)
+    # item_catalog (the Feast source) has a row per version, stamped with its valid_from
+    catalog = fetch_frame(conn, "SELECT item_id, event_timestamp FROM interest.item_catalog WHERE item_id = 1 ORDER BY 2")
+    assert list(catalog.event_timestamp) == list(versions.valid_from[:2])
