@@ -40,6 +40,8 @@ WATERMARK = "events"
 ITEMS_WATERMARK = "items"
 EMBEDDINGS_WATERMARK = "text_embeddings"
 CATEGORIES_WATERMARK = "categories"  # load_seq = the highest category_id when built
+USERS_PER_BATCH = 10_000  # users per statement of the user steps (bounds its work and temporary files)
+ITEMS_PER_BATCH = 500     # items per statement of the item step
 WINDOW_EXIT_OFFSETS_DAYS = (1, 7, 30)
 USER_TABLES = ("user_daily_features", "user_recent_sequence", "user_interest_embedding")
 ITEM_TABLES = ("item_daily_features",)
@@ -71,7 +73,7 @@ _MEAN_EMBEDDING_PORTABLE = """
 # The affected entities of an incremental run and the first day to recompute of each,
 # from temp tables new_events, exit_days, changed_items and embedded_items.
 _AFFECTED_USERS = """
-    INSERT INTO affected_users (user_id, daily_from, sequence_from, embedding_from)
+    INSERT INTO all_affected_users (user_id, daily_from, sequence_from, embedding_from)
     SELECT user_id, min(day) FILTER (WHERE daily), min(day) FILTER (WHERE sequence), min(day) FILTER (WHERE embedding)
     FROM (
         SELECT user_id, min(day) AS day, true AS daily, true AS sequence, true AS embedding
@@ -91,7 +93,7 @@ _AFFECTED_USERS = """
     GROUP BY user_id
 """
 _AFFECTED_ITEMS = """
-    INSERT INTO affected_items (item_id, from_day)
+    INSERT INTO all_affected_items (item_id, from_day)
     SELECT item_id, min(day)
     FROM (
         SELECT item_id, min(day) AS day FROM new_events GROUP BY item_id
@@ -175,14 +177,53 @@ def _save_watermarks(cur: psycopg.Cursor, max_seq: int, max_day: dt.date, n_cate
 
 
 def _create_affected_tables(conn: psycopg.Connection) -> None:
-    conn.execute(
-        """
-        CREATE TEMP TABLE affected_users (
-            user_id bigint PRIMARY KEY, daily_from date, sequence_from date, embedding_from date
-        ) ON COMMIT DROP
-        """
-    )
-    conn.execute("CREATE TEMP TABLE affected_items (item_id bigint PRIMARY KEY, from_day date NOT NULL) ON COMMIT DROP")
+    """all_affected_users / all_affected_items: every entity to recompute and its first day;
+    affected_users / affected_items (what the SQL files read): the batch being computed."""
+    for prefix in ("all_", ""):
+        conn.execute(sql.SQL(
+            """
+            CREATE TEMP TABLE {} (
+                user_id bigint PRIMARY KEY, daily_from date, sequence_from date, embedding_from date
+            ) ON COMMIT DROP
+            """).format(sql.Identifier(f"{prefix}affected_users")))
+        conn.execute(sql.SQL("CREATE TEMP TABLE {} (item_id bigint PRIMARY KEY, from_day date NOT NULL) ON COMMIT DROP")
+                     .format(sql.Identifier(f"{prefix}affected_items")))
+
+
+def _batches(conn: psycopg.Connection, table: str, key: str, size: int) -> list[tuple[int, int]]:
+    """(first, last) key ranges of at most ``size`` entities of ``table``."""
+    keys = [row[0] for row in conn.execute(sql.SQL("SELECT {} FROM {} ORDER BY 1").format(sql.Identifier(key), sql.Identifier(table)))]
+    return [(keys[i], keys[min(i + size, len(keys)) - 1]) for i in range(0, len(keys), size)]
+
+
+def _fill_batch(conn: psycopg.Connection, kind: str, first: int, last: int) -> None:
+    """affected_<kind> := the entities of all_affected_<kind> with keys in [first, last]."""
+    key = "user_id" if kind == "users" else "item_id"
+    batch, everything = sql.Identifier(f"affected_{kind}"), sql.Identifier(f"all_affected_{kind}")
+    conn.execute(sql.SQL("TRUNCATE {}").format(batch))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT * FROM {} WHERE {} BETWEEN %s AND %s").format(batch, everything, sql.Identifier(key)),
+                 (first, last))
+    conn.execute(sql.SQL("ANALYZE {}").format(batch))
+
+
+def _run_steps(conn: psycopg.Connection, steps: list, report: FeatureBuildReport | None, progress: bool) -> None:
+    """Run (table, SQL, parameters, kind) steps; a step of kind "users" or "items" runs once
+    per batch of USERS_PER_BATCH users or ITEMS_PER_BATCH items (the work, and the temporary
+    files, of one statement stay bounded however many entities a build recomputes)."""
+    batches = {
+        "users": _batches(conn, "all_affected_users", "user_id", USERS_PER_BATCH),
+        "items": _batches(conn, "all_affected_items", "item_id", ITEMS_PER_BATCH),
+        None: [None],
+    }
+    work = [(step, batch) for step in steps for batch in batches[step[3]]]
+    with conn.cursor() as cur:
+        for (name, query, params, kind), batch in tqdm(work, desc="build features", unit="step", disable=not progress):
+            started = time.perf_counter()
+            if batch is not None:
+                _fill_batch(conn, kind, *batch)
+            cur.execute(query, params)
+            if report is not None:
+                report.seconds[name] = round(report.seconds.get(name, 0.0) + time.perf_counter() - started, 3)
 
 
 def _select_affected(conn: psycopg.Connection, marks: _Watermarks, new_max_day: dt.date) -> tuple[int, int, dt.date | None]:
@@ -233,7 +274,7 @@ def _select_affected(conn: psycopg.Connection, marks: _Watermarks, new_max_day: 
         # A new category lengthens every category_share array: all daily user rows again.
         conn.execute(
             """
-            INSERT INTO affected_users (user_id, daily_from) SELECT DISTINCT user_id, '-infinity'::date FROM interest.events
+            INSERT INTO all_affected_users (user_id, daily_from) SELECT DISTINCT user_id, '-infinity'::date FROM interest.events
             ON CONFLICT (user_id) DO UPDATE SET daily_from = excluded.daily_from
             """
         )
@@ -254,7 +295,7 @@ def _delete_recomputed_rows(conn: psycopg.Connection) -> None:
         conn.execute(
             sql.SQL(
                 """
-                DELETE FROM interest.{table} t USING affected_users a
+                DELETE FROM interest.{table} t USING all_affected_users a
                 WHERE t.user_id = a.user_id AND a.{column} IS NOT NULL
                   AND t.event_timestamp {comparison} a.{column}::timestamp AT TIME ZONE 'UTC'
                 """
@@ -262,7 +303,7 @@ def _delete_recomputed_rows(conn: psycopg.Connection) -> None:
         )
     conn.execute(
         """
-        DELETE FROM interest.item_daily_features t USING affected_items a
+        DELETE FROM interest.item_daily_features t USING all_affected_items a
         WHERE t.item_id = a.item_id AND t.event_timestamp > a.from_day::timestamp AT TIME ZONE 'UTC'
         """
     )
@@ -310,8 +351,8 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
     if full:
         for table in USER_TABLES + ITEM_TABLES + ("category_daily_features",):
             conn.execute(sql.SQL("TRUNCATE interest.{}").format(sql.Identifier(table)))
-        conn.execute("INSERT INTO affected_users SELECT DISTINCT user_id, '-infinity'::date, '-infinity'::date, '-infinity'::date FROM interest.events")
-        conn.execute("INSERT INTO affected_items SELECT DISTINCT item_id, '-infinity'::date FROM interest.events")
+        conn.execute("INSERT INTO all_affected_users SELECT DISTINCT user_id, '-infinity'::date, '-infinity'::date, '-infinity'::date FROM interest.events")
+        conn.execute("INSERT INTO all_affected_items SELECT DISTINCT item_id, '-infinity'::date FROM interest.events")
         category_since = conn.execute(
             "SELECT (min(event_timestamp) AT TIME ZONE 'UTC')::date FROM interest.events"
         ).fetchone()[0]
@@ -328,34 +369,30 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
                 "DELETE FROM interest.category_daily_features WHERE event_timestamp > %s::timestamp AT TIME ZONE 'UTC'",
                 (category_since,),
             )
-    conn.execute("ANALYZE affected_users")
-    conn.execute("ANALYZE affected_items")
-    report.users_recomputed = conn.execute("SELECT count(*) FROM affected_users").fetchone()[0]
-    report.items_recomputed = conn.execute("SELECT count(*) FROM affected_items").fetchone()[0]
+    report.users_recomputed = conn.execute("SELECT count(*) FROM all_affected_users").fetchone()[0]
+    report.items_recomputed = conn.execute("SELECT count(*) FROM all_affected_items").fetchone()[0]
     report.other_seconds["changes"] = round(time.perf_counter() - started, 3)
 
     created = dt.datetime.now(dt.timezone.utc)
     n_categories = _n_categories(conn)
     steps = _user_steps(conn, config, new_max_day, created, n_categories) + [
-        ("item_daily_features", feature_sql("item_daily_features.sql"), {"max_day": new_max_day, "created": created}),
+        ("item_daily_features", feature_sql("item_daily_features.sql"), {"max_day": new_max_day, "created": created}, "items"),
     ]
     if category_since is not None:
         steps.append(("category_daily_features", feature_sql("category_daily_features.sql"), {
-            "since_day": category_since, "max_day": new_max_day, "created": created}))
+            "since_day": category_since, "max_day": new_max_day, "created": created}, None))
+    _run_steps(conn, steps, report, progress)
     with conn.cursor() as cur:
-        for name, query, params in tqdm(steps, desc="build features", unit="table", disable=not progress):
-            started = time.perf_counter()
-            cur.execute(query, params)
-            report.seconds[name] = round(time.perf_counter() - started, 3)
         _save_watermarks(cur, max_seq, new_max_day, n_categories)
     started = time.perf_counter()
     conn.commit()
     report.other_seconds["commit"] = round(time.perf_counter() - started, 3)
-    started = time.perf_counter()
-    for table in USER_TABLES + ITEM_TABLES + ("category_daily_features",):
-        conn.execute(sql.SQL("ANALYZE interest.{}").format(sql.Identifier(table)))
-    conn.commit()
-    report.other_seconds["analyze"] = round(time.perf_counter() - started, 3)
+    if full:  # after an incremental build the statistics are autovacuum's to refresh (a sample of every table costs seconds at 10M events)
+        started = time.perf_counter()
+        for table in USER_TABLES + ITEM_TABLES + ("category_daily_features",):
+            conn.execute(sql.SQL("ANALYZE interest.{}").format(sql.Identifier(table)))
+        conn.commit()
+        report.other_seconds["analyze"] = round(time.perf_counter() - started, 3)
     started = time.perf_counter()
     report.rows = _row_counts(conn)
     report.other_seconds["row counts"] = round(time.perf_counter() - started, 3)
@@ -364,7 +401,7 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
 
 def _user_steps(conn: psycopg.Connection, config: PipelineConfig, max_day: dt.date, created: dt.datetime,
                 n_categories: int) -> list:
-    """(table, SQL, parameters) of the user-level feature tables, for affected_users."""
+    """(table, SQL, parameters, "users") of the user-level feature tables, for affected_users."""
     pgvector = has_pgvector(conn)
     mean_embedding = _MEAN_EMBEDDING_PGVECTOR if pgvector else _MEAN_EMBEDDING_PORTABLE
     conn.execute("DROP TABLE IF EXISTS item_vectors")
@@ -374,11 +411,11 @@ def _user_steps(conn: psycopg.Connection, config: PipelineConfig, max_day: dt.da
     return [
         ("user_daily_features", feature_sql("user_daily_features.sql"), {
             "max_day": max_day, "created": created, "n_categories": n_categories,
-            "session_gap": dt.timedelta(minutes=config.session_gap_minutes)}),
+            "session_gap": dt.timedelta(minutes=config.session_gap_minutes)}, "users"),
         ("user_recent_sequence", feature_sql("user_recent_sequence.sql"), {
-            "preceding": config.sequence_length - 1, "created": created}),
+            "preceding": config.sequence_length - 1, "created": created}, "users"),
         ("user_interest_embedding", feature_sql("user_interest_embedding.sql").replace("MEAN_EMBEDDING", mean_embedding), {
-            "recent_events": config.interest_embedding_events, "created": created}),
+            "recent_events": config.interest_embedding_events, "created": created}, "users"),
     ]
 
 
@@ -404,7 +441,7 @@ def refresh_users(conn: psycopg.Connection, config: PipelineConfig, user_ids: li
     _create_affected_tables(conn)
     conn.execute(
         """
-        INSERT INTO affected_users
+        INSERT INTO all_affected_users
         SELECT u.user_id, f.from_day, f.from_day, f.from_day
         FROM unnest(%(users)s::bigint[]) AS u(user_id)
         CROSS JOIN LATERAL (
@@ -418,9 +455,7 @@ def refresh_users(conn: psycopg.Connection, config: PipelineConfig, user_ids: li
         {"users": list(user_ids), "old_max_day": marks.max_event_day, "since_seq": marks.load_seq},
     )
     _delete_recomputed_rows(conn)
-    with conn.cursor() as cur:
-        for _, query, params in _user_steps(conn, config, max_day, dt.datetime.now(dt.timezone.utc), _n_categories(conn)):
-            cur.execute(query, params)
+    _run_steps(conn, _user_steps(conn, config, max_day, dt.datetime.now(dt.timezone.utc), _n_categories(conn)), None, False)
     conn.commit()
 
 

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from materialize.database.tables import fetch_frame
+from materialize.features import builder
 from materialize.features.builder import build_features
 from materialize.ingest.loader import load_frames
 from materialize.settings import PipelineConfig
@@ -67,7 +68,11 @@ def _snapshot(conn):
     return out
 
 
-def test_incremental_equals_full_recompute(conn):
+@pytest.mark.parametrize("batches", ["one batch", "batches of 7 users and 5 items"])
+def test_incremental_equals_full_recompute(conn, monkeypatch, batches):
+    if batches != "one batch":
+        monkeypatch.setattr(builder, "USERS_PER_BATCH", 7)
+        monkeypatch.setattr(builder, "ITEMS_PER_BATCH", 5)
     config = PipelineConfig.load()
     items, events = random_shop(seed=3)
     load_frames(conn, "items", [items], source="items")
@@ -87,6 +92,7 @@ def test_incremental_equals_full_recompute(conn):
     for table in TABLES:
         assert len(full[table]) > 0, table
         pd.testing.assert_frame_equal(incremental[table], full[table], check_exact=False, rtol=1e-9, obj=table)
+    _assert_interest_embeddings_match_reference(conn, config.interest_embedding_events)
 
 
 def test_user_window_values_by_hand(conn):
