@@ -362,6 +362,8 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
         starts = [d for d in (new_day, catalogue_day) if d is not None]
         if new_max_day > marks.max_event_day:
             starts.append(marks.max_event_day + dt.timedelta(days=1))
+        if _n_categories(conn) != marks.n_categories:  # a new category has a row for every day
+            starts.append(conn.execute("SELECT (min(event_timestamp) AT TIME ZONE 'UTC')::date FROM interest.events").fetchone()[0])
         category_since = min(starts) if starts else None
         _delete_recomputed_rows(conn)
         if category_since is not None:

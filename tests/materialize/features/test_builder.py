@@ -268,6 +268,10 @@ def test_incremental_equals_full_through_every_kind_of_change(conn):
     report = build_features(conn, config)
     assert report.mode == "incremental" and report.changed_items == 10 and report.new_events == 0
     _assert_incremental_equals_full(conn, config, "catalogue change")
+    # ... and a new item without events, in a category of its own (a row for every day)
+    load_frames(conn, "items", [changed.iloc[:1].assign(item_id=999, category="outdoor", title="tent")], source="new item")
+    assert build_features(conn, config).changed_items == 1
+    _assert_incremental_equals_full(conn, config, "a new category without events")
     sequences = _snapshot(conn)["user_recent_sequence"]
     kitchen = conn.execute("SELECT category_id FROM interest.categories WHERE category = 'kitchen'").fetchone()[0]
     assert any(kitchen in row for row in sequences.recent_category_ids)
@@ -275,7 +279,7 @@ def test_incremental_equals_full_through_every_kind_of_change(conn):
     # 5. ... and the revised texts' embeddings afterwards.
     _embed_stub_free(conn)
     report = build_features(conn, config)
-    assert report.mode == "incremental" and report.embedded_items == 5
+    assert report.mode == "incremental" and report.embedded_items == 6
     _assert_incremental_equals_full(conn, config, "embeddings of changed texts")
     _assert_interest_embeddings_match_reference(conn, config.interest_embedding_events)
     assert build_features(conn, config).mode == "up to date"
