@@ -42,6 +42,8 @@ class PackedInterestLSTM(InterestShiftLSTM):
         packed = pack_padded_sequence(self.input_dropout(steps), batch.lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, (hidden, _) = self.lstm(packed)
         state = self.state_dropout(hidden[-1])
+        if "category_profile" in self.inputs:
+            state = torch.cat([state, batch.category_shares.flatten(1)], dim=-1)
         logits = self.category_head(state)
         logits[:, 0] = float("-inf")
         shift = self.shift_head(torch.cat([state, self.category_embedding(batch.dominant_category)], dim=-1)).squeeze(-1)
@@ -66,6 +68,7 @@ def random_batch(n: int, length: int, n_items: int, n_categories: int, generator
         log_gaps=torch.rand(n, length, generator=generator) * mask,
         lengths=lengths,
         dominant_category=torch.randint(1, n_categories + 1, (n,), generator=generator),
+        category_shares=torch.softmax(torch.randn(n, 2, n_categories + 1, generator=generator), dim=-1),
         target_item=torch.randint(1, n_items + 1, (n,), generator=generator),
         target_category=torch.randint(1, n_categories + 1, (n,), generator=generator),
         shifted=torch.randint(0, 2, (n,), generator=generator).float(),
@@ -74,7 +77,8 @@ def random_batch(n: int, length: int, n_items: int, n_categories: int, generator
 
 def lstm_sequences_per_second(model_class, data: SequenceBatch, config: dict, device: torch.device, epochs: int) -> float:
     torch.manual_seed(0)
-    model = model_class(3000, 12, torch.randn(3001, 384), **{k: config[k] for k in ("item_dim", "category_dim", "event_type_dim", "hidden_dim", "dropout")}).to(device)
+    model = model_class(3000, 12, torch.randn(3001, 384), **{k: config[k] for k in ("item_dim", "category_dim", "event_type_dim", "hidden_dim", "dropout")},
+                        inputs=tuple(config["inputs"])).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
     model.train()
     seen, seconds = 0, 0.0

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from interest_models.data.columns import Columns, as_int
+from interest_models.data.columns import Columns, as_int, padded
 from interest_models.data.vocabulary import Vocabulary
 
 N_EVENT_TYPES = 4
@@ -27,6 +27,7 @@ class SequenceBatch:
     log_gaps: torch.Tensor       # (batch, max_len) float32 log1p(gap seconds / 60)
     lengths: torch.Tensor        # (batch,) int64, >= 1
     dominant_category: torch.Tensor  # (batch,) int64 30-day dominant category, 0 = unknown
+    category_shares: torch.Tensor    # (batch, 2, n_categories + 1) float32 7- and 30-day category shares; column 0 unused
     target_item: torch.Tensor | None = None      # (batch,) int64
     target_category: torch.Tensor | None = None  # (batch,) int64
     shifted: torch.Tensor | None = None          # (batch,) float32 1/0, NaN = unknown
@@ -46,7 +47,8 @@ def encode_sequences(frame: Columns, vocabulary: Vocabulary, max_len: int, label
 
     Args:
         frame: columns recent_item_ids, recent_category_ids, recent_event_types,
-            recent_gap_seconds (arrays, oldest first, may be None) and dominant_category_30d.
+            recent_gap_seconds (arrays, oldest first, may be None), dominant_category_30d and
+            category_share_7d / category_share_30d (arrays, entry c - 1 is category c, may be None).
         labels: optional label_item_id and label_category_id per row.
     """
     n = len(frame["recent_item_ids"])
@@ -66,6 +68,9 @@ def encode_sequences(frame: Columns, vocabulary: Vocabulary, max_len: int, label
         gaps[row, :k] = np.log1p(np.maximum(np.asarray(gap_seconds[-k:], np.float32), 0) / 60.0)
         lengths[row] = k
     dominant = as_int(frame["dominant_category_30d"])
+    shares = np.zeros((n, 2, vocabulary.n_categories + 1), np.float32)
+    for window, column in enumerate(("category_share_7d", "category_share_30d")):
+        shares[:, window, 1:] = padded(frame[column], vocabulary.n_categories, np.float32)[0]
     batch = SequenceBatch(
         items=torch.from_numpy(items),
         categories=torch.from_numpy(categories),
@@ -73,6 +78,7 @@ def encode_sequences(frame: Columns, vocabulary: Vocabulary, max_len: int, label
         log_gaps=torch.from_numpy(gaps),
         lengths=torch.from_numpy(lengths),
         dominant_category=torch.from_numpy(dominant),
+        category_shares=torch.from_numpy(shares),
     )
     if labels is not None:
         target_category = labels.label_category_id.to_numpy(np.int64)

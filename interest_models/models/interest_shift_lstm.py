@@ -1,4 +1,4 @@
-"""InterestShiftLSTM: where a user's interest is moving, from their recent sequence.
+"""InterestShiftLSTM: where a user's interest is moving, from their recent sequence and profile.
 
 The model contract (``interest_models.models.base``): ``fit`` trains with Adam and early
 stopping on validation NDCG@10 of the full item ranking (seeded, deterministic kernels,
@@ -40,6 +40,8 @@ class LearningCurve:
     max_epochs: int = 0
     stopped_early: bool = False
     sequences_per_second: float = 0.0
+    head_epochs: int = 0                  # epochs of the category/shift head refit (0 = none)
+    head_valid_loss: list[float] = field(default_factory=list)  # its validation loss, before and after each epoch
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -94,60 +96,108 @@ class InterestOutputs:
     interest: torch.Tensor         # (batch, item_dim) user interest vector in item space
 
 
+PROFILE_SMOOTHING = 0.05
+"""Added to every category share before its log (unseen categories keep some weight)."""
+INPUTS = ("text", "event_types", "time_gaps", "category_profile")
+"""What the model can read beside item ids and categories (``inputs`` turns each on)."""
+
+
 class InterestShiftLSTM(nn.Module):
-    """LSTM over (item, category, event type, time gap, projected text embedding).
+    """LSTM over each recent event (item id, category, event type, time gap, projected text
+    embedding), fused with the user's 7- and 30-day category shares (the long-term profile)
+    before the heads: next item (an interest vector in item space), next category, shift.
 
     Args:
         n_items, n_categories: vocabulary sizes (index 0 is padding in both).
         text_embeddings: (n_items + 1, text_dim) float32 item text embeddings as known
             at training time; kept as a buffer (saved in the state dict).
+        inputs: the subset of ``INPUTS`` the model reads (the ablation switches them off).
         item_dim, category_dim, event_type_dim, hidden_dim, dropout: see ``config/lstm.yaml``.
     """
 
     def __init__(self, n_items: int, n_categories: int, text_embeddings: torch.Tensor, item_dim: int = 64,
-                 category_dim: int = 16, event_type_dim: int = 4, hidden_dim: int = 128, dropout: float = 0.2):
+                 category_dim: int = 16, event_type_dim: int = 4, hidden_dim: int = 128, dropout: float = 0.2,
+                 inputs: tuple[str, ...] = ("text", "event_types", "time_gaps")):
         super().__init__()
-        self.n_items, self.n_categories = n_items, n_categories
+        unknown = set(inputs) - set(INPUTS)
+        if unknown:
+            raise ValueError(f"unknown LSTM inputs {sorted(unknown)}; known: {', '.join(INPUTS)}")
+        self.n_items, self.n_categories, self.inputs = n_items, n_categories, tuple(i for i in INPUTS if i in inputs)
         self._arguments = {"n_items": n_items, "n_categories": n_categories, "text_dim": int(text_embeddings.shape[1]),
                            "item_dim": item_dim, "category_dim": category_dim, "event_type_dim": event_type_dim,
-                           "hidden_dim": hidden_dim, "dropout": dropout}
+                           "hidden_dim": hidden_dim, "dropout": dropout, "inputs": list(self.inputs)}
         self.learning_curve: LearningCurve | None = None
         self.register_buffer("text_embeddings", text_embeddings.float())
         self.item_embedding = nn.Embedding(n_items + 1, item_dim, padding_idx=0)
-        self.text_projection = nn.Linear(text_embeddings.shape[1], item_dim, bias=False)
+        self.text_projection = nn.Linear(text_embeddings.shape[1], item_dim, bias=False) if "text" in self.inputs else None
         self.category_embedding = nn.Embedding(n_categories + 1, category_dim, padding_idx=0)
-        self.event_type_embedding = nn.Embedding(N_EVENT_TYPES + 1, event_type_dim, padding_idx=0)
+        self.event_type_embedding = (nn.Embedding(N_EVENT_TYPES + 1, event_type_dim, padding_idx=0)
+                                     if "event_types" in self.inputs else None)
+        step_dim = item_dim + category_dim + (event_type_dim if self.event_type_embedding is not None else 0) + ("time_gaps" in self.inputs)
+        profile_dim = 2 * (n_categories + 1) if "category_profile" in self.inputs else 0
         self.input_dropout = nn.Dropout(dropout)
-        self.lstm = nn.LSTM(item_dim + category_dim + event_type_dim + 1, hidden_dim, batch_first=True)
+        self.lstm = nn.LSTM(step_dim, hidden_dim, batch_first=True)
         self.state_dropout = nn.Dropout(dropout)
-        self.category_head = nn.Linear(hidden_dim, n_categories + 1)
-        self.shift_head = nn.Sequential(nn.Linear(hidden_dim + category_dim, hidden_dim // 2), nn.ReLU(), nn.Linear(hidden_dim // 2, 1))
-        self.interest_head = nn.Linear(hidden_dim, item_dim)
+        self.category_head = nn.Linear(hidden_dim + profile_dim, n_categories + 1)
+        # Next-category logits start from the smoothed profile, log(share + PROFILE_SMOOTHING),
+        # 7- and 30-day, with learned weights: the sequence learns where interest departs from it.
+        self.profile_weights = nn.Parameter(torch.full((2,), 0.5)) if profile_dim else None
+        self.shift_head = nn.Sequential(nn.Linear(hidden_dim + profile_dim + category_dim, hidden_dim // 2), nn.ReLU(),
+                                        nn.Linear(hidden_dim // 2, 1))
+        self.interest_head = nn.Linear(hidden_dim + profile_dim, item_dim)
+        if profile_dim:
+            nn.init.zeros_(self.shift_head[-1].weight)  # the shift forecast starts as the category forecast's
+            nn.init.zeros_(self.shift_head[-1].bias)
         nn.init.normal_(self.item_embedding.weight, std=0.02)
 
     def item_representations(self) -> torch.Tensor:
-        """(n_items + 1, item_dim) learned id embedding + projected text embedding."""
+        """(n_items + 1, item_dim) learned id embedding (+ projected text embedding)."""
+        if self.text_projection is None:
+            return self.item_embedding.weight
         return self.item_embedding.weight + self.text_projection(self.text_embeddings)
+
+    def encode(self, batch: SequenceBatch, item_representations: torch.Tensor) -> torch.Tensor:
+        """(batch, hidden_dim [+ 2 (n_categories + 1)]) the fused interest state: the LSTM's
+        output at the newest event, with the category profile when the model reads it."""
+        steps = [item_representations[batch.items], self.category_embedding(batch.categories)]
+        if self.event_type_embedding is not None:
+            steps.append(self.event_type_embedding(batch.event_types))
+        if "time_gaps" in self.inputs:
+            steps.append(batch.log_gaps.unsqueeze(-1))
+        # Right-padded and causal: the output at the last real position ignores the padding
+        # after it, exactly as a packed sequence would, but runs as one fused kernel.
+        outputs, _ = self.lstm(self.input_dropout(torch.cat(steps, dim=-1)))
+        last = outputs[torch.arange(len(batch.lengths), device=outputs.device), batch.lengths - 1]
+        state = self.state_dropout(last)
+        if "category_profile" in self.inputs:
+            state = torch.cat([state, batch.category_shares.flatten(1).to(state.dtype)], dim=-1)
+        return state
+
+    def category_and_shift(self, state: torch.Tensor, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-category logits (batch, n_categories + 1) and shift logits (batch,) of ``encode``'s state."""
+        category_logits = self.category_head(state)
+        if self.profile_weights is not None:
+            prior = torch.log(batch.category_shares.to(state.dtype) + PROFILE_SMOOTHING)
+            category_logits = category_logits + torch.einsum("w,bwc->bc", self.profile_weights.to(state.dtype), prior)
+        category_logits[:, 0] = float("-inf")
+        shift_logit = self.shift_head(torch.cat([state, self.category_embedding(batch.dominant_category)], dim=-1)).squeeze(-1)
+        if self.profile_weights is not None:
+            # P(shift) = 1 - P(next category = dominant) by the category forecast, corrected by
+            # the shift head; users without a dominant category (0) get the head alone.
+            known = batch.dominant_category > 0
+            log_p = torch.log_softmax(category_logits.float(), dim=-1)
+            log_p_dominant = log_p.gather(1, batch.dominant_category.clamp(min=1).unsqueeze(1)).squeeze(1).clamp(max=-1e-6)
+            from_categories = torch.log(-torch.expm1(log_p_dominant)) - log_p_dominant
+            shift_logit = shift_logit + torch.where(known, from_categories, torch.zeros_like(from_categories)).to(shift_logit.dtype)
+        return category_logits, shift_logit
 
     def forward(self, batch: SequenceBatch, item_representations: torch.Tensor | None = None) -> InterestOutputs:
         """Args: item_representations: ``self.item_representations()`` when the caller
         already has it (it is reused to score items)."""
         if item_representations is None:
             item_representations = self.item_representations()
-        items = item_representations[batch.items]
-        steps = torch.cat(
-            [items, self.category_embedding(batch.categories), self.event_type_embedding(batch.event_types), batch.log_gaps.unsqueeze(-1)],
-            dim=-1,
-        )
-        # Right-padded and causal: the output at the last real position ignores the padding
-        # after it, exactly as a packed sequence would, but runs as one fused kernel.
-        outputs, _ = self.lstm(self.input_dropout(steps))
-        last = outputs[torch.arange(len(batch.lengths), device=outputs.device), batch.lengths - 1]
-        state = self.state_dropout(last)
-        shift_input = torch.cat([state, self.category_embedding(batch.dominant_category)], dim=-1)
-        category_logits = self.category_head(state)
-        category_logits[:, 0] = float("-inf")
-        return InterestOutputs(category_logits, self.shift_head(shift_input).squeeze(-1), self.interest_head(state))
+        state = self.encode(batch, item_representations)
+        return InterestOutputs(*self.category_and_shift(state, batch), self.interest_head(state))
 
     def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
         """(batch, n_items + 1) scores of every item; padding gets -inf."""
@@ -170,10 +220,12 @@ class InterestShiftLSTM(nn.Module):
         return self.loss(outputs, item_logits, batch, weights)
 
     @staticmethod
-    def loss(outputs: InterestOutputs, item_logits: torch.Tensor, batch: SequenceBatch,
+    def loss(outputs: InterestOutputs, item_logits: torch.Tensor | None, batch: SequenceBatch,
              weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The training loss from already computed outputs and (batch, n_items + 1) item logits."""
-        item_loss = F.cross_entropy(item_logits.float(), batch.target_item)
+        """The training loss from already computed outputs and (batch, n_items + 1) item
+        logits (None: no item term)."""
+        item_loss = (F.cross_entropy(item_logits.float(), batch.target_item) if item_logits is not None
+                     else torch.zeros((), device=outputs.category_logits.device))
         category_loss = F.cross_entropy(outputs.category_logits.float(), batch.target_category)
         known = ~torch.isnan(batch.shifted)
         shift_loss = (
@@ -241,7 +293,63 @@ class InterestShiftLSTM(nn.Module):
         self.load_state_dict(best_state)
         curve.sequences_per_second = trained_sequences / max(train_seconds, 1e-9)
         self.learning_curve = curve
+        if config.get("head_epochs", 0) > 0:
+            self.fit_heads(train, valid, config, device, generator)
         return self
+
+    def _head_parameters(self) -> list[nn.Parameter]:
+        heads = [*self.category_head.parameters(), *self.shift_head.parameters()]
+        return heads + ([self.profile_weights] if self.profile_weights is not None else [])
+
+    @torch.no_grad()
+    def _states(self, data: SequenceBatch, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+        self.eval()
+        items = self.item_representations()
+        return torch.cat([self.encode(data.select(index).to(device), items).float()
+                          for index in _batches(len(data), batch_size, False, None)])
+
+    def fit_heads(self, train: SequenceBatch, valid: SequenceBatch, config: dict, device: torch.device,
+                  generator: torch.Generator) -> None:
+        """Refit the next-category and shift heads on the frozen interest states.
+
+        Early stopping on item NDCG ends training after few epochs, before the small heads
+        have converged; with the encoder frozen they train on precomputed states in
+        seconds, early-stopped on the validation category + shift loss. Item scores do not change.
+        """
+        weights = {"item": 0.0, "category": config["loss_weights"]["category"], "shift": config["loss_weights"]["shift"]}
+        train_states, valid_states = self._states(train, device), self._states(valid, device)
+        train, valid = train.to(device), valid.to(device)
+        parameters = self._head_parameters()
+        optimizer = torch.optim.Adam(parameters, lr=config["learning_rate"], weight_decay=config["weight_decay"])
+
+        def valid_loss() -> float:
+            self.eval()
+            with torch.no_grad():
+                outputs = InterestOutputs(*self.category_and_shift(valid_states, valid), None)
+                return self.loss(outputs, None, valid, weights)[0].item()
+
+        curve = self.learning_curve
+        best, best_state, waited = valid_loss(), copy.deepcopy(self.state_dict()), 0
+        curve.head_valid_loss = [best]
+        for _ in range(config["head_epochs"]):
+            self.train()
+            for index in _batches(len(train), config["batch_size"], True, generator):
+                batch = train.select(index)
+                optimizer.zero_grad(set_to_none=True)
+                outputs = InterestOutputs(*self.category_and_shift(train_states[index.to(device)], batch), None)
+                self.loss(outputs, None, batch, weights)[0].backward()
+                optimizer.step()
+            loss = valid_loss()
+            curve.head_valid_loss.append(loss)
+            if loss < best:
+                best, best_state, waited = loss, copy.deepcopy(self.state_dict()), 0
+            else:
+                waited += 1
+                if waited >= config["patience"]:
+                    break
+        curve.head_epochs = len(curve.head_valid_loss) - 1
+        self.load_state_dict(best_state)
+        self.eval()
 
     def score(self, batch: SequenceBatch, device: torch.device | None = None) -> np.ndarray:
         """(batch, n_items + 1) float32 scores of every item; padding gets -inf."""
@@ -259,6 +367,7 @@ class InterestShiftLSTM(nn.Module):
         directory = Path(directory)
         arguments = json.loads((directory / ARGUMENTS_FILE).read_text())
         text_dim = arguments.pop("text_dim")
+        arguments["inputs"] = tuple(arguments.get("inputs", ("text", "event_types", "time_gaps")))  # versions before "inputs"
         model = cls(text_embeddings=torch.zeros(arguments["n_items"] + 1, text_dim), **arguments)
         model.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True))
         return model.eval()

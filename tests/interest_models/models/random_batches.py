@@ -21,6 +21,7 @@ def random_sequences(n: int, rng: np.random.Generator, item_category: np.ndarray
         items=items, categories=torch.from_numpy(item_category[items.numpy()]),
         event_types=torch.from_numpy(rng.integers(1, 5, (n, 6))), log_gaps=torch.rand(n, 6),
         lengths=torch.from_numpy(rng.integers(1, 7, n)), dominant_category=torch.from_numpy(rng.integers(0, N_CATEGORIES + 1, n)),
+        category_shares=torch.from_numpy(rng.dirichlet(np.ones(N_CATEGORIES + 1), (n, 2)).astype(np.float32)),
         target_item=torch.from_numpy(rng.integers(1, N_ITEMS + 1, n)),
         target_category=torch.from_numpy(rng.integers(1, N_CATEGORIES + 1, n)),
         shifted=torch.from_numpy(rng.integers(0, 2, n).astype(np.float32)),
