@@ -206,10 +206,12 @@ def _fill_batch(conn: psycopg.Connection, kind: str, first: int, last: int) -> N
     conn.execute(sql.SQL("ANALYZE {}").format(batch))
 
 
-def _run_steps(conn: psycopg.Connection, steps: list, report: FeatureBuildReport | None, progress: bool) -> None:
+def _run_steps(conn: psycopg.Connection, steps: list, report: FeatureBuildReport | None, progress: bool) -> dict[str, int]:
     """Run (table, SQL, parameters, kind) steps; a step of kind "users" or "items" runs once
     per batch of USERS_PER_BATCH users or ITEMS_PER_BATCH items (the work, and the temporary
-    files, of one statement stay bounded however many entities a build recomputes)."""
+    files, of one statement stay bounded however many entities a build recomputes).
+    Returns the rows inserted into each table."""
+    inserted: dict[str, int] = {}
     batches = {
         "users": _batches(conn, "all_affected_users", "user_id", USERS_PER_BATCH),
         "items": _batches(conn, "all_affected_items", "item_id", ITEMS_PER_BATCH),
@@ -222,8 +224,10 @@ def _run_steps(conn: psycopg.Connection, steps: list, report: FeatureBuildReport
             if batch is not None:
                 _fill_batch(conn, kind, *batch)
             cur.execute(query, params)
+            inserted[name] = inserted.get(name, 0) + cur.rowcount
             if report is not None:
                 report.seconds[name] = round(report.seconds.get(name, 0.0) + time.perf_counter() - started, 3)
+    return inserted
 
 
 def _select_affected(conn: psycopg.Connection, marks: _Watermarks, new_max_day: dt.date) -> tuple[int, int, dt.date | None]:
@@ -240,17 +244,18 @@ def _select_affected(conn: psycopg.Connection, marks: _Watermarks, new_max_day: 
         """,
         (marks.load_seq,),
     )
-    # (user, item, day) of the events that can leave a window on a newly covered day
+    # (user, item, day) of the events that leave a window on a newly covered day: only the
+    # events of the days 1, 7 and 30 days before each new day
+    new_days = [marks.max_event_day + dt.timedelta(days=n) for n in range(1, (new_max_day - marks.max_event_day).days + 1)]
+    exit_source_days = sorted({day - dt.timedelta(days=o) for day in new_days for o in WINDOW_EXIT_OFFSETS_DAYS})
     conn.execute(
         """
         CREATE TEMP TABLE exit_days ON COMMIT DROP AS
         SELECT DISTINCT user_id, item_id, (event_timestamp AT TIME ZONE 'UTC')::date AS day
         FROM interest.events
-        WHERE %(new_max_day)s > %(old_max_day)s
-          AND event_timestamp >= (%(old_max_day)s::date + 1 - %(longest)s)::timestamp AT TIME ZONE 'UTC'
-          AND event_timestamp < %(new_max_day)s::timestamp AT TIME ZONE 'UTC'
+        WHERE %(any_day)s AND (event_timestamp AT TIME ZONE 'UTC')::date = ANY(%(days)s::date[])
         """,
-        {"old_max_day": marks.max_event_day, "new_max_day": new_max_day, "longest": max(WINDOW_EXIT_OFFSETS_DAYS)},
+        {"any_day": bool(exit_source_days), "days": exit_source_days},
     )
     conn.execute(
         """
@@ -270,6 +275,8 @@ def _select_affected(conn: psycopg.Connection, marks: _Watermarks, new_max_day: 
     params = {"offsets": list(WINDOW_EXIT_OFFSETS_DAYS), "old_max_day": marks.max_event_day, "new_max_day": new_max_day}
     conn.execute(_AFFECTED_USERS, params)
     conn.execute(_AFFECTED_ITEMS, params)
+    conn.execute("ANALYZE all_affected_users")
+    conn.execute("ANALYZE all_affected_items")
     if _n_categories(conn) != marks.n_categories:
         # A new category lengthens every category_share array: all daily user rows again.
         conn.execute(
@@ -288,11 +295,12 @@ def _select_affected(conn: psycopg.Connection, marks: _Watermarks, new_max_day: 
     return changed, embedded, catalogue_day
 
 
-def _delete_recomputed_rows(conn: psycopg.Connection) -> None:
+def _delete_recomputed_rows(conn: psycopg.Connection) -> dict[str, int]:
     """Remove the rows that the steps write again: each affected entity's rows from its
-    first recomputed day on."""
+    first recomputed day on. Returns the rows deleted from each table."""
+    deleted = {}
     for table, (column, comparison) in _USER_TABLE_FROM.items():
-        conn.execute(
+        deleted[table] = conn.execute(
             sql.SQL(
                 """
                 DELETE FROM interest.{table} t USING all_affected_users a
@@ -300,13 +308,14 @@ def _delete_recomputed_rows(conn: psycopg.Connection) -> None:
                   AND t.event_timestamp {comparison} a.{column}::timestamp AT TIME ZONE 'UTC'
                 """
             ).format(table=sql.Identifier(table), column=sql.Identifier(column), comparison=sql.SQL(comparison))
-        )
-    conn.execute(
+        ).rowcount
+    deleted["item_daily_features"] = conn.execute(
         """
         DELETE FROM interest.item_daily_features t USING all_affected_items a
         WHERE t.item_id = a.item_id AND t.event_timestamp > a.from_day::timestamp AT TIME ZONE 'UTC'
         """
-    )
+    ).rowcount
+    return deleted
 
 
 def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool = False, progress: bool = False) -> FeatureBuildReport:
@@ -348,6 +357,7 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
     report = FeatureBuildReport(mode="full" if full else "incremental", new_events=new_events)
     started = time.perf_counter()
     _create_affected_tables(conn)
+    deleted: dict[str, int] = {}
     if full:
         for table in USER_TABLES + ITEM_TABLES + ("category_daily_features",):
             conn.execute(sql.SQL("TRUNCATE interest.{}").format(sql.Identifier(table)))
@@ -365,12 +375,12 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
         if _n_categories(conn) != marks.n_categories:  # a new category has a row for every day
             starts.append(conn.execute("SELECT (min(event_timestamp) AT TIME ZONE 'UTC')::date FROM interest.events").fetchone()[0])
         category_since = min(starts) if starts else None
-        _delete_recomputed_rows(conn)
+        deleted = _delete_recomputed_rows(conn)
         if category_since is not None:
-            conn.execute(
+            deleted["category_daily_features"] = conn.execute(
                 "DELETE FROM interest.category_daily_features WHERE event_timestamp > %s::timestamp AT TIME ZONE 'UTC'",
                 (category_since,),
-            )
+            ).rowcount
     report.users_recomputed = conn.execute("SELECT count(*) FROM all_affected_users").fetchone()[0]
     report.items_recomputed = conn.execute("SELECT count(*) FROM all_affected_items").fetchone()[0]
     report.other_seconds["changes"] = round(time.perf_counter() - started, 3)
@@ -383,9 +393,12 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
     if category_since is not None:
         steps.append(("category_daily_features", feature_sql("category_daily_features.sql"), {
             "since_day": category_since, "max_day": new_max_day, "created": created}, None))
-    _run_steps(conn, steps, report, progress)
+    inserted = _run_steps(conn, steps, report, progress)
     with conn.cursor() as cur:
         _save_watermarks(cur, max_seq, new_max_day, n_categories)
+    started = time.perf_counter()
+    _save_row_counts(conn, full, inserted, deleted)
+    report.other_seconds["row counts"] = round(time.perf_counter() - started, 3)
     started = time.perf_counter()
     conn.commit()
     report.other_seconds["commit"] = round(time.perf_counter() - started, 3)
@@ -395,9 +408,7 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
             conn.execute(sql.SQL("ANALYZE interest.{}").format(sql.Identifier(table)))
         conn.commit()
         report.other_seconds["analyze"] = round(time.perf_counter() - started, 3)
-    started = time.perf_counter()
     report.rows = _row_counts(conn)
-    report.other_seconds["row counts"] = round(time.perf_counter() - started, 3)
     return report
 
 
@@ -456,14 +467,43 @@ def refresh_users(conn: psycopg.Connection, config: PipelineConfig, user_ids: li
         """,
         {"users": list(user_ids), "old_max_day": marks.max_event_day, "since_seq": marks.load_seq},
     )
-    _delete_recomputed_rows(conn)
-    _run_steps(conn, _user_steps(conn, config, max_day, dt.datetime.now(dt.timezone.utc), _n_categories(conn)), None, False)
+    deleted = _delete_recomputed_rows(conn)
+    inserted = _run_steps(conn, _user_steps(conn, config, max_day, dt.datetime.now(dt.timezone.utc), _n_categories(conn)),
+                          None, False)
+    _save_row_counts(conn, False, inserted, deleted)
     conn.commit()
 
 
+FEATURE_TABLES = USER_TABLES + ITEM_TABLES + ("category_daily_features",)
+
+
+def _save_row_counts(conn: psycopg.Connection, full: bool, inserted: dict[str, int], deleted: dict[str, int]) -> None:
+    """Keep interest.feature_table_rows: after a full build the rows inserted, after an
+    incremental one the stored count plus inserted minus deleted (counted once where
+    missing), so the report needs no count(*) of tables that grow with the history."""
+    for table in FEATURE_TABLES:
+        if full:
+            count = inserted.get(table, 0)
+        else:
+            stored = conn.execute("SELECT row_count FROM interest.feature_table_rows WHERE table_name = %s", (table,)).fetchone()
+            if stored is None:
+                count = conn.execute(sql.SQL("SELECT count(*) FROM interest.{}").format(sql.Identifier(table))).fetchone()[0]
+            else:
+                count = stored[0] + inserted.get(table, 0) - deleted.get(table, 0)
+        conn.execute(
+            """
+            INSERT INTO interest.feature_table_rows (table_name, row_count) VALUES (%s, %s)
+            ON CONFLICT (table_name) DO UPDATE SET row_count = excluded.row_count
+            """,
+            (table, count),
+        )
+
+
 def _row_counts(conn: psycopg.Connection) -> dict[str, int]:
-    tables = USER_TABLES + ITEM_TABLES + ("category_daily_features", "item_embeddings")
+    """Rows in each feature table (as kept by the builds) and in item_embeddings."""
+    stored = dict(conn.execute("SELECT table_name, row_count FROM interest.feature_table_rows"))
     return {
-        t: conn.execute(sql.SQL("SELECT count(*) FROM interest.{}").format(sql.Identifier(t))).fetchone()[0]
-        for t in tables
+        t: stored[t] if t in stored else
+        conn.execute(sql.SQL("SELECT count(*) FROM interest.{}").format(sql.Identifier(t))).fetchone()[0]
+        for t in FEATURE_TABLES + ("item_embeddings",)
     }

@@ -161,6 +161,7 @@ def test_refreshing_one_user_equals_the_next_build(conn):
     refreshed = {t: v[v.user_id == user].reset_index(drop=True) for t, v in _snapshot(conn).items() if t.startswith("user_")}
     build_features(conn, config)
     built = {t: v[v.user_id == user].reset_index(drop=True) for t, v in _snapshot(conn).items() if t.startswith("user_")}
+    assert {t: n for t, n in builder._row_counts(conn).items() if t in TABLES} == {t: len(v) for t, v in _snapshot(conn).items()}
     for table in refreshed:
         assert len(refreshed[table]) > 0
         pd.testing.assert_frame_equal(refreshed[table], built[table], check_exact=False, rtol=1e-9, obj=table)
@@ -215,6 +216,8 @@ def test_interest_embedding_equals_a_straight_recomputation(conn):
 
 def _assert_incremental_equals_full(conn, config, step: str) -> None:
     incremental = _snapshot(conn)
+    reported = builder._row_counts(conn)  # kept by the builds, not counted
+    assert {t: reported[t] for t in TABLES} == {t: len(incremental[t]) for t in TABLES}, step
     assert build_features(conn, config, full=True).mode == "full"
     full = _snapshot(conn)
     for table in TABLES:
