@@ -1,10 +1,11 @@
 """The ranker's feature matrix: one row per (decision point, candidate item).
 
 Built from (a) the point-in-time user features of the decision point, (b) the candidate's
-item and category features, (c) the sequence model's outputs and (d) the on-demand
-affinity. The same function (``feature_matrix``) serves training and online scoring, so
-both see the same columns computed the same way; it works on numpy arrays so that one
-online request builds no DataFrame.
+item and category features, (c) the sequence model's outputs, (d) the on-demand
+affinity and (e) the neighbour models' scores (co-purchase, item-kNN). The same function
+(``feature_matrix``) serves training and online scoring, so both see the same columns
+computed the same way; it works on numpy arrays so that one online request builds no
+DataFrame.
 """
 from __future__ import annotations
 
@@ -30,9 +31,17 @@ PAIR_COLUMNS = [
     "user_category_share_7d", "user_category_share_30d", "is_dominant_category_7d", "is_dominant_category_30d",
     "same_category_as_last", "times_in_recent", "steps_since_in_recent", "lstm_category_probability",
     "lstm_item_score", "lstm_item_rank", "lstm_shift_probability", "interest_item_cosine",
+    "co_purchase_score", "item_knn_score",
 ]
 FEATURE_COLUMNS = USER_COLUMNS + ITEM_COLUMNS + PAIR_COLUMNS
 """Column order of the matrix the ranker is trained on."""
+MODEL_COLUMNS = ["lstm_category_probability", "lstm_item_score", "lstm_item_rank", "lstm_shift_probability",
+                 "co_purchase_score", "item_knn_score"]
+"""The columns other models' outputs fill (the LSTM and the neighbour models): the ranker
+over all ``FEATURE_COLUMNS`` stacks them, the one over ``FEAST_COLUMNS`` does not."""
+FEAST_COLUMNS = [c for c in FEATURE_COLUMNS if c not in MODEL_COLUMNS]
+NEIGHBOUR_MODELS = {"co_purchase_score": "co_purchase", "item_knn_score": "item_knn"}
+"""Neighbour-score column -> the baseline (``name``) whose score it holds."""
 
 NOT_IN_RECENT = 1000.0
 _STATS_BLOCK_ROWS = 65_536
@@ -78,6 +87,7 @@ class CandidateRows:
     category_id: np.ndarray    # (n,) int64
     item_values: np.ndarray    # (n, len(ITEM_COLUMNS)) float64, NaN = missing
     interest_item_cosine: np.ndarray  # (n,) float64, the on-demand affinity
+    neighbour_scores: dict[str, np.ndarray]  # ``NEIGHBOUR_MODELS`` column -> (n,) float64
 
     @classmethod
     def from_frame(cls, candidates: pd.DataFrame) -> "CandidateRows":
@@ -86,7 +96,29 @@ class CandidateRows:
             item_id=candidates.item_id.to_numpy(np.int64), category_id=candidates.category_id.to_numpy(np.int64),
             item_values=np.column_stack([as_float(candidates[c]) for c in ITEM_COLUMNS]),
             interest_item_cosine=candidates.interest_item_cosine.to_numpy(np.float64),
+            neighbour_scores={c: candidates[c].to_numpy(np.float64) for c in NEIGHBOUR_MODELS},
         )
+
+
+def neighbour_scores(models: dict, recent: list[np.ndarray], point: np.ndarray, item_index: np.ndarray,
+                     points_per_chunk: int = 1024) -> dict[str, np.ndarray]:
+    """Each neighbour model's score of candidate rows, ``NEIGHBOUR_MODELS`` column -> (n,).
+
+    Args:
+        models: baseline name -> fitted baseline (``score(recent)`` gives (batch, n_items + 1));
+        recent: per decision point, the vocabulary indices of its recent items;
+        point, item_index: (n,) the candidate rows. Points are scored in chunks, so memory
+        is bounded by ``points_per_chunk x n_items``, not by points x catalogue.
+    """
+    out = {column: np.zeros(len(point)) for column in NEIGHBOUR_MODELS}
+    for start in range(0, len(recent), points_per_chunk):
+        rows = np.flatnonzero((point >= start) & (point < start + points_per_chunk))
+        if len(rows) == 0:
+            continue
+        chunk = recent[start : start + points_per_chunk]
+        for column, name in NEIGHBOUR_MODELS.items():
+            out[column][rows] = models[name].score(chunk)[point[rows] - start, item_index[rows]]
+    return out
 
 
 def _recent_item_stats(users: UserRows, point: np.ndarray, item_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -135,6 +167,7 @@ def feature_matrix(users: UserRows, candidates: CandidateRows, lstm_scores: np.n
         "lstm_item_rank": rank[point, item_index].astype(float),
         "lstm_shift_probability": shift_probability[point],
         "interest_item_cosine": candidates.interest_item_cosine,
+        **candidates.neighbour_scores,
     }
     return np.column_stack([users.values[point], candidates.item_values, *(pair[c] for c in PAIR_COLUMNS)]).astype(np.float64)
 
@@ -146,8 +179,8 @@ def build_matrix(user_rows: Columns, candidates: pd.DataFrame, lstm_scores: np.n
     Args:
         user_rows: one row per decision point (position = ``candidates.point``); see
             ``UserRows.from_columns``.
-        candidates: columns point, item_id, item_index, category_id, ``ITEM_COLUMNS`` and
-            interest_item_cosine.
+        candidates: columns point, item_id, item_index, category_id, ``ITEM_COLUMNS``,
+            interest_item_cosine and the ``NEIGHBOUR_MODELS`` columns.
     """
     matrix = feature_matrix(UserRows.from_columns(user_rows), CandidateRows.from_frame(candidates),
                             lstm_scores, category_probabilities, shift_probability)

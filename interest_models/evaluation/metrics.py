@@ -241,6 +241,38 @@ def ranking_metrics(ranks: np.ndarray, ks: Sequence[int] = (10,)) -> dict[str, f
     return result
 
 
+def ndcg_per_row(ranks: np.ndarray, k: int) -> np.ndarray:
+    """(n,) NDCG@k of each row (``ndcg_at_k`` is their mean)."""
+    ranks = _check_ranks(ranks)
+    return np.where(ranks <= _check_k(k), 1.0 / np.log2(ranks + 1.0), 0.0)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, groups: np.ndarray, resamples: int = 2000,
+                     seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Mean of ``a - b`` with a percentile bootstrap interval that resamples whole groups
+    (users: their decision points are not independent).
+
+    Args:
+        a, b: (n,) paired per-row values (for example ``ndcg_per_row`` of two models);
+        groups: (n,) the group (user) of each row.
+
+    Returns:
+        difference, low, high (the ``level`` interval) and relative (difference / mean of b).
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(groups) != len(a) or len(a) == 0:
+        raise ValueError(f"a, b and groups must be equal-length non-empty vectors, got {a.shape}, {b.shape}, {len(groups)}")
+    _, group = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = group.max() + 1
+    sums, counts = np.bincount(group, a - b, n_groups), np.bincount(group, minlength=n_groups).astype(np.float64)
+    weights = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=resamples)
+    draws = (weights @ sums) / (weights @ counts)
+    tail = (1.0 - level) / 2.0
+    difference = float(np.mean(a - b))
+    return {"difference": difference, "low": float(np.quantile(draws, tail)), "high": float(np.quantile(draws, 1.0 - tail)),
+            "relative": difference / float(np.mean(b)) if np.mean(b) > 0 else float("nan")}
+
+
 # --------------------------------------------------------------------------- classification
 
 

@@ -182,6 +182,13 @@ def write_report(result, out_dir: Path, version: str, title: str, category_names
         _table(result.metrics[RANKING_COLUMNS]),
         "![metrics](metrics.png)",
         "",
+        "The XGBoost ranker stacks the other models: it reads the Feast features, the LSTM's outputs and the "
+        "co-purchase and item-kNN scores; the ranker on Feast features only, the LSTM and the baselines are the "
+        "single parts. Paired differences of NDCG@10 per test decision point, with 95 % bootstrap intervals "
+        "over users (their points resampled together):",
+        "",
+        _table(result.comparisons),
+        "",
     ]
     if references is not None:
         lines += ["Published results on the same protocol, for comparison:", "", _table(references), ""]
@@ -207,7 +214,9 @@ def write_report(result, out_dir: Path, version: str, title: str, category_names
         "",
         f"LSTM: best epoch {curve.best_epoch} of {len(curve.epoch)}"
         + (f" (early stop; at most {curve.max_epochs})" if curve.stopped_early else "")
-        + f", {curve.sequences_per_second:,.0f} training sequences/s on `{result.device}`. "
+        + f", {curve.sequences_per_second:,.0f} training sequences/s on `{result.device}`"
+        + (f"; category and shift heads refit for {curve.head_epochs} epochs on the frozen states" if curve.head_epochs else "")
+        + ". "
         f"XGBoost: {result.ranker.best_iteration + 1} trees kept.",
         "",
         "![learning curves](learning_curve.png)",

@@ -20,10 +20,13 @@ from interest_models.progress import end_bar
 MODEL_FILE = "ranker.json"
 
 
-def _float32(features: pd.DataFrame | np.ndarray) -> np.ndarray:
-    # A plain float32 array skips XGBoost's per-call DataFrame conversion.
+def _float32(features: pd.DataFrame | np.ndarray, columns: list[str]) -> np.ndarray:
+    """``columns`` of a DataFrame, or of a matrix in ``FEATURE_COLUMNS`` order, as float32.
+    A plain float32 array skips XGBoost's per-call DataFrame conversion."""
     if isinstance(features, pd.DataFrame):
-        features = features[FEATURE_COLUMNS].to_numpy()
+        features = features[columns].to_numpy()
+    elif columns != FEATURE_COLUMNS:
+        features = np.asarray(features)[:, [FEATURE_COLUMNS.index(c) for c in columns]]
     return np.ascontiguousarray(features, dtype=np.float32)
 
 
@@ -47,9 +50,11 @@ class _RoundBar(xgb.callback.TrainingCallback):
 
 
 class ItemRanker:
-    """LambdaMART over ``FEATURE_COLUMNS``; scores are comparable within a query only."""
+    """LambdaMART over ``columns`` (default all ``FEATURE_COLUMNS``); scores are comparable
+    within a query only. Only the default ranker is saved and served."""
 
-    def __init__(self, config: dict, seed: int, device: str | None = None):
+    def __init__(self, config: dict, seed: int, device: str | None = None, columns: list[str] = FEATURE_COLUMNS):
+        self.columns = list(columns)
         self.device = xgboost_device(device)
         self.model = xgb.XGBRanker(**config, random_state=seed, device=self.device, n_jobs=0)
 
@@ -63,8 +68,8 @@ class ItemRanker:
         self.model.set_params(callbacks=[_RoundBar(bar)])
         try:
             self.model.fit(
-                features[FEATURE_COLUMNS], relevance, qid=query,
-                eval_set=[(valid_features[FEATURE_COLUMNS], valid_relevance)], eval_qid=[valid_query], verbose=False,
+                features[self.columns], relevance, qid=query,
+                eval_set=[(valid_features[self.columns], valid_relevance)], eval_qid=[valid_query], verbose=False,
             )
         finally:
             self.model.set_params(callbacks=None)
@@ -73,7 +78,7 @@ class ItemRanker:
 
     def score(self, features: pd.DataFrame | np.ndarray) -> np.ndarray:
         """(n,) scores of rows in ``FEATURE_COLUMNS`` order (a DataFrame is reordered)."""
-        return self.model.predict(_float32(features))
+        return self.model.predict(_float32(features, self.columns))
 
     @property
     def best_iteration(self) -> int:
@@ -86,13 +91,13 @@ class ItemRanker:
 
     def feature_importance(self) -> pd.Series:
         gain = self.model.get_booster().get_score(importance_type="gain")
-        return pd.Series({c: gain.get(c, 0.0) for c in FEATURE_COLUMNS}).sort_values(ascending=False)
+        return pd.Series({c: gain.get(c, 0.0) for c in self.columns}).sort_values(ascending=False)
 
     def contributions(self, features: pd.DataFrame | np.ndarray, approximate: bool = False) -> np.ndarray:
-        """(n, len(FEATURE_COLUMNS)) per-row contribution of each feature to the score, over
+        """(n, len(columns)) per-row contribution of each feature to the score, over
         the trees ``predict`` uses: exact TreeSHAP, or with ``approximate`` the per-path
         (Saabas) attribution, about 10x cheaper."""
-        matrix = xgb.DMatrix(_float32(features), feature_names=FEATURE_COLUMNS)
+        matrix = xgb.DMatrix(_float32(features, self.columns), feature_names=self.columns)
         values = self.model.get_booster().predict(matrix, pred_contribs=True, approx_contribs=approximate,
                                                   iteration_range=self._iteration_range())
         return values[:, :-1]
@@ -108,6 +113,7 @@ class ItemRanker:
     @classmethod
     def load(cls, directory: Path, device: str | None = None) -> "ItemRanker":
         ranker = cls.__new__(cls)
+        ranker.columns = list(FEATURE_COLUMNS)
         ranker.device = xgboost_device(device)
         ranker.model = xgb.XGBRanker()
         ranker.model.load_model(str(Path(directory) / MODEL_FILE))

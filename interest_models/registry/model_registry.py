@@ -2,7 +2,8 @@
 
 A version folder holds what each model's ``save`` writes (``lstm.pt``, a state dict loaded
 with ``weights_only=True``, and ``lstm.json``; ``ranker.json``, XGBoost JSON;
-``blend.json``), ``vocabulary.json`` and ``manifest.json``: the feature service and its
+``blend.json``; ``co_purchase.npz`` and ``item_knn.npz``, the neighbour models whose
+scores the ranker reads), ``vocabulary.json`` and ``manifest.json``: the feature service and its
 exact feature list, the data window, metrics, seeds, configs,
 library versions and a SHA-256 per file. Loading verifies every checksum and refuses a
 model whose features the feature store no longer serves. ``SERVING`` names the version
@@ -21,13 +22,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from interest_models.models.baseline import Baseline
 from interest_models.models.blend import Blend
+from interest_models.models.co_purchase import CoPurchase
+from interest_models.models.item_knn import ItemKNN
 from interest_models.data.vocabulary import Vocabulary
 from interest_models.models.item_ranker import ItemRanker
 from interest_models.data.ranking_features import FEATURE_COLUMNS
 from interest_models.models.interest_shift_lstm import InterestShiftLSTM
 
 SERVING_POINTER = "SERVING"
+NEIGHBOUR_CLASSES = (CoPurchase, ItemKNN)  # the ranker's neighbour-score models (``ranking_features.NEIGHBOUR_MODELS``)
 VOCABULARY_FILE = "vocabulary.json"
 
 
@@ -64,6 +69,7 @@ class RegisteredModel:
     model: InterestShiftLSTM
     ranker: ItemRanker
     blend: Blend
+    neighbours: dict[str, Baseline]  # baseline name -> fitted neighbour model the ranker reads
 
 
 def registry_for(project_dir: Path) -> "ModelRegistry":
@@ -110,7 +116,7 @@ class ModelRegistry:
         created = dt.datetime.now(dt.timezone.utc)
         staging = self.root / f".staging-{created:%Y%m%d%H%M%S%f}"
         staging.mkdir(parents=True)
-        for model in (result.model, result.ranker, result.blend):
+        for model in (result.model, result.ranker, result.blend, *result.neighbours.values()):
             model.save(staging)
         (staging / VOCABULARY_FILE).write_text(json.dumps(result.vocabulary.to_json()))
         checksums = {path.name: _sha256(path) for path in sorted(staging.iterdir())}
@@ -178,8 +184,11 @@ class ModelRegistry:
             self.check_store(manifest, store)
         path = self.root / version
         vocabulary = Vocabulary.from_json(json.loads((path / VOCABULARY_FILE).read_text()))
+        if manifest.get("ranking_feature_columns") != FEATURE_COLUMNS:
+            raise RegistryError(f"{version} was trained on other ranking features than this code computes; train a new version")
+        neighbours = {model.name: model.load(path) for model in NEIGHBOUR_CLASSES}
         return RegisteredModel(version, path, manifest, vocabulary, InterestShiftLSTM.load(path),
-                               ItemRanker.load(path, device), Blend.load(path))
+                               ItemRanker.load(path, device), Blend.load(path), neighbours)
 
     def remove(self, version: str) -> None:
         if self.serving_version() == version:

@@ -21,7 +21,9 @@ from interest_models.candidates.sources import CandidateIndex, generate
 from interest_models.data.columns import as_float
 from interest_models.config import load_config
 from interest_models.candidates.neighbour_search import neighbour_search
-from interest_models.data.ranking_features import FEATURE_COLUMNS, ITEM_COLUMNS, CandidateRows, UserRows, feature_matrix
+from interest_models.data.ranking_features import (
+    FEATURE_COLUMNS, ITEM_COLUMNS, CandidateRows, UserRows, feature_matrix, neighbour_scores,
+)
 from interest_models.registry.model_registry import ModelRegistry, RegisteredModel, RegistryError
 from interest_models.data.sequences import encode_sequences
 from interest_models.models.interest_shift_lstm import predict_all
@@ -262,6 +264,10 @@ class Recommender:
             item_id=self.vocabulary.item_ids[candidate_items], category_id=self.vocabulary.item_category[candidate_items].astype(np.int64),
             item_values=self.item_features.get()[candidate_items],
             interest_item_cosine=user_affinity(user["interest_embedding"][0], self.text_matrix[candidate_items]),
+            neighbour_scores=neighbour_scores(
+                self.registered.neighbours, [self.vocabulary.index_of(np.asarray(user["recent_item_ids"][0] or [], np.int64))],
+                np.zeros(len(candidate_items), np.int64), candidate_items,
+            ),
         )
         features = feature_matrix(UserRows.from_columns(user), candidates, scores, categories, shift)
         ranker_score = self.ranker.score(features)

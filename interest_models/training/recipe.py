@@ -29,10 +29,12 @@ from interest_models.data.decision_points import SPLITS, decision_points, seen_i
 from interest_models.data.sequences import encode_sequences
 from interest_models.data.vocabulary import Vocabulary, load_vocabulary
 from interest_models.models.blend import Blend
-from interest_models.evaluation.metrics import accuracy_at_k, calibration_bins, ranking_metrics, roc_auc, target_ranks
+from interest_models.evaluation.metrics import (
+    accuracy_at_k, calibration_bins, ndcg_per_row, paired_bootstrap, ranking_metrics, roc_auc, target_ranks,
+)
 from interest_models.evaluation.oracle import OracleComparison, compare_with_oracle
 from interest_models.models.item_ranker import ItemRanker
-from interest_models.data.ranking_features import build_matrix
+from interest_models.data.ranking_features import FEAST_COLUMNS, NEIGHBOUR_MODELS, build_matrix, neighbour_scores
 from interest_models.models.interest_shift_lstm import InterestShiftLSTM, predict_all
 from interest_models.data.feature_frames import (
     ServiceFeatures, affinity, affinity_transformation, candidate_features, item_text_matrix, service_features, user_features,
@@ -48,6 +50,9 @@ from materialize.devices import seed_everything, select_device
 
 CANDIDATE_OFFSET = 1e6  # puts re-ranked candidates ahead of every other item
 BLEND = "blend (LSTM + XGBoost)"
+RANKER = "XGBoost ranker"
+FEATURE_RANKER = "XGBoost ranker, Feast features only"
+SERVING = "serving"  # the baselines fitted on all events, for the service
 
 STAGES = {
     "decision points": "session starts (or held-out last events) labelled with the next event, split by period",
@@ -55,10 +60,12 @@ STAGES = {
     "sequences": "each point's recent events as padded LSTM input",
     "LSTM training": "InterestShiftLSTM on the first period, early-stopped on validation NDCG@10",
     "LSTM outputs": "out-of-sample LSTM item scores, next-category and shift probabilities for the later periods",
-    "ranker features": "candidates from every source with their Feast point-in-time features",
-    "XGBoost training": "LambdaMART ranker on the ranker period, early-stopped on validation; scores validation and test",
+    "baselines": "popularity, item-kNN, personal-frequency and co-purchase baselines on the events before each period "
+                 "(and the serving neighbours on all events)",
+    "ranker features": "candidates from every source with their Feast point-in-time features and neighbour scores",
+    "XGBoost training": "LambdaMART stacker (Feast features, LSTM outputs, neighbour scores) and a Feast-features-only "
+                        "ranker on the ranker period, early-stopped on validation; scores validation and test",
     "blend weight": "the LSTM/ranker mix with the best validation NDCG@10",
-    "baselines": "popularity, item-kNN, personal-frequency and co-purchase baselines on the events before each period",
     "evaluation": "every model ranked against all items on validation and test; category and shift metrics, "
                   "beside the synthetic shop's oracle where the data is synthetic",
 }
@@ -89,6 +96,8 @@ class TrainingResult:
     configs: dict[str, dict]
     data_window: dict
     metrics: pd.DataFrame                # model/baseline x metric, on test
+    comparisons: pd.DataFrame            # paired NDCG@10 differences on test with bootstrap intervals
+    neighbours: dict                     # baseline name -> the neighbour models the ranker reads, fitted on all events
     valid_metrics: pd.DataFrame
     category_metrics: dict[str, float]
     shift_metrics: dict[str, float]
@@ -141,10 +150,11 @@ ORDER BY user_id, event_timestamp, item_id, event_type
 """
 
 
-def _training_histories(conn: psycopg.Connection, vocabulary: Vocabulary, protocol: str, before: pd.Timestamp,
+def _training_histories(conn: psycopg.Connection, vocabulary: Vocabulary, protocol: str, before: pd.Timestamp | None,
                         session_gap: dt.timedelta) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The baselines' training data: every user's events before the evaluated period
-    (time_split), or all but each user's last two events (leave_one_out).
+    (time_split; ``before`` None: all events), or all but each user's last two events
+    (leave_one_out).
 
     Returns:
         (histories, baskets): the time-ordered item indices of each user, and of each
@@ -153,7 +163,8 @@ def _training_histories(conn: psycopg.Connection, vocabulary: Vocabulary, protoc
     if protocol == "leave_one_out":
         events = fetch_frame(conn, _EVENTS_BUT_LAST_TWO, {"session_gap": session_gap})
     else:
-        events = fetch_frame(conn, _EVENTS_BEFORE, {"session_gap": session_gap, "before": before.to_pydatetime()})
+        before = dt.datetime.max.replace(tzinfo=dt.timezone.utc) if before is None else before.to_pydatetime()
+        events = fetch_frame(conn, _EVENTS_BEFORE, {"session_gap": session_gap, "before": before})
     if events.empty:
         return [], []
     items = vocabulary.index_of(events.item_id)
@@ -189,6 +200,7 @@ class _Trainer:
         self.device = select_device(device)
         self.seed = int(self.training_config["seed"])
         self.rng = np.random.default_rng(self.seed)
+        self.ranks: dict[str, dict[str, np.ndarray]] = {}  # split -> model -> per-point target ranks
 
     def run(self) -> TrainingResult:
         seed_everything(self.seed)
@@ -245,8 +257,14 @@ class _Trainer:
             scored = sum(len(o.points) for o in outputs.values())
             stage.summary = f"{scored:,} points x {self.vocabulary.n_items:,} items"
 
+        with stages.stage("baselines") as stage:
+            baselines, histories = self._baselines(points)
+            stage.summary = f"{len(baselines['test'])} baselines; " + ", ".join(
+                f"for {split}: {users:,} users' histories, {sessions:,} sessions" for split, (users, sessions) in histories.items()
+            )
+
         with stages.stage("ranker features") as stage:
-            candidate_frames = self._candidates(outputs)
+            candidate_frames = self._candidates(outputs, baselines)
             stage.summary = ", ".join(f"{name} {len(frame):,} rows of {frame.point.nunique():,} points"
                                       for name, frame in candidate_frames.items())
 
@@ -256,12 +274,17 @@ class _Trainer:
             self.ranker.fit(train, train.relevance.to_numpy(), train.point.to_numpy(),
                             (valid_retrieved, valid_retrieved.relevance.to_numpy(), valid_retrieved.point.to_numpy()),
                             progress=stages.enabled)
+            feature_ranker = ItemRanker(self.ranker_config, self.seed, self.ranker.device, columns=FEAST_COLUMNS)
+            feature_ranker.fit(train, train.relevance.to_numpy(), train.point.to_numpy(),
+                               (valid_retrieved, valid_retrieved.relevance.to_numpy(), valid_retrieved.point.to_numpy()))
             for split in ("valid", "test"):
                 frame = candidate_frames[split]
                 frame["ranker_score"] = self.ranker.score(frame)
+                frame["feature_ranker_score"] = feature_ranker.score(frame)
                 outputs[split].candidates = frame
             stage.summary = (f"{len(train):,} rows of {train.point.nunique():,} points, "
-                             f"{self.ranker.best_iteration + 1} trees kept on {self.ranker.device}")
+                             f"{self.ranker.best_iteration + 1} trees kept on {self.ranker.device} "
+                             f"({feature_ranker.best_iteration + 1} without the models' columns)")
 
         with stages.stage("blend weight") as stage:
             valid = outputs["valid"]
@@ -282,12 +305,6 @@ class _Trainer:
             stage.summary = (f"LSTM weight {self.blend.lstm_weight:.2f} of {len(self.blend.search)} tried, "
                              f"valid NDCG@10 {self.blend.search[self.blend.lstm_weight]:.4f} on {len(valid.points):,} points")
 
-        with stages.stage("baselines") as stage:
-            baselines, histories = self._baselines(points)
-            stage.summary = f"{len(baselines['test'])} baselines; " + ", ".join(
-                f"for {split}: {users:,} users' histories, {sessions:,} sessions" for split, (users, sessions) in histories.items()
-            )
-
         with stages.stage("evaluation") as stage:
             metrics = self._ranking_table(outputs["test"], baselines["test"], "test")
             result = TrainingResult(
@@ -295,6 +312,8 @@ class _Trainer:
                 configs={"training": self.training_config, "lstm": self.lstm_config, "ranker": self.ranker_config},
                 data_window=self._data_window(points),
                 metrics=metrics,
+                comparisons=self._comparisons(outputs["test"], metrics),
+                neighbours={name: baselines[SERVING][name] for name in NEIGHBOUR_MODELS.values()},
                 valid_metrics=self._ranking_table(outputs["valid"], baselines["valid"], "valid"),
                 category_metrics=self._category_metrics(outputs["test"]),
                 shift_metrics=self._shift_metrics(outputs),
@@ -316,7 +335,7 @@ class _Trainer:
 
     # ------------------------------------------------------------------ candidates
 
-    def _candidates(self, outputs: dict[str, SplitOutputs]) -> dict[str, pd.DataFrame]:
+    def _candidates(self, outputs: dict[str, SplitOutputs], baselines: dict[str, dict]) -> dict[str, pd.DataFrame]:
         sizes = self.training_config["candidates"]
         eval_sizes = {"lstm_top": self.training_config["eval_candidates"], "popular": sizes["popular"],
                       "same_category": sizes["same_category"], "embedding_neighbours": sizes["embedding_neighbours"], "random": 0}
@@ -364,6 +383,9 @@ class _Trainer:
                 list(out.users.interest_embedding.to_numpy()[frame.point.to_numpy()]),
                 list(self.text_matrix[frame.item_index.to_numpy()]),
             )
+            scores = neighbour_scores(baselines[split], _recent_lists(out.users, self.vocabulary),
+                                      frame.point.to_numpy(), frame.item_index.to_numpy())
+            frame = frame.assign(**scores)
             matrix = build_matrix(out.users, frame, out.lstm_scores, out.category_probabilities, out.shift_probability)
             result[name] = pd.concat([frame[["point", "item_index", "item_id", "relevance"]], matrix], axis=1)
         return result
@@ -371,13 +393,15 @@ class _Trainer:
     # ------------------------------------------------------------------ evaluation
 
     def _baselines(self, points: pd.DataFrame) -> tuple[dict[str, dict], dict[str, tuple[int, int]]]:
-        """Baselines fitted for validation and test, by split and name, and the number of
-        users' histories and of sessions each split's were fitted on."""
+        """Baselines fitted for the ranker's period, validation and test (each on the events
+        before it) and for serving (``SERVING``: on all events), by split and name, and the
+        number of users' histories and of sessions each was fitted on."""
         out, sizes = {}, {}
-        for split in ("valid", "test"):
-            before = points[points.split == split].as_of.min()
+        for split in ("train_ranker", "valid", "test", SERVING):
+            before = points[points.split == split].as_of.min() if split != SERVING else None
             histories, baskets = _training_histories(
-                self.conn, self.vocabulary, self.training_config["protocol"], before, self.session_gap
+                self.conn, self.vocabulary, "time_split" if split == SERVING else self.training_config["protocol"], before,
+                self.session_gap,
             )
             out[split], sizes[split] = {}, (len(histories), len(baskets))
             fits = ((MostPopular(), histories), (PopularInLastCategory(), histories), (ItemKNN(), histories),
@@ -391,15 +415,33 @@ class _Trainer:
         targets = self.vocabulary.index_of(out.points.label_item_id)
         rows = {
             BLEND: _full_ranking(out.lstm_scores, out.candidates, "blend_score"),
-            "XGBoost ranker": _full_ranking(out.lstm_scores, out.candidates, "ranker_score"),
+            RANKER: _full_ranking(out.lstm_scores, out.candidates, "ranker_score"),
+            FEATURE_RANKER: _full_ranking(out.lstm_scores, out.candidates, "feature_ranker_score"),
             "LSTM": out.lstm_scores,
         }
         recent = _recent_lists(out.users, self.vocabulary)
         for name, baseline in baselines.items():
             rows[f"baseline: {name}"] = baseline.score(recent)
-        table = {name: ranking_metrics(target_ranks(scores, targets, out.exclude), ks=(10,))
+        ranks = {name: target_ranks(scores, targets, out.exclude)
                  for name, scores in self.stages.bar(rows.items(), f"rank all items ({split})", total=len(rows), unit="model")}
-        return pd.DataFrame(table).T
+        self.ranks[split] = ranks
+        return pd.DataFrame({name: ranking_metrics(r, ks=(10,)) for name, r in ranks.items()}).T
+
+    def _comparisons(self, out: SplitOutputs, metrics: pd.DataFrame) -> pd.DataFrame:
+        """Paired NDCG@10 differences on test with 95 % bootstrap intervals over users: the
+        blend and the stacked ranker against the best single part (on test: the LSTM, the
+        Feast-features-only ranker or a baseline, whichever scored highest) and each other."""
+        parts = [name for name in metrics.index if name not in (BLEND, RANKER)]
+        best = max(parts, key=lambda name: metrics.loc[name, "NDCG@10"])
+        ranks, users = self.ranks["test"], out.points.user_id.to_numpy()
+        rows = {}
+        for a, b in ((BLEND, best), (RANKER, best), (BLEND, RANKER)):
+            a_ndcg, b_ndcg = ndcg_per_row(ranks[a], 10), ndcg_per_row(ranks[b], 10)
+            result = paired_bootstrap(a_ndcg, b_ndcg, users, seed=self.seed)
+            rows[f"{a} - {b}"] = {"NDCG@10 of the first": a_ndcg.mean(), "NDCG@10 of the second": b_ndcg.mean(),
+                                  "difference": result["difference"], "95% low": result["low"], "95% high": result["high"],
+                                  "relative": result["relative"]}
+        return pd.DataFrame(rows).T
 
     def _category_metrics(self, out: SplitOutputs) -> dict[str, float]:
         target = out.points.label_category_id.to_numpy()

@@ -198,3 +198,23 @@ def test_calibration_bins() -> None:
         calibration_bins(labels, probabilities, n_bins=0)
     with pytest.raises(ValueError, match="probabilities"):
         calibration_bins(labels, probabilities[:3])
+
+
+def test_paired_bootstrap_resamples_users():
+    from interest_models.evaluation.metrics import ndcg_per_row, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(300), 4)
+    b = rng.random(1200)
+    same = paired_bootstrap(b, b, users)
+    assert same["difference"] == same["low"] == same["high"] == 0.0
+    better = paired_bootstrap(b + 0.05 + rng.normal(0, 0.05, 1200), b, users)
+    assert 0 < better["low"] < better["difference"] < better["high"] and better["relative"] > 0
+    # One user's points move together: the interval is wider than if the rows were independent.
+    user_noise = np.repeat(rng.normal(0, 0.2, 300), 4)
+    clustered = paired_bootstrap(b + user_noise, b, users)
+    independent = paired_bootstrap(b + user_noise, b, np.arange(1200))
+    assert clustered["high"] - clustered["low"] > 1.5 * (independent["high"] - independent["low"])
+    np.testing.assert_allclose(ndcg_per_row(np.array([1, 3, 11]), 10), [1.0, 0.5, 0.0])
+    with pytest.raises(ValueError, match="equal-length"):
+        paired_bootstrap(b, b[:-1], users)

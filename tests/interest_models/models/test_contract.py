@@ -71,3 +71,37 @@ def test_baselines_round_trip(tmp_path):
         np.testing.assert_array_equal(loaded.score(recent), model.score(recent))
     assert (ItemKNN.load(tmp_path).neighbours, ItemKNN.load(tmp_path).decay) == (5, 0.7)
     assert (CoPurchase.load(tmp_path).last_n, CoPurchase.load(tmp_path).normalise) == (2, True)
+
+
+def test_lstm_inputs_and_heads_refit(tmp_path):
+    """Each ablation variant trains, saves and loads; the head refit leaves item scores as
+    they were and does not raise the validation category + shift loss."""
+    config = {"learning_rate": 0.01, "weight_decay": 0.0, "mixed_precision": False, "max_epochs": 2, "batch_size": 16,
+              "loss_weights": {"item": 1.0, "category": 0.5, "shift": 0.5}, "patience": 2}
+    train, valid = _sequences(64), _sequences(32)
+    for inputs in ((), ("text",), ("text", "time_gaps"), ("text", "time_gaps", "event_types", "category_profile")):
+        model = InterestShiftLSTM(N_ITEMS, N_CATEGORIES, torch.randn(N_ITEMS + 1, 8), item_dim=8, category_dim=4,
+                                  hidden_dim=16, inputs=inputs)
+        model.fit(train, valid, config, torch.device("cpu"), seed=1)
+        before = model.score(valid)
+        model.fit_heads(train, valid, {**config, "head_epochs": 5}, torch.device("cpu"), torch.Generator().manual_seed(1))
+        np.testing.assert_array_equal(model.score(valid), before)
+        losses = model.learning_curve.head_valid_loss
+        assert min(losses) <= losses[0] and model.learning_curve.head_epochs == len(losses) - 1
+        model.save(tmp_path)
+        loaded = InterestShiftLSTM.load(tmp_path)
+        assert loaded.inputs == tuple(i for i in ("text", "event_types", "time_gaps", "category_profile") if i in inputs)
+        np.testing.assert_allclose(loaded.score(valid), before, rtol=1e-6)
+
+
+def test_ranker_on_a_column_subset_scores_matrices_and_frames_alike():
+    from interest_models.data.ranking_features import FEAST_COLUMNS
+
+    features = pd.DataFrame(RNG.normal(size=(400, len(FEATURE_COLUMNS))), columns=FEATURE_COLUMNS)
+    relevance, query = (features.item_price > 1).astype(int).to_numpy(), np.repeat(np.arange(40), 10)
+    config = {"objective": "rank:ndcg", "n_estimators": 10, "max_depth": 3, "early_stopping_rounds": 5, "eval_metric": "ndcg@10"}
+    ranker = ItemRanker(config, seed=1, device="cpu", columns=FEAST_COLUMNS).fit(features, relevance, query, (features, relevance, query))
+    np.testing.assert_array_equal(ranker.score(features), ranker.score(features.to_numpy()))
+    assert set(ranker.feature_importance().index) == set(FEAST_COLUMNS)
+    shuffled = features.assign(lstm_item_score=RNG.normal(size=400))  # a column it does not read
+    np.testing.assert_array_equal(ranker.score(shuffled), ranker.score(features))

@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 
 from interest_models.candidates.neighbour_search import InProcessSearch, PgvectorSearch
-from interest_models.data.ranking_features import FEATURE_COLUMNS, ITEM_COLUMNS, build_matrix
+from interest_models.data.ranking_features import FEATURE_COLUMNS, ITEM_COLUMNS, build_matrix, neighbour_scores
 from interest_models.registry.model_registry import ModelRegistry, RegistryError
 from interest_models.data.sequences import encode_sequences
 from interest_models.models.interest_shift_lstm import predict_all
@@ -59,6 +59,9 @@ def test_online_scores_equal_offline_scores(served):
     candidates = candidates.join(retrieved.set_index("row").drop(columns=["item_id", "category_id", "event_timestamp"]), on="row")
     candidates["interest_item_cosine"] = affinity(affinity_transformation(store), [users.interest_embedding.iloc[0]] * len(items),
                                                   list(recommender.text_matrix[items]))
+    recent = [vocabulary.index_of(np.asarray(users.recent_item_ids.iloc[0], np.int64))]  # as the training recipe reads them
+    candidates = candidates.assign(**neighbour_scores(recommender.registered.neighbours, recent, candidates.point.to_numpy(), items))
+    assert (candidates.co_purchase_score > 1e-6).any() and (candidates.item_knn_score > 1e-6).any()  # beyond the tie-break
     matrix = build_matrix(users, candidates, scores, categories, shift)
     ranker_scores = recommender.ranker.score(matrix)
     blended = recommender.blend.score(matrix.lstm_item_score.to_numpy(), ranker_scores, np.zeros(len(items), int))
