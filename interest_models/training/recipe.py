@@ -32,6 +32,7 @@ from interest_models.models.blend import Blend
 from interest_models.evaluation.metrics import (
     accuracy_at_k, calibration_bins, ndcg_per_row, paired_bootstrap, ranking_metrics, roc_auc, target_ranks,
 )
+from interest_models.evaluation.horizon_shift import horizon_divergence
 from interest_models.evaluation.oracle import OracleComparison, compare_with_oracle
 from interest_models.models.item_ranker import ItemRanker
 from interest_models.data.ranking_features import FEAST_COLUMNS, NEIGHBOUR_MODELS, build_matrix, neighbour_scores
@@ -467,19 +468,34 @@ class _Trainer:
         labels, probability = self._shift_labels(outputs["test"])
         metrics = {"AUC, next category differs from the 30-day dominant (test)": roc_auc(labels, probability),
                    "rate of such shifts (test)": float(labels.mean()) if len(labels) else float("nan")}
+        test = outputs["test"]
+        horizon = self.training_config["horizon_shift"]
+        divergence = horizon_divergence(self.conn, test.points, self.vocabulary.n_categories, horizon["past_days"], horizon["future_days"])
+        known = ~np.isnan(divergence)
+        shifted = (divergence[known] > horizon["threshold"]).astype(int)
+        name = f"horizon shift, JSD(next {horizon['future_days']} d, past {horizon['past_days']} d) > {horizon['threshold']}"
+        metrics[f"{name}: rate (test)"] = float(shifted.mean()) if len(shifted) else float("nan")
+        metrics[f"{name}: AUC of the shift probability (test)"] = roc_auc(shifted, test.shift_probability[known])
+        metrics[f"{name}: test points with events on both sides"] = int(known.sum())
         planted = fetch_frame(self.conn, "SELECT user_id, drift_start, drift_end FROM interest.planted_interest_shifts")
         if len(planted):
+            in_planted = self._in_planted_shift(test.points, planted)
+            metrics[f"{name}: AUC of the divergence against planted shifts (test)"] = roc_auc(in_planted[known], divergence[known])
             held_out = [outputs[s] for s in ("train_ranker", "valid", "test")]
             points = pd.concat([o.points[["user_id", "as_of"]] for o in held_out], ignore_index=True)
             probability = np.concatenate([o.shift_probability for o in held_out])
-            horizon = pd.Timedelta(days=self.training_config["shift_horizon_days"])
-            joined = points.merge(planted, on="user_id", how="left")
-            start, end = pd.to_datetime(joined.drift_start, utc=True), pd.to_datetime(joined.drift_end, utc=True)
-            in_shift = ((joined.as_of >= start) & (joined.as_of <= end + horizon)).fillna(False).to_numpy().astype(int)
+            in_shift = self._in_planted_shift(points, planted)
             metrics["AUC, planted shift under way (ground truth, held-out points)"] = roc_auc(in_shift, probability)
             metrics["held-out points inside a planted shift"] = int(in_shift.sum())
             metrics["held-out points"] = int(len(in_shift))
         return metrics
+
+    def _in_planted_shift(self, points: pd.DataFrame, planted: pd.DataFrame) -> np.ndarray:
+        """(n,) 1 where the point's user is in a planted shift (or ``shift_horizon_days`` after it)."""
+        horizon = pd.Timedelta(days=self.training_config["shift_horizon_days"])
+        joined = points[["user_id", "as_of"]].merge(planted, on="user_id", how="left")
+        start, end = pd.to_datetime(joined.drift_start, utc=True), pd.to_datetime(joined.drift_end, utc=True)
+        return ((joined.as_of >= start) & (joined.as_of <= end + horizon)).fillna(False).to_numpy().astype(int)
 
     def _confusion(self, out: SplitOutputs) -> pd.DataFrame:
         predicted = out.category_probabilities.argmax(axis=1)

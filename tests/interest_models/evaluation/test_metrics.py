@@ -218,3 +218,14 @@ def test_paired_bootstrap_resamples_users():
     np.testing.assert_allclose(ndcg_per_row(np.array([1, 3, 11]), 10), [1.0, 0.5, 0.0])
     with pytest.raises(ValueError, match="equal-length"):
         paired_bootstrap(b, b[:-1], users)
+
+
+def test_jensen_shannon_divergence_is_bounded_and_symmetric():
+    from interest_models.evaluation.horizon_shift import jensen_shannon
+
+    p = np.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
+    q = np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0], [0.5, 0.3, 0.2]])
+    divergence = jensen_shannon(p, q)
+    np.testing.assert_allclose(divergence[:2], [0.0, 1.0])
+    assert 0 < divergence[2] < 1
+    np.testing.assert_allclose(jensen_shannon(q, p), divergence)
