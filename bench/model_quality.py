@@ -102,7 +102,7 @@ def main(argv=None) -> None:
     columns = ["seed", "blend", "stacked ranker", "LSTM", "ranker, Feast features only", "best baseline", "best single part",
                "difference", "95% low", "95% high", "relative", "seconds"]
     print("Test NDCG@10 per seed; difference = blend - best single part, 95 % bootstrap interval over users:")
-    print(table(columns, [[fmt(r[c], 4) if isinstance(r[c], float) else r[c] for c in columns] for r in seeds]))
+    print(table(columns, [[fmt(r[c], 4) if isinstance(r[c], float) else str(r[c]) for c in columns] for r in seeds]))
     relative = [r["relative"] for r in seeds]
     print(f"blend over its best single part: mean {np.mean(relative):+.2%}, min {np.min(relative):+.2%}; "
           f"interval above zero in {sum(r['95% low'] > 0 for r in seeds)} of {len(seeds)} seeds")
