@@ -143,7 +143,9 @@ def _events_watermark(conn) -> tuple:
 
 
 def measure(run: BenchRun) -> dict:
-    from materialize.features.builder import build_features
+    from psycopg import sql
+
+    from materialize.features.builder import FEATURE_TABLES, build_features
 
     pipeline = run.pipeline
     first_load_events = pipeline.conn.execute("SELECT count(*) FROM interest.events").fetchone()[0]
@@ -166,10 +168,15 @@ def measure(run: BenchRun) -> dict:
         if before is not None:
             progress(f"incremental build of {results['before_ref']} (before)")
             results["incremental_before"] = timed_build(run, before, full=False, limit_s=run.args.before_limit_s)
-            # the same change again for the current build: back to the full build's watermark
+            # the same change again for the current build: back to the full build's watermark,
+            # and the kept row counts recounted (REF's build wrote the tables without them; untimed)
             pipeline.conn.execute(
                 "UPDATE interest.feature_watermarks SET load_seq = %s, max_event_day = %s WHERE feature_set = 'events'",
                 built_mark)
+            for name in FEATURE_TABLES:
+                pipeline.conn.execute(
+                    sql.SQL("UPDATE interest.feature_table_rows SET row_count = (SELECT count(*) FROM interest.{}) "
+                            "WHERE table_name = %s").format(sql.Identifier(name)), (name,))
             pipeline.conn.commit()
         progress(f"incremental build of {results['after_ref']}")
         results["incremental"] = timed_build(run, build_features, full=False)
