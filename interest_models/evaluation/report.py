@@ -189,6 +189,11 @@ def write_report(result, out_dir: Path, version: str, title: str, category_names
         "",
         _table(result.comparisons),
         "",
+        "Candidate sources on test: the share of decision points whose true next item each source "
+        "retrieves alone, and their union (what the ranker re-orders; the rest follow in LSTM order):",
+        "",
+        _table(result.candidate_recall),
+        "",
     ]
     if references is not None:
         lines += ["Published results on the same protocol, for comparison:", "", _table(references), ""]

@@ -98,6 +98,7 @@ class TrainingResult:
     data_window: dict
     metrics: pd.DataFrame                # model/baseline x metric, on test
     comparisons: pd.DataFrame            # paired NDCG@10 differences on test with bootstrap intervals
+    candidate_recall: pd.DataFrame       # source (and union) x (candidates per point, recall) on test
     neighbours: dict                     # baseline name -> the neighbour models the ranker reads, fitted on all events
     valid_metrics: pd.DataFrame
     category_metrics: dict[str, float]
@@ -314,6 +315,7 @@ class _Trainer:
                 data_window=self._data_window(points),
                 metrics=metrics,
                 comparisons=self._comparisons(outputs["test"], metrics),
+                candidate_recall=self.candidate_recall,
                 neighbours={name: baselines[SERVING][name] for name in NEIGHBOUR_MODELS.values()},
                 valid_metrics=self._ranking_table(outputs["valid"], baselines["valid"], "valid"),
                 category_metrics=self._category_metrics(outputs["test"]),
@@ -360,6 +362,8 @@ class _Trainer:
                 index, out.lstm_scores, last_items, self.vocabulary.item_category[last_items], plan_sizes, self.rng,
                 exclude=out.exclude,
             )
+            if name == "test":
+                self.candidate_recall = self._candidate_recall(index, out, last_items, targets, plan_sizes, lists)
             if retrieved_only:
                 lists = [c if targets[i] in c else np.empty(0, np.int64) for i, c in enumerate(lists)]
             counts = np.array([len(c) for c in lists])
@@ -390,6 +394,21 @@ class _Trainer:
             matrix = build_matrix(out.users, frame, out.lstm_scores, out.category_probabilities, out.shift_probability)
             result[name] = pd.concat([frame[["point", "item_index", "item_id", "relevance"]], matrix], axis=1)
         return result
+
+    def _candidate_recall(self, index, out: SplitOutputs, last_items: np.ndarray, targets: np.ndarray,
+                          sizes: dict[str, int], union: list[np.ndarray]) -> pd.DataFrame:
+        """Recall of each candidate source alone and of their union (what the ranker
+        re-orders) on test: the share of points whose true next item the source retrieved."""
+        rows = {}
+        for source in [s for s, size in sizes.items() if size]:
+            alone = {s: (size if s == source else 0) for s, size in sizes.items()}
+            lists = candidate_sources.generate(index, out.lstm_scores, last_items, self.vocabulary.item_category[last_items],
+                                               alone, np.random.default_rng(self.seed), exclude=out.exclude)
+            rows[source] = {"candidates per point": np.mean([len(c) for c in lists]),
+                            "recall": np.mean([t in c for t, c in zip(targets, lists)])}
+        rows["union"] = {"candidates per point": np.mean([len(c) for c in union]),
+                         "recall": np.mean([t in c for t, c in zip(targets, union)])}
+        return pd.DataFrame(rows).T
 
     # ------------------------------------------------------------------ evaluation
 

@@ -126,6 +126,20 @@ def test_models_learn_and_beat_popularity(trained):
     assert trained.model.learning_curve.best_epoch >= 1 and len(trained.model.learning_curve.epoch) <= FAST["lstm"]["max_epochs"]
 
 
+def test_candidate_recall_comparisons_and_horizon_shift(trained):
+    recall = trained.candidate_recall.recall
+    assert recall.between(0, 1).all() and recall["lstm_top"] > 0
+    deterministic = [s for s in ("lstm_top", "same_category", "embedding_neighbours") if s in recall.index]
+    assert recall["union"] >= recall[deterministic].max()  # "popular" draws at random, differently in the union
+    blend, best = trained.comparisons.index[0].split(" - ")
+    assert blend == "blend (LSTM + XGBoost)" and best in trained.metrics.index and best not in (blend, "XGBoost ranker")
+    row = trained.comparisons.iloc[0]
+    assert row["95% low"] <= row["difference"] <= row["95% high"]
+    np.testing.assert_allclose(row["difference"], row["NDCG@10 of the first"] - row["NDCG@10 of the second"])
+    horizon = {k: v for k, v in trained.shift_metrics.items() if k.startswith("horizon shift")}
+    assert len(horizon) == 4 and 0 < next(v for k, v in horizon.items() if k.endswith("rate (test)")) < 1
+
+
 def test_training_is_deterministic_with_a_seed(pipeline, trained, capsys):
     again = train_models(pipeline.store, pipeline.conn, GAP, overrides=FAST, device="cpu")
     pd.testing.assert_frame_equal(again.metrics, trained.metrics)
@@ -209,6 +223,7 @@ def test_report_has_every_plot_and_table(trained, pipeline, tmp_path):
     assert "blend (LSTM + XGBoost)" in text and "baseline: item_knn" in text
     assert "baseline: personal_frequency" in text and "baseline: co_purchase" in text
     assert "## Oracle: the synthetic shop's true preferences, test" in text
+    assert "Candidate sources on test" in text and "| union |" in text and "XGBoost ranker, Feast features only" in text
     assert "| LSTM / oracle |" in text and "| baseline: 30-day dominant category |" in text
 
 
