@@ -24,3 +24,4 @@ category_daily_source = _source("category_daily_features")
 # offline tables are written by `interest build`).
 user_daily_push = PushSource(name="user_daily_push", batch_source=user_daily_source)
 user_sequence_push = PushSource(name="user_sequence_push", batch_source=user_sequence_source)
+user_interest_embedding_push = PushSource(name="user_interest_embedding_push", batch_source=user_interest_embedding_source)

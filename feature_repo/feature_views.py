@@ -15,7 +15,7 @@ from data_sources import (
     item_daily_source,
     item_embedding_source,
     user_daily_push,
-    user_interest_embedding_source,
+    user_interest_embedding_push,
     user_sequence_push,
 )
 from entities import category, item, user
@@ -86,7 +86,7 @@ user_interest_embedding = FeatureView(
     entities=[user],
     ttl=NO_TTL,
     schema=[Field(name="interest_embedding", dtype=Array(Float32))],
-    source=user_interest_embedding_source,
+    source=user_interest_embedding_push,
     description="Mean text embedding of the user's recent items (384 floats, not normalised)",
 )
 

@@ -14,8 +14,10 @@ connection degrades the service. Rejected events are quarantined up to a quota p
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import gc
+import json
 import logging
 import math
 import os
@@ -34,23 +36,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from psycopg_pool import ConnectionPool
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from interest_models.config import load_config
+from interest_models.serving.event_intake import EventWriter, IntakeCounters, OnlineRefresher, RequestOutcome
 from interest_models.serving.recommender import Recommender
-from materialize.ingest import loader as ingest
-from materialize.database.tables import fetch_frame
-from materialize.features.builder import refresh_users
 from materialize.feature_store.repo import open_store
 from materialize.database.server import connect, has_pgvector
 from materialize.settings import Settings
 
 log = logging.getLogger(__name__)
 RECONNECT_INTERVAL_S = 2.0
-POOL_SIZE = 4                    # the service's own connections (event intake, readiness); reads use the online store's pool
+POOL_SIZE = 4                    # the service's own connections (event writer, online refresher, readiness); reads use the online store's pool
 POOL_TIMEOUT_S = 5.0             # wait for a pooled connection before answering "unreachable"
 QUOTA_WINDOW_S = 60.0            # the window of the per-client quarantine quota
-PUSHED_TABLES = {"user_daily_push": "user_daily_features", "user_sequence_push": "user_recent_sequence"}
 INT64_MAX = 2**63 - 1
 PRICE_MAX = 999_999_999_999.99   # interest.events.price is numeric(14, 2)
 SHOWN_CHARS = 200                # error answers quote at most this much of any text
@@ -109,19 +108,24 @@ class EventIn(BaseModel):
     user_id: PositiveId
     item_id: PositiveId
     event_type: Literal["view", "click", "cart", "purchase"]
-    event_timestamp: dt.datetime | None = Field(None, description="Default: now (UTC)")
+    event_timestamp: dt.datetime | None = Field(None, description="Default: now (UTC); give it, or an event_id, for safe retries")
     price: float | None = Field(None, ge=0, le=PRICE_MAX, allow_inf_nan=False)
     session_id: TextWithoutNul | None = Field(None, max_length=200)
+    event_id: TextWithoutNul | None = Field(None, max_length=200, description=(
+        "Idempotency key: an event_id is stored once (without one, the natural key user, time, item, type is)"))
+    recommendation_id: TextWithoutNul | None = Field(None, max_length=200, description="The /recommend answer this event responds to")
 
 
-class EventAccepted(BaseModel):
-    accepted: bool
-    duplicate: bool
-    sequence_length: int
+class EventResult(BaseModel):
+    status: Literal["stored", "duplicate", "rejected"]
+    reason: str | None = Field(None, description="Why a rejected event was quarantined")
 
 
-class EventRejected(ValueError):
-    """The loader quarantined the event; the message is its reason."""
+class EventsAccepted(BaseModel):
+    stored: int = Field(description="Events stored by this request")
+    duplicate: int = Field(description="Events already stored (a retry, or a repeated key in the batch)")
+    rejected: int = Field(description="Events quarantined with their reason (only in a batch; one event is answered 422)")
+    results: list[EventResult] = Field(description="One per event, in request order")
 
 
 def _shown(text: str) -> str:
@@ -155,16 +159,16 @@ class QuarantineQuota:
             self.refused += 1
             return max(1, math.ceil(left_s))
 
-    def add(self, client: str) -> None:
-        """Count one quarantined event of ``client``."""
+    def add(self, client: str, events: int = 1) -> None:
+        """Count quarantined events of ``client``."""
         with self.lock:
             now = time.monotonic()
             start, count = self.windows.get(client, (0.0, 0))
             if now - start >= QUOTA_WINDOW_S:  # a new minute for this client: forget the clients whose minute is over
                 self.windows = {c: w for c, w in self.windows.items() if now - w[0] < QUOTA_WINDOW_S}
                 start, count = now, 0
-            self.windows[client] = (start, count + 1)
-            self.quarantined += 1
+            self.windows[client] = (start, count + events)
+            self.quarantined += events
 
 
 class ServiceState:
@@ -177,10 +181,13 @@ class ServiceState:
     """
 
     def __init__(self, settings: Settings, registry_root: Path, version: str | None, serving_config: dict | None,
-                 quarantine_per_minute: int):
+                 quarantine_per_minute: int, intake_config: dict):
         self.settings, self.registry_root, self.version, self.serving_config = settings, registry_root, version, serving_config
         self.lock = threading.RLock()
-        self.intake = threading.Lock()  # one event at a time: each recomputes and pushes its user's latest rows
+        self.intake_config = intake_config
+        self.intake_counters = IntakeCounters()
+        self.writer: EventWriter | None = None
+        self.refresher: OnlineRefresher | None = None
         self.recommender: Recommender | None = None
         self.pool: ConnectionPool | None = None
         self.healthy = False
@@ -209,6 +216,7 @@ class ServiceState:
                     # each stalling every request; 0.5 ms once frozen.
                     gc.collect()
                     gc.freeze()
+                    self._start_intake()
             pool = ConnectionPool(self.settings.postgres.conninfo(), min_size=1, max_size=POOL_SIZE, timeout=POOL_TIMEOUT_S,
                                   check=ConnectionPool.check_connection, name="interest-service", open=False)
             try:
@@ -218,6 +226,14 @@ class ServiceState:
                 raise
             self.pool, self.healthy = pool, True
 
+    def _start_intake(self) -> None:
+        """The event writer and the online refresher (once the store is loaded)."""
+        config, pipeline = self.intake_config, self.settings.pipeline
+        self.writer = EventWriter(self.connection, pipeline, config["max_write_events"], self.intake_counters)
+        self.refresher = OnlineRefresher(self.connection, pipeline, lambda: self.recommender.store if self.healthy else None,
+                                         config["refresh_interval_ms"] / 1000, config["max_refresh_rows"],
+                                         self.intake_counters)
+
     def failed(self, error: Exception) -> None:
         with self.lock:
             log.warning("database unavailable, serving degraded answers: %s", error)
@@ -226,6 +242,9 @@ class ServiceState:
             threading.Thread(target=pool.close, name="interest-service-pool-close", daemon=True).start()
 
     def close(self) -> None:
+        for worker in (self.writer, self.refresher):  # the writer first: its waiting requests are stored
+            if worker is not None:
+                worker.close()
         with self.lock:
             pool, self.pool, self.healthy = self.pool, None, False
         if pool is not None:
@@ -306,7 +325,8 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
     if not api_key:
         raise ValueError("an API key is required (set INTEREST_API_KEY)")
     config = load_config("serving", serving_config, settings.config_dir)  # unknown keys fail now, not as a "database down" later
-    state = ServiceState(settings, registry_root, version, serving_config, config["quarantine_per_client_per_minute"])
+    state = ServiceState(settings, registry_root, version, serving_config, config["quarantine_per_client_per_minute"],
+                         config["intake"])
     expected_key = api_key.encode()
 
     @asynccontextmanager
@@ -346,7 +366,8 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
     def metrics() -> dict:
         """This worker process's counters of the event intake."""
         return {"events_quarantined": state.quota.quarantined, "events_refused_over_quota": state.quota.refused,
-                "quarantine_per_client_per_minute": state.quota.per_minute}
+                "quarantine_per_client_per_minute": state.quota.per_minute,
+                **{f"intake_{name}": value for name, value in state.intake_counters.__dict__.items()}}
 
     @app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(require_key)])
     async def recommend(request: RecommendRequest) -> RecommendResponse:
@@ -382,29 +403,51 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
                 state.failed(error)
         raise HTTPException(status_code=503, detail="interest predictions need the database, which is unreachable")
 
-    @app.post("/events", response_model=EventAccepted, dependencies=[Depends(require_key)])
-    def events(event: EventIn, request: Request) -> EventAccepted:
+    max_batch = state.intake_config["max_batch_events"]
+    single_event, event_batch = TypeAdapter(EventIn), TypeAdapter(Annotated[list[EventIn], Field(min_length=1, max_length=max_batch)])
+
+    @app.post("/events", response_model=EventsAccepted, dependencies=[Depends(require_key)], openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+            EventIn.model_json_schema(), {"type": "array", "items": EventIn.model_json_schema(), "maxItems": max_batch}]}}}}})
+    async def events(request: Request) -> EventsAccepted:
+        """Store one event (an object) or a batch (an array of up to ``max_batch_events``).
+        Answered once the events are durably stored; the user's online features follow
+        within about ``refresh_interval_ms`` plus one refresh. Retries are safe: an
+        event_id, or else the natural key (user, time, item, type), is stored once."""
         client = request.client.host if request.client else "unknown"
-        with state.intake:
-            wait_s = state.quota.refusal_s(client)
-            if wait_s is not None:
-                raise HTTPException(status_code=429, headers={"Retry-After": str(wait_s)}, detail=(
-                    f"over {state.quota.per_minute} rejected events from this client within a minute: "
-                    f"events are refused for {wait_s} s"))
-            recommender = state.available()
-            if recommender is None:
-                raise HTTPException(status_code=503, detail="the database is unreachable; the event was not stored")
-            try:
-                return _store_and_push(state, recommender, event)
-            except EventRejected as rejected:
-                state.quota.add(client)
-                raise HTTPException(status_code=422, detail=_shown(str(rejected)))
-            except _INPUT_ERRORS as error:
-                state.quota.add(client)
-                raise HTTPException(status_code=422, detail=f"the database refused the event: {_first_line(error)}")
-            except _OUTAGE_ERRORS as error:
-                state.failed(error)
-                raise HTTPException(status_code=503, detail="the database is unreachable; the event was not stored")
+        wait_s = state.quota.refusal_s(client)
+        if wait_s is not None:
+            raise HTTPException(status_code=429, headers={"Retry-After": str(wait_s)}, detail=(
+                f"over {state.quota.per_minute} rejected events from this client within a minute: "
+                f"events are refused for {wait_s} s"))
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, RecursionError) as error:  # not JSON, not UTF-8, nested too deep
+            raise RequestValidationError([{"loc": ("body",), "msg": f"not JSON: {error}", "type": "json_invalid"}]) from None
+        try:
+            batch = event_batch.validate_python(body) if isinstance(body, list) else [single_event.validate_python(body)]
+        except ValidationError as error:
+            raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in error.errors()]) from None
+        if await loaded() is None:
+            raise _intake_unavailable()
+        now = dt.datetime.now(dt.timezone.utc)
+        frame = pd.DataFrame([{**event.model_dump(), "event_timestamp": _utc(event.event_timestamp or now)} for event in batch])
+        try:
+            outcome: RequestOutcome = await asyncio.wrap_future(state.writer.submit(frame, client))
+        except _INPUT_ERRORS as error:
+            state.quota.add(client, len(batch))
+            raise HTTPException(status_code=422, detail=f"the database refused the events: {_first_line(error)}")
+        except _OUTAGE_ERRORS as error:
+            state.failed(error)
+            raise _intake_unavailable()
+        if outcome.reasons:
+            state.quota.add(client, len(outcome.reasons))
+        if not isinstance(body, list) and outcome.reasons:
+            raise HTTPException(status_code=422, detail=_shown(outcome.reasons[0]))
+        return EventsAccepted(stored=outcome.count("stored"), duplicate=outcome.count("duplicate"),
+                              rejected=outcome.count("rejected"),
+                              results=[EventResult(status=status, reason=_shown(outcome.reasons[i]) if i in outcome.reasons else None)
+                                       for i, status in enumerate(outcome.statuses)])
 
     @app.exception_handler(RequestValidationError)
     def invalid_request(_: Request, error: RequestValidationError):
@@ -445,31 +488,12 @@ def app_from_environment() -> FastAPI:
                       os.environ.get("INTEREST_MODEL_VERSION") or None, serving_config)
 
 
-def _store_and_push(state: ServiceState, recommender: Recommender, event: EventIn) -> EventAccepted:
-    """Validate and store the raw event, recompute the user's features, push them online."""
-    from feast.data_source import PushMode
+def _utc(timestamp: dt.datetime) -> pd.Timestamp:
+    timestamp = pd.Timestamp(timestamp)
+    return timestamp.tz_localize("UTC") if timestamp.tzinfo is None else timestamp.tz_convert("UTC")
 
-    timestamp = pd.Timestamp(event.event_timestamp or dt.datetime.now(dt.timezone.utc))
-    timestamp = timestamp.tz_localize("UTC") if timestamp.tzinfo is None else timestamp.tz_convert("UTC")
-    frame = pd.DataFrame([{**event.model_dump(), "event_timestamp": timestamp}])
-    with state.connection() as conn:
-        report = ingest.load_frames(conn, "events", [frame], source=f"api:{event.user_id}:{timestamp.isoformat()}",
-                                    future_tolerance_s=state.settings.pipeline.future_tolerance_seconds,
-                                    min_event_time=state.settings.pipeline.min_event_time)
-        if report.quarantined:
-            raise EventRejected(report.examples[0].split(": ", 1)[-1])
-        refresh_users(conn, state.settings.pipeline, [event.user_id])
-        store = recommender.store
-        for push_source, table in PUSHED_TABLES.items():
-            latest = fetch_frame(
-                conn, f"SELECT * FROM interest.{table} WHERE user_id = %s ORDER BY event_timestamp DESC LIMIT 1",  # table is a constant
-                (event.user_id,),
-            )
-            conn.commit()
-            store.push(push_source, latest, to=PushMode.ONLINE)
-        length = conn.execute(
-            "SELECT sequence_length FROM interest.user_recent_sequence WHERE user_id = %s ORDER BY event_timestamp DESC LIMIT 1",
-            (event.user_id,),
-        ).fetchone()[0]
-        conn.commit()
-    return EventAccepted(accepted=True, duplicate=report.duplicate > 0, sequence_length=int(length))
+
+def _intake_unavailable() -> HTTPException:
+    return HTTPException(status_code=503, headers={"Retry-After": str(math.ceil(RECONNECT_INTERVAL_S))}, detail=(
+        "the database is unreachable: retry later; events already stored are recognised by their event_id "
+        "(or user, time, item and type) and not stored twice"))

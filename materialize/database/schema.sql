@@ -16,12 +16,6 @@ CREATE TABLE IF NOT EXISTS interest.ingest_runs (
     finished_at     timestamptz,
     error           text                      -- why a 'failed' run stopped
 );
-DO $$ BEGIN  -- databases made before the column existed; no table lock when it is there
-    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
-                   WHERE table_schema = 'interest' AND table_name = 'ingest_runs' AND column_name = 'error') THEN
-        ALTER TABLE interest.ingest_runs ADD COLUMN error text;
-    END IF;
-END $$;
 
 CREATE TABLE IF NOT EXISTS interest.quarantine (
     kind            text NOT NULL,
@@ -82,10 +76,21 @@ CREATE TABLE IF NOT EXISTS interest.events (
     price           numeric(14, 2) CHECK (price >= 0),
     session_id      text,
     run_id          bigint NOT NULL,
+    event_id        text,                     -- client-given idempotency key
+    recommendation_id text,                   -- the /recommend answer the event responds to
     PRIMARY KEY (user_id, event_timestamp, item_id, event_type)
 );
 CREATE INDEX IF NOT EXISTS events_load_seq ON interest.events (load_seq);
 CREATE INDEX IF NOT EXISTS events_item_time ON interest.events (item_id, event_timestamp);
+
+-- Users whose online features are behind their stored events: the event intake adds a row
+-- in the transaction that stores the events, the online refresher deletes the rows it has
+-- pushed to the online store (rows added meanwhile stay for its next round).
+CREATE TABLE IF NOT EXISTS interest.online_refresh_queue (
+    queue_seq       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id         bigint NOT NULL,
+    queued_at       timestamptz NOT NULL DEFAULT clock_timestamp()
+);
 
 -- Embedding cache keyed by the hash of the text: an unchanged text is never embedded again.
 CREATE TABLE IF NOT EXISTS interest.text_embeddings (
@@ -105,12 +110,6 @@ CREATE TABLE IF NOT EXISTS interest.feature_watermarks (
     changed_at      timestamptz,
     computed_at     timestamptz NOT NULL DEFAULT now()
 );
-DO $$ BEGIN  -- databases made before the column existed (their next build is a full one)
-    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
-                   WHERE table_schema = 'interest' AND table_name = 'feature_watermarks' AND column_name = 'changed_at') THEN
-        ALTER TABLE interest.feature_watermarks ADD COLUMN changed_at timestamptz;
-    END IF;
-END $$;
 
 -- Rows in each feature table, kept by the feature build (count(*) of a table that grows with
 -- the history took 10 s at 10M events; a build knows what it deleted and inserted).
@@ -237,3 +236,25 @@ CREATE TABLE IF NOT EXISTS interest.synthetic_shops (
     source          text PRIMARY KEY,       -- as in planted_interest_shifts.source
     config          jsonb NOT NULL          -- SyntheticConfig.to_json()
 );
+
+-- Columns added after their table first shipped, for databases made before: added only
+-- where missing, so a schema run on an up-to-date database takes no table lock.
+DO $$
+DECLARE
+    added record;
+BEGIN
+    FOR added IN SELECT * FROM (VALUES
+        ('ingest_runs', 'error', 'text'),
+        ('feature_watermarks', 'changed_at', 'timestamptz'),  -- (their next build is a full one)
+        ('events', 'event_id', 'text'),
+        ('events', 'recommendation_id', 'text')) AS c(table_name, column_name, column_type)
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                       WHERE table_schema = 'interest' AND table_name = added.table_name
+                         AND column_name = added.column_name) THEN
+            EXECUTE format('ALTER TABLE interest.%I ADD COLUMN %I %s', added.table_name, added.column_name, added.column_type);
+        END IF;
+    END LOOP;
+END $$;
+-- An event is stored once per event_id (when given) and once per natural key (the primary key).
+CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON interest.events (event_id) WHERE event_id IS NOT NULL;

@@ -433,7 +433,8 @@ def _user_steps(conn: psycopg.Connection, config: PipelineConfig, max_day: dt.da
 
 
 def refresh_users(conn: psycopg.Connection, config: PipelineConfig, user_ids: list[int]) -> None:
-    """Recompute the user-level tables of ``user_ids`` now (after events arrive online).
+    """Recompute the user-level tables of ``user_ids`` in the caller's transaction (after
+    events arrive online; the caller commits).
 
     Each user is recomputed from the day of its earliest event not yet consumed by a build,
     or from the day after the last built day when it has none (its window exits), or
@@ -471,7 +472,6 @@ def refresh_users(conn: psycopg.Connection, config: PipelineConfig, user_ids: li
     inserted = _run_steps(conn, _user_steps(conn, config, max_day, dt.datetime.now(dt.timezone.utc), _n_categories(conn)),
                           None, False)
     _save_row_counts(conn, False, inserted, deleted)
-    conn.commit()
 
 
 FEATURE_TABLES = USER_TABLES + ITEM_TABLES + ("category_daily_features",)

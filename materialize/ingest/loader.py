@@ -20,6 +20,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 import psycopg
+from psycopg import sql
 from tqdm.auto import tqdm
 
 from materialize.embeddings.item_text import item_text, text_sha256
@@ -47,6 +48,8 @@ class IngestReport:
     duplicate: int = 0
     conversions: dict[str, int] = field(default_factory=dict)  # loaded rows changed as documented, per change
     examples: list[str] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)  # of ``store_events`` only: every rejected row
+    stored_lines: list[int] = field(default_factory=list)      # of ``store_events`` only: the rows stored (not duplicates)
 
     @property
     def reconciles(self) -> bool:
@@ -92,12 +95,22 @@ def _quarantine(cur: psycopg.Cursor, report: IngestReport, sha: str, rejections:
         report.examples.append(r.describe(report.source, unit))
 
 
-def _load_events_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clean: pd.DataFrame, chunk: RawChunk) -> None:
+# queues each user with a stored event for the online refresh; the lines stored
+_STORED_LINES = """, queued AS (INSERT INTO interest.online_refresh_queue (user_id) SELECT DISTINCT user_id FROM stored)
+        SELECT min(s.line) FROM stored JOIN stage_events s USING (user_id, event_timestamp, item_id, event_type)
+        GROUP BY user_id, event_timestamp, item_id, event_type"""
+
+
+def _load_events_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clean: pd.DataFrame, chunk: RawChunk,
+                       online: bool = False) -> list[Rejection]:
+    """Insert the chunk's good events once each (per natural key, and per event_id where
+    given); returns the rejections of unknown items. ``online``: queue each user with a
+    stored event for the online refresh, and return the stored lines in ``report.stored_lines``."""
     cur.execute(
         """
         CREATE TEMP TABLE IF NOT EXISTS stage_events (
             line bigint, user_id bigint, item_id bigint, event_type smallint,
-            event_timestamp timestamptz, price numeric(14, 2), session_id text)
+            event_timestamp timestamptz, price numeric(14, 2), session_id text, event_id text, recommendation_id text)
         """
     )
     cur.execute("TRUNCATE stage_events")
@@ -109,33 +122,42 @@ def _load_events_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clea
         RETURNING s.line, s.item_id
         """
     ).fetchall()
+    rejections = []
     if unknown:
         unknown.sort()
         positions = np.searchsorted(chunk.lines, [line for line, _ in unknown])
-        _quarantine(
-            cur,
-            report,
-            sha,
-            [
-                Rejection(line=line, field="item_id", reason=f"item_id: unknown item {item_id} (not in the catalogue)", raw=raw)
-                for (line, item_id), raw in zip(unknown, chunk.raw(positions))
-            ],
-            chunk.unit,
-        )
+        rejections = [
+            Rejection(line=line, field="item_id", reason=f"item_id: unknown item {item_id} (not in the catalogue)", raw=raw)
+            for (line, item_id), raw in zip(unknown, chunk.raw(positions))
+        ]
+        _quarantine(cur, report, sha, rejections, chunk.unit)
     staged = len(clean) - len(unknown)
-    cur.execute(
-        """
-        INSERT INTO interest.events (user_id, item_id, event_type, event_timestamp, price, session_id, run_id)
-        SELECT DISTINCT ON (user_id, event_timestamp, item_id, event_type)
-               user_id, item_id, event_type, event_timestamp, price, session_id, %s
-        FROM stage_events
-        ORDER BY user_id, event_timestamp, item_id, event_type, line
-        ON CONFLICT DO NOTHING
-        """,
-        (report.run_id,),
-    )
-    report.loaded += cur.rowcount
-    report.duplicate += staged - cur.rowcount
+    # A row that repeats a stored key (or an earlier line's) is a duplicate: DO NOTHING
+    # covers both the primary key and the event_id index.
+    # Rows go in line order: the first line of a natural key or an event_id is the one
+    # stored; a row repeating a stored key or event_id is a duplicate (DO NOTHING covers
+    # the primary key and the event_id index).
+    stored = cur.execute(
+        sql.SQL("""
+        WITH stored AS (
+            INSERT INTO interest.events (user_id, item_id, event_type, event_timestamp, price, session_id, event_id,
+                                         recommendation_id, run_id)
+            SELECT user_id, item_id, event_type, event_timestamp, price, session_id, event_id, recommendation_id, %(run)s
+            FROM (SELECT DISTINCT ON (user_id, event_timestamp, item_id, event_type) *
+                  FROM stage_events ORDER BY user_id, event_timestamp, item_id, event_type, line) first_of_each_key
+            ORDER BY line
+            ON CONFLICT DO NOTHING
+            RETURNING user_id, event_timestamp, item_id, event_type
+        ){result}
+        """).format(result=sql.SQL(_STORED_LINES if online else "SELECT count(*) FROM stored")),
+        {"run": report.run_id},
+    ).fetchall()
+    n_stored = len(stored) if online else stored[0][0]
+    if online:
+        report.stored_lines.extend(line for (line,) in stored)
+    report.loaded += n_stored
+    report.duplicate += staged - n_stored
+    return rejections
 
 
 def _same(a, b, number: bool = False) -> bool:
@@ -276,20 +298,23 @@ def load(
 
 
 def _load_chunk(cur: psycopg.Cursor, report: IngestReport, kind: str, chunk: RawChunk, sha: str,
-                now: pd.Timestamp, future_tolerance_s: int, min_event_time: datetime | None) -> None:
-    """Quarantine the chunk's bad rows and load its good ones (not committed)."""
+                now: pd.Timestamp, future_tolerance_s: int, min_event_time: datetime | None,
+                online: bool = False) -> list[Rejection]:
+    """Quarantine the chunk's bad rows and load its good ones (not committed); returns the rejections."""
     _quarantine(cur, report, sha, chunk.malformed, chunk.unit)
     if kind == EVENTS.name:
         checked = validate_events(chunk.frame, chunk.lines, chunk.raw, now, future_tolerance_s, min_event_time)
     else:
         checked = validate_items(chunk.frame, chunk.lines, chunk.raw)
     _quarantine(cur, report, sha, checked.rejections, chunk.unit)
+    rejections = chunk.malformed + checked.rejections
     if len(checked.clean) and kind == EVENTS.name:
-        _load_events_chunk(cur, report, sha, checked.clean, chunk)
+        rejections += _load_events_chunk(cur, report, sha, checked.clean, chunk, online)
     elif len(checked.clean):
         _load_items_chunk(cur, report, sha, checked.clean, chunk)
     for change, rows in checked.conversions.items():
         report.conversions[change] = report.conversions.get(change, 0) + rows
+    return rejections
 
 
 def _record(cur: psycopg.Cursor, report: IngestReport, status: str, error: str | None = None) -> None:
@@ -338,3 +363,30 @@ def load_frames(
     sha = hashlib.sha256(source.encode()).hexdigest()
     return load(conn, kind, frames_as_chunks(frames, schema, source), source=source, source_sha256=sha, **kwargs)
 
+
+
+def store_events(conn: psycopg.Connection, frame: pd.DataFrame, source: str, now: pd.Timestamp | None = None,
+                 future_tolerance_s: int = 300, min_event_time: datetime | None = None) -> IngestReport:
+    """Validate and store events from a service in the caller's transaction (the caller
+    commits: that is when they are stored).
+
+    As ``load_frames`` in one transaction: good rows are stored once, bad ones quarantined,
+    the run recorded; besides, each user with a stored event is queued for the online
+    refresh (``interest.online_refresh_queue``). Row ``i`` of ``frame`` is line ``i + 1`` of
+    ``report.rejections`` and ``report.stored_lines``; rows in neither are duplicates.
+    """
+    report = IngestReport(kind=EVENTS.name, source=source)
+    sha = hashlib.sha256(source.encode()).hexdigest()
+    with conn.cursor() as cur:
+        report.run_id = cur.execute(
+            "INSERT INTO interest.ingest_runs (kind, source, source_sha256) VALUES (%s, %s, %s) RETURNING run_id",
+            (report.kind, source, sha),
+        ).fetchone()[0]
+        for chunk in frames_as_chunks([frame], EVENTS, source):
+            report.rejections += _load_chunk(cur, report, EVENTS.name, chunk, sha, now or pd.Timestamp.now(tz="UTC"),
+                                             future_tolerance_s, min_event_time, online=True)
+            report.rows_read += len(chunk.frame) + len(chunk.malformed)
+        if not report.reconciles:  # a bug, never bad input
+            raise AssertionError(f"counts do not reconcile: {report.summary()}")
+        _record(cur, report, status="done")
+    return report

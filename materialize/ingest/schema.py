@@ -7,6 +7,8 @@ Events (one row per user action):
     event_timestamp  ISO 8601 (UTC assumed when no offset) or epoch seconds; not in the future
     price            optional, decimal >= 0 (the unit price paid or shown)
     session_id       optional, free text; when absent, sessions are derived from 30-minute gaps
+    event_id         optional, free text: the client's idempotency key (an event_id is stored once)
+    recommendation_id  optional, free text: the ``/recommend`` answer the event responds to
 
 Item catalogue (one row per item):
     item_id          integer (64-bit), required, unique
@@ -41,7 +43,7 @@ class TableSchema:
 EVENTS = TableSchema(
     name="events",
     required=("user_id", "item_id", "event_type", "event_timestamp"),
-    optional=("price", "session_id"),
+    optional=("price", "session_id", "event_id", "recommendation_id"),
 )
 
 ITEMS = TableSchema(

@@ -215,6 +215,10 @@ def _count_trimmed(series: pd.Series, text: pd.Series, good: np.ndarray, convers
         conversions["spaces trimmed from text"] = conversions.get("spaces trimmed from text", 0) + trimmed
 
 
+EVENT_TEXT_FIELDS = ("session_id", "event_id", "recommendation_id")
+"""The events' optional free-text columns (trimmed; empty means absent)."""
+
+
 def validate_events(frame: pd.DataFrame, lines: np.ndarray, raw: RawRows, now: pd.Timestamp, future_tolerance_s: int,
                     min_event_time: datetime | None = None) -> Validated:
     """Validate an events chunk.
@@ -243,13 +247,12 @@ def validate_events(frame: pd.DataFrame, lines: np.ndarray, raw: RawRows, now: p
     )
     timestamp = _timestamps(frame["event_timestamp"], now, future_tolerance_s, min_event_time, problems)
     price = _optional_price(frame.get("price"), frame.index, problems, conversions)
-    if "session_id" in frame:
-        session = _free_text(frame["session_id"], "session_id", problems)
-    else:
-        session = pd.Series(pd.NA, index=frame.index, dtype="string")
+    texts = {field: _free_text(frame[field], field, problems) if field in frame
+             else pd.Series(pd.NA, index=frame.index, dtype="string") for field in EVENT_TEXT_FIELDS}
     good, rejections = _collect(lines, raw, problems)
-    if "session_id" in frame:
-        _count_trimmed(frame["session_id"], session, good, conversions)
+    for field in EVENT_TEXT_FIELDS:
+        if field in frame:
+            _count_trimmed(frame[field], texts[field], good, conversions)
     clean = pd.DataFrame(
         {
             "line": lines[good],
@@ -258,7 +261,7 @@ def validate_events(frame: pd.DataFrame, lines: np.ndarray, raw: RawRows, now: p
             "event_type": event_type[good].astype("int16").to_numpy(),
             "event_timestamp": timestamp[good].to_numpy(),
             "price": price[good].to_numpy(),
-            "session_id": session[good].to_numpy(),
+            **{field: text[good].to_numpy() for field, text in texts.items()},
         }
     )
     return Validated(clean, rejections, conversions)

@@ -134,9 +134,9 @@ def test_pushed_events_change_the_sequence_and_the_answer(service):
         response = client.post("/events", headers=KEY, json={
             "user_id": user, "item_id": item, "event_type": "view",
             "event_timestamp": (last_time + dt.timedelta(minutes=step + 1)).isoformat()})
-        assert response.status_code == 200, response.text
-    online = client.app.state.service.recommender.online_user(user)
-    assert list(online["recent_item_ids"][0])[-len(items):] == items
+        assert response.status_code == 200 and response.json()["stored"] == 1, response.text
+    online = _online_after_refresh(client, user, lambda row: list(row["recent_item_ids"][0])[-len(items):] == items)
+    assert online["sequence_length"][0] == min(len(items) + _stored_sequence_length(client, user, last_time), 50)
     after = client.post("/recommend", json={"user_id": user, "k": 10}, headers=KEY).json()
     assert [i["item_id"] for i in after["items"]] != [i["item_id"] for i in before["items"]]
     bad = client.post("/events", headers=KEY, json={"user_id": user, "item_id": 99_999_999, "event_type": "view"})
@@ -144,6 +144,78 @@ def test_pushed_events_change_the_sequence_and_the_answer(service):
     ancient = client.post("/events", headers=KEY, json={"user_id": user, "item_id": items[0], "event_type": "view",
                                                         "event_timestamp": "1970-01-01T00:00:00Z"})
     assert ancient.status_code == 422 and "min_event_time" in ancient.text  # as the file loader quarantines it
+
+
+def _online_after_refresh(client, user: int, done, timeout_s: float = 20.0) -> dict:
+    """The user's online features once ``done(features)`` holds (the refresher pushes them
+    a round after the events are stored)."""
+    recommender = client.app.state.service.recommender
+    deadline = time.monotonic() + timeout_s
+    while True:
+        online = recommender.online_user(user)
+        if done(online) or time.monotonic() > deadline:
+            return online
+        time.sleep(0.05)
+
+
+def _stored_sequence_length(client, user: int, until: dt.datetime) -> int:
+    return int(_rows(client, "SELECT count(*) FROM interest.events WHERE user_id = %s AND event_timestamp <= %s", (user, until))[0][0])
+
+
+def test_a_batch_is_stored_once_and_answered_per_event(service):
+    """An array of events: each is stored, a duplicate or rejected (and quarantined) with its
+    reason; sending the same batch again stores nothing; an event_id is stored once
+    whatever else the retry changes."""
+    client, *_ = service
+    user, item = 10**9 + 11, _item(client)  # a user outside the trained shop
+    start = dt.datetime(2026, 9, 30, 12, tzinfo=dt.timezone.utc)
+    batch = [{"user_id": user, "item_id": item, "event_type": "view", "event_timestamp": (start + dt.timedelta(seconds=i)).isoformat(),
+              "event_id": f"batch-{i}"} for i in range(5)]
+    batch.append({**batch[0], "event_id": "batch-0-again"})                      # natural key repeated in the batch
+    batch.append({**batch[1], "event_timestamp": start.isoformat()})            # event_id repeated in the batch
+    batch.append({"user_id": user, "item_id": 99_999_999, "event_type": "view"})  # unknown item
+    first = client.post("/events", headers=KEY, json=batch)
+    assert first.status_code == 200, first.text
+    answer = first.json()
+    assert [r["status"] for r in answer["results"]] == ["stored"] * 5 + ["duplicate", "duplicate", "rejected"]
+    assert (answer["stored"], answer["duplicate"], answer["rejected"]) == (5, 2, 1)
+    assert "item_id" in answer["results"][7]["reason"]
+    again = client.post("/events", headers=KEY, json=batch).json()
+    assert [r["status"] for r in again["results"]] == ["duplicate"] * 7 + ["rejected"]
+    moved = client.post("/events", headers=KEY, json={**batch[2], "event_timestamp": (start + dt.timedelta(hours=1)).isoformat()})
+    assert moved.status_code == 200 and moved.json()["duplicate"] == 1  # the retry's time differs, its event_id does not
+    assert _rows(client, "SELECT count(*), count(DISTINCT event_id) FROM interest.events WHERE user_id = %s", (user,))[0] == (5, 5)
+    too_many = client.post("/events", headers=KEY, json=[batch[0]] * 1001)
+    assert too_many.status_code == 422 and "1000" in too_many.text
+
+
+def test_concurrent_clients_share_commits_and_lose_nothing(service):
+    """Eight clients sending one event at a time: every event is stored once, answered
+    after its commit, and the users' online sequences follow within a few refresh rounds."""
+    client, *_ = service
+    item = _item(client)
+    start = dt.datetime(2026, 9, 30, 13, tzinfo=dt.timezone.utc)
+    users = [10**9 + 100 + c for c in range(8)]
+    statuses: list[int] = []
+
+    def send(user: int) -> None:
+        for i in range(25):
+            statuses.append(client.post("/events", headers=KEY, json={
+                "user_id": user, "item_id": item, "event_type": "click",
+                "event_timestamp": (start + dt.timedelta(seconds=i)).isoformat()}).status_code)
+
+    commits_before = client.app.state.service.intake_counters.commits
+    threads = [threading.Thread(target=send, args=(user,)) for user in users]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [200] * 200
+    assert _rows(client, "SELECT count(*) FROM interest.events WHERE user_id = ANY(%s)", (users,))[0][0] == 200
+    assert client.app.state.service.intake_counters.commits - commits_before <= 200
+    for user in users:
+        assert _online_after_refresh(client, user, lambda row: row["sequence_length"][0] == 25)["sequence_length"][0] == 25
+    assert _rows(client, "SELECT count(*) FROM interest.online_refresh_queue")[0][0] == 0
 
 
 def test_cli_serves_from_several_worker_processes(service):
@@ -270,7 +342,7 @@ def test_a_value_the_database_refuses_is_the_clients_error_not_an_outage(service
             response = client.post("/events", headers=KEY, json=_event(client, session_id="refused by the database"))
         finally:
             admin.execute("ALTER TABLE interest.events DROP CONSTRAINT test_refused")
-    assert response.status_code == 422 and "refused the event" in response.json()["detail"], response.text
+    assert response.status_code == 422 and "refused the events" in response.json()["detail"], response.text
     _still_ready(client)
 
 
@@ -421,6 +493,7 @@ def test_the_service_is_ready_after_the_hostile_requests(service):
 def test_postgres_outage_degrades_then_recovers(service):
     client, pgdata, *_ = service
     user = _top_user(client)
+    retried = {"user_id": user, "item_id": _item(client), "event_type": "view", "event_id": "outage-retry"}
     assert client.get("/ready").status_code == 200
     loaded = client.app.state.service.recommender
     stop_embedded(pgdata)
@@ -430,7 +503,8 @@ def test_postgres_outage_degrades_then_recovers(service):
         not_ready = client.get("/ready")
         assert not_ready.status_code == 503 and str(pgdata) not in not_ready.text  # no server details without a key
         assert not_ready.json()["reason"].startswith("the database is unreachable")
-        assert client.post("/events", headers=KEY, json={"user_id": user, "item_id": 1, "event_type": "view"}).status_code == 503
+        refused = client.post("/events", headers=KEY, json=retried)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "2", refused.text
     finally:
         # A fresh process: pgserver caches the handle of a server it started in this one.
         subprocess.run([sys.executable, "-c", f"from pathlib import Path; from materialize.database.server import start_embedded; "
@@ -443,3 +517,6 @@ def test_postgres_outage_degrades_then_recovers(service):
     assert not recovered["degraded"]
     # the loaded model and its store served again: the store's pool reconnected by itself
     assert client.app.state.service.recommender is loaded
+    for _ in range(2):  # the client's retry is stored, a second retry is a duplicate
+        assert client.post("/events", headers=KEY, json=retried).status_code == 200
+    assert _rows(client, "SELECT count(*) FROM interest.events WHERE event_id = 'outage-retry'")[0][0] == 1

@@ -36,6 +36,8 @@ good = {
         st.sampled_from(["2026-01-01 09:00:00", "2026-01-01T10:00:00+02:00"])),
     "price": st.one_of(st.just(""), st.decimals(0, 10**6, places=3).map(str), st.sampled_from(["12.5", "0.125", "1E3", ".5"])),
     "session_id": st.one_of(st.sampled_from(["", "s1", "NA", "null", " s2 "]), hostile_text),
+    "event_id": st.one_of(st.sampled_from(["", "e1", "e2", " e3 "]), hostile_text),  # repeated ids: later rows are duplicates
+    "recommendation_id": st.one_of(st.sampled_from(["", "r1"]), hostile_text),
 }
 bad = {
     "user_id": st.sampled_from(["0", "-1", "1.0", "NA", "", "9223372036854775808"]),
@@ -45,6 +47,8 @@ bad = {
                                         "yesterday", ""]),
     "price": st.sampled_from(["NaN", "N/A", "null", "-1", "1e20", "inf"]),
     "session_id": st.sampled_from(["\x00", "a\x1bb"]),
+    "event_id": st.sampled_from(["\x00", "a\x1bb"]),
+    "recommendation_id": st.sampled_from(["\x00", "a\x1bb"]),
 }
 
 
@@ -87,13 +91,15 @@ def event_lines(draw) -> bytes:
 
 def _expected(text: str) -> tuple | None:
     """The event a file line stands for, read the documented way."""
-    user, item, event_type, stamp, price, session = (f.strip(" \t\r\n") for f in next(csv.reader([text])))
+    user, item, event_type, stamp, price, session, event_id, recommendation = (
+        f.strip(" \t\r\n") for f in next(csv.reader([text])))
     if stamp.isdigit():
         ts = pd.Timestamp(int(stamp), unit="s", tz="UTC")
     else:
         ts = pd.to_datetime(stamp, utc=True, format="ISO8601")
     cents = Decimal(price).quantize(Decimal("0.01"), ROUND_HALF_UP) if price else None
-    return int(user), int(item), EVENT_TYPE_CODES[event_type.lower()], ts, cents, session or None
+    return int(user), int(item), EVENT_TYPE_CODES[event_type.lower()], ts, cents, session or None, event_id or None, \
+        recommendation or None
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -117,11 +123,17 @@ def test_random_hostile_event_files_load_losslessly(conn, tmp_path, body):
     assert report.quarantined == len(quarantined)
     for number, raw in quarantined.items():
         assert raw == {"text": printable(lines[number].decode("utf-8", "surrogateescape"))}
-    first_of_each_event: dict[tuple, tuple] = {}
+    # the first line of each natural key is stored unless an event_id stored before it (in line order) is its own
+    keys_seen, event_ids_stored, expected = set(), set(), set()
     for number in sorted(set(lines) - set(quarantined)):
         event = _expected(lines[number].decode())
-        first_of_each_event.setdefault((event[0], event[3], event[1], event[2]), event)
-    loaded = {(u, i, t, pd.Timestamp(ts), p, s) for u, i, t, ts, p, s in conn.execute(
-        "SELECT user_id, item_id, event_type, event_timestamp, price, session_id FROM interest.events")}
-    assert loaded == set(first_of_each_event.values())
+        key, event_id = (event[0], event[3], event[1], event[2]), event[6]
+        if key not in keys_seen and (event_id is None or event_id not in event_ids_stored):
+            expected.add(event)
+            event_ids_stored.add(event_id)
+        keys_seen.add(key)
+    loaded = {(u, i, t, pd.Timestamp(ts), p, s, e, r) for u, i, t, ts, p, s, e, r in conn.execute(
+        "SELECT user_id, item_id, event_type, event_timestamp, price, session_id, event_id, recommendation_id"
+        " FROM interest.events")}
+    assert loaded == expected
     assert (report.loaded, report.duplicate) == (len(loaded), len(lines) - len(quarantined) - len(loaded))

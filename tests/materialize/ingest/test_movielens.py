@@ -29,7 +29,7 @@ def test_wheel_is_cached(movielens: MovieLens100K) -> None:
 
 
 def test_event_counts_and_schema(events: pd.DataFrame) -> None:
-    assert list(events.columns) == list(EVENTS.columns)
+    assert list(events.columns) == list(EVENTS.required + ("price", "session_id"))  # no idempotency or recommendation ids
     assert len(events) == 100_000
     assert events["user_id"].nunique() == 943
     assert events["user_id"].dtype == "int64" and events["item_id"].dtype == "int64"

@@ -48,7 +48,7 @@ def test_item_text_uses_the_category_vocabulary(shop: SyntheticShop) -> None:
 
 
 def test_events_schema(events: pd.DataFrame, shop: SyntheticShop) -> None:
-    assert list(events.columns) == list(EVENTS.columns)
+    assert list(events.columns) == list(EVENTS.required + ("price", "session_id"))  # no idempotency or recommendation ids
     assert events["user_id"].dtype == "int64" and events["item_id"].dtype == "int64"
     assert events["price"].dtype == "float64"
     assert str(events["event_timestamp"].dtype) == "datetime64[ns, UTC]"
