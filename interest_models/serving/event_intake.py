@@ -6,9 +6,8 @@ has committed (acknowledged means stored), and concurrent requests share a commi
 validation pass. The same transaction queues each user with a stored event in
 ``interest.online_refresh_queue``; the ``OnlineRefresher`` recomputes the queued users'
 feature rows every ``refresh_interval_ms`` and pushes their newest rows to the online store
-through Feast push sources. Neither holds a lock on the request path: concurrent
-refreshers (one per worker process) take disjoint queue rows (``SKIP LOCKED``) and the
-feature build's own lock.
+through Feast push sources. Neither holds a lock on the request path; one refresher (of
+one worker process) runs at a time, and a feature build waits for its round.
 """
 from __future__ import annotations
 
@@ -33,6 +32,7 @@ from materialize.settings import PipelineConfig
 
 log = logging.getLogger(__name__)
 
+REFRESHER_LOCK = "interest.online_refresher"  # advisory lock: one refresh round at a time, whichever worker runs it
 PUSHED_TABLES = {
     "user_daily_push": "user_daily_features",
     "user_sequence_push": "user_recent_sequence",
@@ -193,31 +193,47 @@ class OnlineRefresher:
 
     def refresh(self, store) -> int:
         """One round; returns the queue rows it consumed."""
-        from feast.data_source import PushMode
-
         started = time.perf_counter()
         with self.connection() as conn:
+            if not conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (REFRESHER_LOCK,)).fetchone()[0]:
+                conn.commit()
+                return 0  # another worker's round is running; it takes these users too
             queued = conn.execute(
-                """
-                SELECT queue_seq, user_id FROM interest.online_refresh_queue
-                ORDER BY queue_seq LIMIT %s FOR UPDATE SKIP LOCKED
-                """,
+                "SELECT queue_seq, user_id, first_event_at FROM interest.online_refresh_queue ORDER BY queue_seq LIMIT %s",
                 (self.max_queued,),
             ).fetchall()
             if not queued:
                 conn.commit()
                 return 0
-            users = sorted({user for _, user in queued})
-            refresh_users(conn, self.pipeline, users)
+            first_event_at: dict[int, object] = {}
+            for _, user, at in queued:
+                first_event_at[user] = min(at, first_event_at.get(user, at))
+            users = sorted(first_event_at)
+            refresh_users(conn, self.pipeline, users, [first_event_at[user] for user in users])
             for push_source, table in PUSHED_TABLES.items():
                 newest = fetch_frame(conn, sql.SQL(
                     "SELECT DISTINCT ON (user_id) * FROM interest.{} WHERE user_id = ANY(%s) ORDER BY user_id, event_timestamp DESC"
                 ).format(sql.Identifier(table)), (users,))
                 if len(newest):
-                    store.push(push_source, newest, to=PushMode.ONLINE)
-            conn.execute("DELETE FROM interest.online_refresh_queue WHERE queue_seq = ANY(%s)", ([seq for seq, _ in queued],))
+                    push(store, push_source, newest)
+            conn.execute("DELETE FROM interest.online_refresh_queue WHERE queue_seq = ANY(%s)", ([seq for seq, *_ in queued],))
             conn.commit()
         self.counters.refreshes += 1
         self.counters.users_refreshed += len(users)
         self.counters.last_refresh_s = round(time.perf_counter() - started, 4)
         return len(queued)
+
+
+def push(store, push_source: str, frame: pd.DataFrame) -> None:
+    """``store.push(push_source, frame)`` to the online store. Feast's ``push`` ends by
+    re-reading every feature service from the registry, uncached (15-50 ms a call here), to
+    recompute services with ``precompute_online``; without such services the views of the
+    push source are written directly, as ``push`` writes them."""
+    from feast.data_source import PushMode
+
+    if any(service.precompute_online for service in store.registry.list_feature_services(store.project, allow_cache=True)):
+        store.push(push_source, frame, to=PushMode.ONLINE)
+        return
+    for view in store.list_feature_views(allow_cache=True):
+        if view.stream_source is not None and view.stream_source.name == push_source:
+            store.write_to_online_store(view.name, frame)

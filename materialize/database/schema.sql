@@ -89,6 +89,7 @@ CREATE INDEX IF NOT EXISTS events_item_time ON interest.events (item_id, event_t
 CREATE TABLE IF NOT EXISTS interest.online_refresh_queue (
     queue_seq       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     user_id         bigint NOT NULL,
+    first_event_at  timestamptz NOT NULL,     -- the user's earliest event stored by that transaction
     queued_at       timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 

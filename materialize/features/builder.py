@@ -57,10 +57,14 @@ _USER_TABLE_FROM = {
 
 _MEAN_EMBEDDING_PGVECTOR = "SELECT user_id, day, avg(embedding)::real[] AS embedding FROM recent GROUP BY user_id, day"
 # item_vectors: each item's text embedding, cast once to pgvector's type where it exists
+# (of every item, or of the items in the affected users' events)
 _ITEM_VECTORS = """
     CREATE TEMP TABLE item_vectors ON COMMIT DROP AS
     SELECT i.item_id, t.embedding{cast} AS embedding
     FROM interest.items i JOIN interest.text_embeddings t USING (text_sha256)
+"""
+_AFFECTED_USERS_ITEMS = """
+    WHERE i.item_id IN (SELECT DISTINCT e.item_id FROM all_affected_users a JOIN interest.events e USING (user_id))
 """
 _MEAN_EMBEDDING_PORTABLE = """
     SELECT user_id, day, array_agg(value ORDER BY dim) AS embedding
@@ -183,7 +187,8 @@ def _create_affected_tables(conn: psycopg.Connection) -> None:
         conn.execute(sql.SQL(
             """
             CREATE TEMP TABLE {} (
-                user_id bigint PRIMARY KEY, daily_from date, sequence_from date, embedding_from date
+                user_id bigint PRIMARY KEY, daily_from date, sequence_from date, embedding_from date,
+                sequence_from_time timestamptz  -- where set: sequence rows from this instant (not sequence_from's day)
             ) ON COMMIT DROP
             """).format(sql.Identifier(f"{prefix}affected_users")))
         conn.execute(sql.SQL("CREATE TEMP TABLE {} (item_id bigint PRIMARY KEY, from_day date NOT NULL) ON COMMIT DROP")
@@ -300,14 +305,16 @@ def _delete_recomputed_rows(conn: psycopg.Connection) -> dict[str, int]:
     first recomputed day on. Returns the rows deleted from each table."""
     deleted = {}
     for table, (column, comparison) in _USER_TABLE_FROM.items():
+        since = sql.SQL("a.{}::timestamp AT TIME ZONE 'UTC'").format(sql.Identifier(column))
+        if table == "user_recent_sequence":
+            since = sql.SQL("coalesce(a.sequence_from_time, {})").format(since)
         deleted[table] = conn.execute(
             sql.SQL(
                 """
                 DELETE FROM interest.{table} t USING all_affected_users a
-                WHERE t.user_id = a.user_id AND a.{column} IS NOT NULL
-                  AND t.event_timestamp {comparison} a.{column}::timestamp AT TIME ZONE 'UTC'
+                WHERE t.user_id = a.user_id AND a.{column} IS NOT NULL AND t.event_timestamp {comparison} {since}
                 """
-            ).format(table=sql.Identifier(table), column=sql.Identifier(column), comparison=sql.SQL(comparison))
+            ).format(table=sql.Identifier(table), column=sql.Identifier(column), comparison=sql.SQL(comparison), since=since)
         ).rowcount
     deleted["item_daily_features"] = conn.execute(
         """
@@ -413,12 +420,14 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
 
 
 def _user_steps(conn: psycopg.Connection, config: PipelineConfig, max_day: dt.date, created: dt.datetime,
-                n_categories: int) -> list:
-    """(table, SQL, parameters, "users") of the user-level feature tables, for affected_users."""
+                n_categories: int, few_users: bool = False) -> list:
+    """(table, SQL, parameters, "users") of the user-level feature tables, for affected_users.
+    ``few_users``: take only their items' text embeddings (not the whole catalogue's)."""
     pgvector = has_pgvector(conn)
     mean_embedding = _MEAN_EMBEDDING_PGVECTOR if pgvector else _MEAN_EMBEDDING_PORTABLE
     conn.execute("DROP TABLE IF EXISTS item_vectors")
-    conn.execute(sql.SQL(_ITEM_VECTORS.format(cast="::vector" if pgvector else "")))
+    conn.execute(sql.SQL(_ITEM_VECTORS.format(cast="::vector" if pgvector else "")
+                         + (_AFFECTED_USERS_ITEMS if few_users else "")))
     conn.execute("ALTER TABLE item_vectors ADD PRIMARY KEY (item_id)")
     conn.execute("ANALYZE item_vectors")
     return [
@@ -432,15 +441,18 @@ def _user_steps(conn: psycopg.Connection, config: PipelineConfig, max_day: dt.da
     ]
 
 
-def refresh_users(conn: psycopg.Connection, config: PipelineConfig, user_ids: list[int]) -> None:
+def refresh_users(conn: psycopg.Connection, config: PipelineConfig, user_ids: list[int],
+                  new_since: list[dt.datetime] | None = None) -> None:
     """Recompute the user-level tables of ``user_ids`` in the caller's transaction (after
     events arrive online; the caller commits).
 
     Each user is recomputed from the day of its earliest event not yet consumed by a build,
     or from the day after the last built day when it has none (its window exits), or
-    wholly before any build. The rows equal what the next build will write for these
-    users; the watermarks do not move, so that build still updates items and categories
-    with the same events.
+    wholly before any build. ``new_since`` (one per user): the time of its earliest event
+    since its rows were last refreshed; its recent sequences are recomputed from then on
+    only (a sequence row depends on no later event). The rows equal what the next build
+    will write for these users; the watermarks do not move, so that build still updates
+    items and categories with the same events.
     """
     conn.execute("SELECT pg_advisory_xact_lock(hashtext('interest.build_features'))")
     marks = _watermarks(conn)
@@ -456,8 +468,10 @@ def refresh_users(conn: psycopg.Connection, config: PipelineConfig, user_ids: li
     conn.execute(
         """
         INSERT INTO all_affected_users
-        SELECT u.user_id, f.from_day, f.from_day, f.from_day
-        FROM unnest(%(users)s::bigint[]) AS u(user_id)
+        SELECT u.user_id, f.from_day, f.from_day, f.from_day,
+               CASE WHEN %(old_max_day)s::date IS NOT NULL AND u.new_since > f.from_day::timestamp AT TIME ZONE 'UTC'
+                    THEN u.new_since END
+        FROM unnest(%(users)s::bigint[], %(new_since)s::timestamptz[]) AS u(user_id, new_since)
         CROSS JOIN LATERAL (
             SELECT CASE WHEN %(old_max_day)s::date IS NULL THEN '-infinity'::date
                         ELSE least((min(e.event_timestamp) AT TIME ZONE 'UTC')::date, %(old_max_day)s::date + 1)
@@ -466,11 +480,13 @@ def refresh_users(conn: psycopg.Connection, config: PipelineConfig, user_ids: li
         ) f
         ON CONFLICT DO NOTHING
         """,
-        {"users": list(user_ids), "old_max_day": marks.max_event_day, "since_seq": marks.load_seq},
+        {"users": list(user_ids), "new_since": list(new_since) if new_since is not None else [None] * len(user_ids),
+         "old_max_day": marks.max_event_day, "since_seq": marks.load_seq},
     )
+    conn.execute("ANALYZE all_affected_users")  # else the deletes below guess it large and scan whole tables
     deleted = _delete_recomputed_rows(conn)
-    inserted = _run_steps(conn, _user_steps(conn, config, max_day, dt.datetime.now(dt.timezone.utc), _n_categories(conn)),
-                          None, False)
+    steps = _user_steps(conn, config, max_day, dt.datetime.now(dt.timezone.utc), _n_categories(conn), few_users=True)
+    inserted = _run_steps(conn, steps, None, False)
     _save_row_counts(conn, False, inserted, deleted)
 
 

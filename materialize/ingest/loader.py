@@ -96,7 +96,9 @@ def _quarantine(cur: psycopg.Cursor, report: IngestReport, sha: str, rejections:
 
 
 # queues each user with a stored event for the online refresh; the lines stored
-_STORED_LINES = """, queued AS (INSERT INTO interest.online_refresh_queue (user_id) SELECT DISTINCT user_id FROM stored)
+_STORED_LINES = """, queued AS (
+            INSERT INTO interest.online_refresh_queue (user_id, first_event_at)
+            SELECT user_id, min(event_timestamp) FROM stored GROUP BY user_id)
         SELECT min(s.line) FROM stored JOIN stage_events s USING (user_id, event_timestamp, item_id, event_type)
         GROUP BY user_id, event_timestamp, item_id, event_type"""
 

@@ -1,12 +1,12 @@
 -- The last N events of each user as of each distinct event time, for the users in
--- affected_users from their sequence_from day on. Events at the same instant are ordered
+-- affected_users from their sequence_from day (or sequence_from_time, where set) on. Events at the same instant are ordered
 -- by (item_id, event_type); one row per (user, timestamp) holds all of them.
 -- Only the events since sequence_from are read, plus the N events before it (fetched
 -- backwards through the events primary key), which the first new rows need.
 -- Parameters: preceding (int, N - 1), created (timestamptz).
 INSERT INTO interest.user_recent_sequence
 WITH scope AS (
-    SELECT user_id, sequence_from::timestamp AT TIME ZONE 'UTC' AS from_ts
+    SELECT user_id, coalesce(sequence_from_time, sequence_from::timestamp AT TIME ZONE 'UTC') AS from_ts
     FROM affected_users WHERE sequence_from IS NOT NULL
 ),
 ev AS (

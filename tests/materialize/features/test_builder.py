@@ -158,12 +158,44 @@ def test_refreshing_one_user_equals_the_next_build(conn):
     user = int(events.iloc[1200:].user_id.iloc[0])
     load_frames(conn, "events", [events.iloc[1200:]], source="batch-2")
     refresh_users(conn, config, [user])
+    conn.commit()
     refreshed = {t: v[v.user_id == user].reset_index(drop=True) for t, v in _snapshot(conn).items() if t.startswith("user_")}
     build_features(conn, config)
     built = {t: v[v.user_id == user].reset_index(drop=True) for t, v in _snapshot(conn).items() if t.startswith("user_")}
     assert {t: n for t, n in builder._row_counts(conn).items() if t in TABLES} == {t: len(v) for t, v in _snapshot(conn).items()}
     for table in refreshed:
         assert len(refreshed[table]) > 0
+        pd.testing.assert_frame_equal(refreshed[table], built[table], check_exact=False, rtol=1e-9, obj=table)
+
+
+def test_online_refreshes_from_the_intake_queue_equal_the_next_build(conn):
+    """Events stored by the intake in three steps (the last with late events), each followed
+    by a refresh of the queued users from their earliest new event: the user tables equal
+    what the next build writes."""
+    from materialize.features.builder import refresh_users
+    from materialize.ingest.loader import store_events
+
+    config = PipelineConfig.load()
+    items, events = random_shop(seed=5)
+    load_frames(conn, "items", [items], source="items")
+    _embed_stub_free(conn)
+    events = events.sort_values("event_timestamp", ignore_index=True)
+    load_frames(conn, "events", [events.iloc[:1100]], source="batch-1")
+    build_features(conn, config)
+    late = events.iloc[1100:].sample(frac=0.05, random_state=1)
+    rest = events.iloc[1100:].drop(late.index)
+    for step, frame in enumerate([rest.iloc[:200], rest.iloc[200:], late]):
+        report = store_events(conn, frame, source=f"intake-{step}")
+        assert report.loaded == len(frame)
+        queued = conn.execute("SELECT user_id, min(first_event_at) FROM interest.online_refresh_queue GROUP BY 1 ORDER BY 1").fetchall()
+        assert {user for user, _ in queued} == set(frame.user_id)
+        refresh_users(conn, config, [user for user, _ in queued], [at for _, at in queued])
+        conn.execute("DELETE FROM interest.online_refresh_queue")
+        conn.commit()
+    refreshed = {t: v for t, v in _snapshot(conn).items() if t.startswith("user_")}
+    build_features(conn, config)
+    built = {t: v for t, v in _snapshot(conn).items() if t.startswith("user_")}
+    for table in refreshed:
         pd.testing.assert_frame_equal(refreshed[table], built[table], check_exact=False, rtol=1e-9, obj=table)
 
 
