@@ -253,7 +253,7 @@ def intake_phase(args, shop: dict, pgdata: Path, home: Path, batch: int, rate: f
             errors[status] = errors.get(status, 0) + n
     result = {"batch": batch, "offered_events_per_s": rate, "clients": args.clients, "seconds": args.seconds,
               "events_acked": acked, "events_per_s": round(acked / args.seconds, 1), "errors": errors,
-              "service_counters": service_counters(args.port)}
+              "service_counters": service_counters(args.port), "refresh_queue_drained_after_s": drained_s(pgdata)}
     if waits:
         ms = np.asarray(waits) * 1000
         result["freshness"] = {"probes": len(waits), "p50_ms": round(float(np.percentile(ms, 50)), 1),
@@ -261,6 +261,19 @@ def intake_phase(args, shop: dict, pgdata: Path, home: Path, batch: int, rate: f
     progress(f"batch {batch}, offered {rate or 'closed loop'}: {result['events_per_s']:,} events/s, errors {errors}, "
              f"freshness {result.get('freshness')}, {result['service_counters']}")
     return result
+
+
+def drained_s(pgdata: Path, limit_s: float = 300.0) -> float | None:
+    """Seconds until the online refresh queue is empty (None: not within ``limit_s``)."""
+    import psycopg
+
+    started = time.monotonic()
+    with psycopg.connect(f"host={pgdata} dbname=interest user=postgres sslmode=disable", autocommit=True) as conn:
+        while conn.execute("SELECT count(*) FROM interest.online_refresh_queue").fetchone()[0]:
+            if time.monotonic() - started > limit_s:
+                return None
+            time.sleep(0.2)
+    return round(time.monotonic() - started, 1)
 
 
 def service_counters(port: int) -> dict:

@@ -57,7 +57,7 @@ class RequestOutcome:
 
 @dataclass
 class _Pending:
-    frame: pd.DataFrame
+    events: list[dict]  # in the loader's events schema
     client: str
     future: Future = field(default_factory=Future)
 
@@ -90,8 +90,9 @@ class EventWriter:
         self._thread = threading.Thread(target=self._run, name="interest-event-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, frame: pd.DataFrame, client: str) -> Future:
-        pending = _Pending(frame, client)
+    def submit(self, events: list[dict], client: str) -> Future:
+        """Queue ``events`` (dicts in the loader's events schema) of ``client`` (its address)."""
+        pending = _Pending(events, client)
         self._pending.put(pending)
         return pending.future
 
@@ -104,7 +105,7 @@ class EventWriter:
             first = self._pending.get()
             if first is None:
                 return
-            batch, rows, closing = [first], len(first.frame), False
+            batch, rows, closing = [first], len(first.events), False
             while rows < self.max_events:
                 try:
                     more = self._pending.get_nowait()
@@ -114,7 +115,7 @@ class EventWriter:
                     closing = True
                     break
                 batch.append(more)
-                rows += len(more.frame)
+                rows += len(more.events)
             self._store(batch)
             if closing:
                 return
@@ -137,18 +138,18 @@ class EventWriter:
         rejected = {r.line: r.reason for r in report.rejections}
         first_line = 1
         for pending in batch:
-            lines = range(first_line, first_line + len(pending.frame))
+            lines = range(first_line, first_line + len(pending.events))
             outcome = RequestOutcome(
                 statuses=["stored" if line in stored else "rejected" if line in rejected else "duplicate" for line in lines],
                 reasons={i: rejected[line] for i, line in enumerate(lines) if line in rejected})
-            first_line += len(pending.frame)
+            first_line += len(pending.events)
             self.counters.stored += outcome.count("stored")
             self.counters.duplicate += outcome.count("duplicate")
             self.counters.rejected += outcome.count("rejected")
             pending.future.set_result(outcome)
 
     def _commit(self, batch: list[_Pending]) -> IngestReport:
-        frame = pd.concat([pending.frame for pending in batch], ignore_index=True)
+        frame = pd.DataFrame([event for pending in batch for event in pending.events])
         clients = ",".join(sorted({pending.client for pending in batch}))
         with self.connection() as conn:
             report = store_events(conn, frame, source=f"api:{clients[:200]}:{uuid.uuid4()}",

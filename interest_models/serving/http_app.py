@@ -28,7 +28,6 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Literal
 
-import pandas as pd
 import psycopg
 from fastapi import Depends, FastAPI, HTTPException, Path as PathParameter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -431,9 +430,9 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
         if await loaded() is None:
             raise _intake_unavailable()
         now = dt.datetime.now(dt.timezone.utc)
-        frame = pd.DataFrame([{**event.model_dump(), "event_timestamp": _utc(event.event_timestamp or now)} for event in batch])
+        events = [{**event.model_dump(), "event_timestamp": _utc(event.event_timestamp or now)} for event in batch]
         try:
-            outcome: RequestOutcome = await asyncio.wrap_future(state.writer.submit(frame, client))
+            outcome: RequestOutcome = await asyncio.wrap_future(state.writer.submit(events, client))
         except _INPUT_ERRORS as error:
             state.quota.add(client, len(batch))
             raise HTTPException(status_code=422, detail=f"the database refused the events: {_first_line(error)}")
@@ -488,9 +487,9 @@ def app_from_environment() -> FastAPI:
                       os.environ.get("INTEREST_MODEL_VERSION") or None, serving_config)
 
 
-def _utc(timestamp: dt.datetime) -> pd.Timestamp:
-    timestamp = pd.Timestamp(timestamp)
-    return timestamp.tz_localize("UTC") if timestamp.tzinfo is None else timestamp.tz_convert("UTC")
+def _utc(timestamp: dt.datetime) -> dt.datetime:
+    """``timestamp`` in UTC (one without an offset is taken as UTC)."""
+    return timestamp.replace(tzinfo=dt.timezone.utc) if timestamp.tzinfo is None else timestamp.astimezone(dt.timezone.utc)
 
 
 def _intake_unavailable() -> HTTPException:

@@ -128,7 +128,7 @@ def _optional_price(series: pd.Series | None, index: pd.Index, problems: dict[st
     """Prices to load: floats from typed input, else the text itself (so PostgreSQL rounds
     the value written in the file, not a float near it). Rows rounded to whole cents are
     counted in ``conversions``."""
-    if series is None:
+    if series is None or series.isna().all():  # no prices (also the common case of a service's events)
         return pd.Series(np.nan, index=index, dtype="float64")
     if pd.api.types.is_numeric_dtype(series):
         price = series.astype("float64")
@@ -198,12 +198,13 @@ class Validated:
 
 def _collect(lines: np.ndarray, raw: RawRows, problems: dict[str, pd.Series]) -> tuple[np.ndarray, list[Rejection]]:
     """Combine per-field reasons; returns the good-row mask and rejections in line order."""
-    reasons = pd.DataFrame(problems).fillna("")
-    bad = (reasons != "").any(axis=1).to_numpy()
+    reasons = [series.to_numpy(dtype=object) for series in problems.values()]
+    flags = [pd.notna(reason) & (reason != "") for reason in reasons]
+    bad = np.logical_or.reduce(flags) if flags else np.zeros(len(lines), dtype=bool)
     positions = np.flatnonzero(bad)
     rejections = []
-    for pos, row_raw, row_reasons in zip(positions, raw(positions), reasons.to_numpy()[positions].tolist()):
-        row_reasons = [r for r in row_reasons if r]
+    for pos, row_raw in zip(positions, raw(positions) if len(positions) else []):
+        row_reasons = [reason[pos] for reason, flag in zip(reasons, flags) if flag[pos]]
         rejections.append(Rejection(line=int(lines[pos]), field=row_reasons[0].split(":", 1)[0],
                                     reason="; ".join(row_reasons), raw=row_raw))
     return ~bad, rejections
@@ -247,12 +248,12 @@ def validate_events(frame: pd.DataFrame, lines: np.ndarray, raw: RawRows, now: p
     )
     timestamp = _timestamps(frame["event_timestamp"], now, future_tolerance_s, min_event_time, problems)
     price = _optional_price(frame.get("price"), frame.index, problems, conversions)
-    texts = {field: _free_text(frame[field], field, problems) if field in frame
+    given = [field for field in EVENT_TEXT_FIELDS if field in frame and not frame[field].isna().all()]
+    texts = {field: _free_text(frame[field], field, problems) if field in given
              else pd.Series(pd.NA, index=frame.index, dtype="string") for field in EVENT_TEXT_FIELDS}
     good, rejections = _collect(lines, raw, problems)
-    for field in EVENT_TEXT_FIELDS:
-        if field in frame:
-            _count_trimmed(frame[field], texts[field], good, conversions)
+    for field in given:
+        _count_trimmed(frame[field], texts[field], good, conversions)
     clean = pd.DataFrame(
         {
             "line": lines[good],

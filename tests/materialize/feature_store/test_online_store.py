@@ -120,13 +120,13 @@ def plugin_online(pg: PostgresSettings, **extra) -> dict:
 
 
 def open_store(pg: PostgresSettings, registry: Path, online: dict, project: str = PROJECT, pull_latest: bool = True,
-               offline_type: str = "postgres", batch_engine: str = "local"):
+               offline_type: str = "postgres", batch_engine: str = "local", provider: str = "local"):
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
     config = RepoConfig(
         project=project,
-        provider="local",
+        provider=provider,
         registry=str(registry),
         offline_store={"type": offline_type, **_connection_keys(pg)},
         online_store=online,
@@ -762,3 +762,50 @@ def test_feature_server_reads_and_pushes_through_the_plugin(contract):
         assert push.status_code == 200, push.text
     read = contract.plugin.get_online_features(features, [{"user_id": 5101}, {"user_id": 5102}]).to_dict()
     assert read["segment"] == ["served", "served"] and read["visits"] == [4, 5]
+
+
+def test_pushes_through_the_arrow_provider_store_the_same_bytes_as_feasts_path(contract, tmp_path, monkeypatch):
+    """``ArrowPushProvider`` hands pushed frames to the store as Arrow: the rows stored (one-
+    and two-key views, a 384-float vector view, nulls) are byte for byte those of Feast's
+    own conversion."""
+    import pandas as pd
+    from feast.data_source import PushMode
+
+    from materialize.feature_store.online_store import PostgresFastOnlineStore
+    from materialize.feature_store.provider import PROVIDER_TYPE
+
+    encoded = []  # what each Arrow write answered (False: it fell back to Feast's conversion)
+    write_arrow = PostgresFastOnlineStore.online_write_arrow
+    monkeypatch.setattr(PostgresFastOnlineStore, "online_write_arrow",
+                        lambda self, *args: encoded.append(write_arrow(self, *args)) or encoded[-1])
+    rng = np.random.default_rng(11)
+    now = dt.datetime.now(UTC).replace(microsecond=0)
+    users = [_user_row(rng, u, now - dt.timedelta(hours=1), now) for u in range(1, 41)]
+    for row in users[:20]:  # typed columns with nulls in them
+        row["visits"], row["spend"], row["segment"] = 7, None, None
+    for row in users[20:]:
+        row["visits"], row["spend"], row["segment"], row["item_ids"] = 3, 1.5, "pushed", [1, 2]
+    frames = {"user_profile": pd.DataFrame(users),
+              "user_item": pd.DataFrame([{"user_id": u, "item_id": i, "event_timestamp": now, "created_timestamp": now,
+                                          "affinity": float(rng.normal())} for u in range(1, 11) for i in (1, 12)]),
+              "item_embedding": pd.DataFrame([{"item_id": i, "event_timestamp": now, "created_timestamp": now,
+                                               "embedding": rng.normal(size=DIM).astype(np.float32).tolist(),
+                                               "title": f"pushed {i}"} for i in range(1, 31)])}
+    stores = {project: open_store(contract.pg, tmp_path / f"{project}.db", plugin_online(contract.pg), project=project,
+                                  provider=provider)
+              for project, provider in (("push_arrow", PROVIDER_TYPE), ("push_stock", "local"))}
+    try:
+        for store in stores.values():
+            store.apply(_feast_objects())
+            for view, frame in frames.items():
+                store.write_to_online_store(view, frame)
+            store.push("user_push", frames["user_profile"], to=PushMode.ONLINE)
+        with contract.connect() as conn:
+            for view, frame in frames.items():
+                arrow_rows, stock_rows = (_stored_rows(conn, project, view) for project in stores)
+                assert len(arrow_rows) == len(frame) and arrow_rows == stock_rows, view
+        assert encoded == [True] * 4  # three views and the push, all as Arrow
+    finally:
+        for store in stores.values():
+            store.teardown()
+            asyncio.run(store.close())
