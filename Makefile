@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
-	$(VENV)/bin/python -m pip install --quiet -e ".[test,bench]"
+	$(VENV)/bin/python -m pip install --quiet -e ".[test,bench,spark]"
 	touch $@
 
 install: $(STAMP)

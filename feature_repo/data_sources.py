@@ -1,9 +1,25 @@
-"""PostgreSQL tables written by `interest build` / `interest embed` (schema `interest`)."""
+"""PostgreSQL tables written by `interest build` / `interest embed` (schema `interest`), or
+in the spark profile (INTEREST_PROFILE=spark) the Parquet folders of the same tables under
+INTEREST_WAREHOUSE/features/, written by the Spark build (same names, same columns)."""
+import os
+
 from feast import PushSource
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import PostgreSQLSource
 
+SPARK_PROFILE = os.environ.get("INTEREST_PROFILE", "postgres") == "spark"
 
-def _source(table: str) -> PostgreSQLSource:
+
+def _source(table: str):
+    if SPARK_PROFILE:
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+
+        return SparkSource(
+            name=table,
+            path=f"{os.environ['INTEREST_WAREHOUSE']}/features/{table}",
+            file_format="parquet",
+            timestamp_field="event_timestamp",
+            created_timestamp_column="created_timestamp",
+        )
     return PostgreSQLSource(
         name=table,
         query=f"SELECT * FROM interest.{table}",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from interest_models.config import NAMES as MODEL_CONFIGS
 
-FEATURE_REPO_FILES = ("*.py", "feature_store.yaml")
+FEATURE_REPO_FILES = ("*.py", "feature_store.yaml", "feature_store.spark.yaml")
 CONFIG_SOURCES = {"pipeline": "materialize"} | {name: "interest_models.config" for name in MODEL_CONFIGS}
 """Config name -> the package that ships ``<name>.yaml``."""
 GITIGNORE = """# What the pipeline accumulates in a project folder

@@ -177,7 +177,8 @@ def env() -> None:
     ensure_database(settings.postgres)
     with connect(settings.postgres) as conn:
         pgvector = enable_pgvector(conn)
-    for name, value in settings.postgres.feast_environment(pgvector).items():
+    variables = settings.postgres.feast_environment(pgvector) | (settings.spark.feast_environment() if settings.spark else {})
+    for name, value in variables.items():
         click.echo(f"export {name}={shlex.quote(value)}")
 
 

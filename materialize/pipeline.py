@@ -141,14 +141,14 @@ class Pipeline:
         if self._store is None:
             from materialize.feature_store.repo import open_store
 
-            self._store = open_store(self.settings.feature_repo_dir, self.settings.postgres, self.pgvector)
+            self._store = open_store(self.settings.feature_repo_dir, self.settings.postgres, self.pgvector, self.settings.spark)
         return self._store
 
     def apply(self) -> None:
         """``feast apply`` of the feature repo."""
         from materialize.feature_store.repo import apply_repo
 
-        apply_repo(self.settings.feature_repo_dir, self.settings.postgres, self.pgvector)
+        apply_repo(self.settings.feature_repo_dir, self.settings.postgres, self.pgvector, self.settings.spark)
         self._store = None
 
     def materialize(self, end: dt.datetime | None = None):

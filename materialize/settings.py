@@ -22,6 +22,15 @@ Project:
                           the source checkout when running from one, else the current folder.
     INTEREST_CONFIG       YAML file whose keys override the pipeline settings (after
                           ``materialize/pipeline.yaml`` and ``$INTEREST_HOME/config/pipeline.yaml``)
+
+Profile (issue 12): ``INTEREST_PROFILE`` is ``postgres`` (default: everything in one
+PostgreSQL database) or ``spark`` (raw events and feature tables as Parquet in a warehouse,
+computed and joined by Apache Spark; registry, catalogue bookkeeping and online store stay
+in PostgreSQL). The spark profile reads:
+    INTEREST_WAREHOUSE               folder or URI of the Parquet warehouse (default
+                                     ``<project>/.warehouse``; ``s3a://bucket/path`` on a cluster)
+    INTEREST_SPARK_MASTER            ``spark.master`` (default ``local[2]``)
+    INTEREST_SPARK_SHUFFLE_PARTITIONS ``spark.sql.shuffle.partitions`` (default 8)
 """
 from __future__ import annotations
 
@@ -147,11 +156,42 @@ class PipelineConfig:
         return cls(**values)
 
 
+PROFILES = ("postgres", "spark")
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    """Where the spark profile keeps its Parquet warehouse and which Spark it runs on."""
+
+    warehouse: str
+    master: str = "local[2]"
+    shuffle_partitions: int = 8
+
+    def feast_environment(self) -> dict[str, str]:
+        """Variables that ``feature_store.spark.yaml`` and ``data_sources.py`` read."""
+        return {
+            "INTEREST_PROFILE": "spark",
+            "INTEREST_WAREHOUSE": self.warehouse,
+            "INTEREST_SPARK_MASTER": self.master,
+            "INTEREST_SPARK_SHUFFLE_PARTITIONS": str(self.shuffle_partitions),
+        }
+
+
 @dataclass(frozen=True)
 class Settings:
     project_dir: Path
     postgres: PostgresSettings
     pipeline: PipelineConfig
+    spark: SparkSettings | None = None   # None: the postgres profile
+
+    @property
+    def profile(self) -> str:
+        return "postgres" if self.spark is None else "spark"
+
+    @property
+    def feature_store_yaml(self) -> Path:
+        """The Feast config of the profile: ``feature_store.yaml`` or ``feature_store.spark.yaml``."""
+        return self.feature_repo_dir / ("feature_store.yaml" if self.spark is None else "feature_store.spark.yaml")
 
     @property
     def pgdata_dir(self) -> Path:
@@ -209,7 +249,23 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             sslmode="disable",
             embedded=True,
         )
-    return Settings(project_dir=project_dir, postgres=postgres, pipeline=pipeline)
+    return Settings(project_dir=project_dir, postgres=postgres, pipeline=pipeline, spark=_spark(env, project_dir))
+
+
+def _spark(env: Mapping[str, str], project_dir: Path) -> SparkSettings | None:
+    profile = env.get("INTEREST_PROFILE", "postgres")
+    if profile not in PROFILES:
+        raise SettingsError(f"INTEREST_PROFILE must be one of {', '.join(PROFILES)}, not {profile!r}")
+    if profile == "postgres":
+        return None
+    partitions = env.get("INTEREST_SPARK_SHUFFLE_PARTITIONS", "8")
+    if not partitions.isdigit() or int(partitions) < 1:
+        raise SettingsError(f"INTEREST_SPARK_SHUFFLE_PARTITIONS must be a positive integer, not {partitions!r}")
+    warehouse = env.get("INTEREST_WAREHOUSE") or str(project_dir / ".warehouse")
+    if "://" not in warehouse:
+        warehouse = str(Path(warehouse).resolve())
+    return SparkSettings(warehouse=warehouse, master=env.get("INTEREST_SPARK_MASTER", "local[2]"),
+                         shuffle_partitions=int(partitions))
 
 
 def _utc_time(value: object, key: str) -> datetime:

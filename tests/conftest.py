@@ -55,3 +55,27 @@ def conn(fresh_db):
 def settings_for(settings, pg: PostgresSettings):
     """The session settings pointed at another database."""
     return dataclasses.replace(settings, postgres=pg)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """One local[2] SparkSession for every spark-profile test (stopped at the end)."""
+    from tests.spark_shop import start_spark
+
+    session = start_spark(tmp_path_factory.mktemp("spark-warehouse"))
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def two_profiles(settings, pg_server, spark, tmp_path_factory):
+    """tests.spark_shop.SHOP loaded and built in both profiles (see tests/spark_shop.py)."""
+    from tests.spark_shop import load_both
+
+    with new_database(pg_server) as pg_a, new_database(pg_server) as pg_b:
+        both = load_both(settings, pg_a, pg_b, tmp_path_factory.mktemp("warehouse"), spark)
+        try:
+            yield both
+        finally:
+            both.postgres.close()
+            both.spark.close()

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from materialize.settings import PostgresSettings
+from materialize.settings import PostgresSettings, SparkSettings
 
 FIRST_MATERIALIZATION_START = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -31,11 +31,18 @@ def _check_repo(repo_dir: Path) -> None:
         )
 
 
+def store_yaml(repo_dir: Path, spark: SparkSettings | None = None) -> Path:
+    """The profile's Feast config in the repo: ``feature_store.yaml``, or
+    ``feature_store.spark.yaml`` for the spark profile."""
+    return Path(repo_dir) / ("feature_store.yaml" if spark is None else "feature_store.spark.yaml")
+
+
 @contextlib.contextmanager
-def feast_environment(pg: PostgresSettings, pgvector: bool) -> Iterator[dict[str, str]]:
-    """The connection variables of ``feature_store.yaml`` in ``os.environ`` for the
-    duration of the block; the previous values are restored after it."""
-    variables = pg.feast_environment(pgvector)
+def feast_environment(pg: PostgresSettings, pgvector: bool, spark: SparkSettings | None = None) -> Iterator[dict[str, str]]:
+    """The connection variables of ``feature_store.yaml`` (and, with ``spark``, of
+    ``feature_store.spark.yaml``) in ``os.environ`` for the duration of the block; the
+    previous values are restored after it."""
+    variables = pg.feast_environment(pgvector) | (spark.feast_environment() if spark else {"INTEREST_PROFILE": "postgres"})
     previous = {name: os.environ.get(name) for name in variables}
     os.environ.update(variables)
     try:
@@ -48,13 +55,14 @@ def feast_environment(pg: PostgresSettings, pgvector: bool) -> Iterator[dict[str
                 os.environ[name] = value
 
 
-def open_store(repo_dir: Path, pg: PostgresSettings, pgvector: bool):
-    """A ``feast.FeatureStore`` on the repo, connected to ``pg``."""
+def open_store(repo_dir: Path, pg: PostgresSettings, pgvector: bool, spark: SparkSettings | None = None):
+    """A ``feast.FeatureStore`` on the repo, connected to ``pg`` (and with ``spark``, the
+    spark profile's config)."""
     _check_repo(repo_dir)
     from feast import FeatureStore
 
-    with feast_environment(pg, pgvector):
-        return FeatureStore(repo_path=str(repo_dir))
+    with feast_environment(pg, pgvector, spark):
+        return FeatureStore(repo_path=str(repo_dir), fs_yaml_file=store_yaml(repo_dir, spark))
 
 
 def _forget_repo_modules(repo_dir: Path) -> None:
@@ -69,8 +77,9 @@ def _forget_repo_modules(repo_dir: Path) -> None:
             del sys.modules[name]
 
 
-def apply_repo(repo_dir: Path, pg: PostgresSettings, pgvector: bool) -> None:
-    """Run ``feast apply`` on the repo in process (the stock CLI does the same)."""
+def apply_repo(repo_dir: Path, pg: PostgresSettings, pgvector: bool, spark: SparkSettings | None = None) -> None:
+    """Run ``feast apply`` on the repo in process (the stock CLI does the same); with
+    ``spark``, the spark profile's config and sources."""
     _check_repo(repo_dir)
     _forget_repo_modules(repo_dir)
     from feast.repo_config import load_repo_config
@@ -78,9 +87,10 @@ def apply_repo(repo_dir: Path, pg: PostgresSettings, pgvector: bool) -> None:
 
     cwd = Path.cwd()  # Feast's apply changes into the repo folder
     try:
-        with feast_environment(pg, pgvector):
-            cli_check_repo(repo_dir, repo_dir / "feature_store.yaml")
-            config = load_repo_config(repo_dir, repo_dir / "feature_store.yaml")
+        with feast_environment(pg, pgvector, spark):
+            yaml_file = store_yaml(repo_dir, spark)
+            cli_check_repo(repo_dir, yaml_file)
+            config = load_repo_config(repo_dir, yaml_file)
             apply_total(config, repo_dir, skip_source_validation=False)
     finally:
         os.chdir(cwd)
