@@ -55,7 +55,11 @@ def get_spark(spark: SparkSettings, extra_conf: dict[str, str] | None = None):
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if root not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])
+    # Under spark-submit (which hands Python its JVM through PYSPARK_GATEWAY_PORT) the
+    # master, resources and partitions are the submit command's; only what the results
+    # depend on is set here.
+    conf = dict(_FIXED_CONF) if os.environ.get("PYSPARK_GATEWAY_PORT") else spark_conf(spark)
     builder = SparkSession.builder
-    for key, value in {**spark_conf(spark), **(extra_conf or {})}.items():
+    for key, value in {**conf, **(extra_conf or {})}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()

@@ -23,7 +23,7 @@ from materialize.ingest.sources.synthetic import SyntheticConfig, SyntheticShop
 from materialize.pipeline import Pipeline
 from materialize.settings import SparkSettings
 
-SHOP = SyntheticConfig(n_users=400, n_items=80, n_categories=5, days=45, sessions_per_user_mean=4.0, seed=12)
+SHOP = SyntheticConfig(n_users=1000, n_items=120, n_categories=6, days=60, sessions_per_user_mean=5.0, seed=12)
 
 
 def spark_settings(warehouse: Path) -> SparkSettings:

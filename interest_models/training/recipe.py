@@ -191,9 +191,10 @@ class _Trainer:
     """Holds the connections and configs of one training run."""
 
     def __init__(self, store, conn: psycopg.Connection, session_gap: dt.timedelta,
-                 overrides: dict[str, dict] | None, config_dir, device: str | None, progress: bool | Stages):
+                 overrides: dict[str, dict] | None, config_dir, device: str | None, progress: bool | Stages,
+                 distributed=None):
         overrides = overrides or {}
-        self.store, self.conn = store, conn
+        self.store, self.conn, self.distributed = store, conn, distributed
         self.stages = progress if isinstance(progress, Stages) else Stages(STAGES, enabled=progress)
         self.training_config = load_config("training", overrides.get("training"), config_dir)
         self.lstm_config = load_config("lstm", overrides.get("lstm"), config_dir)
@@ -240,7 +241,13 @@ class _Trainer:
                 **{k: self.lstm_config[k] for k in ("item_dim", "category_dim", "event_type_dim", "hidden_dim", "dropout")},
                 inputs=tuple(self.lstm_config["inputs"]),
             )
-            self.model.fit(sequences["train_sequence"], sequences["valid"], self.lstm_config, self.device, self.seed, stages.enabled)
+            if self.distributed is None:
+                self.model.fit(sequences["train_sequence"], sequences["valid"], self.lstm_config, self.device, self.seed, stages.enabled)
+            else:  # the spark profile: DDP processes launched by Spark
+                from interest_models.training.distributed import fit_lstm_ddp
+
+                self.model = fit_lstm_ddp(self.model, sequences["train_sequence"], sequences["valid"], self.lstm_config,
+                                          self.seed, self.distributed)
             curve = self.model.learning_curve
             stage.summary = (f"{len(split_rows['train_sequence']):,} sequences, best epoch {curve.best_epoch} of {len(curve.epoch)}"
                              + (f" (early stop; at most {curve.max_epochs})" if curve.stopped_early else "")
@@ -273,12 +280,18 @@ class _Trainer:
         with stages.stage("XGBoost training") as stage:
             train, valid_retrieved = candidate_frames["train_ranker"], candidate_frames["valid_retrieved"]
             self.ranker = ItemRanker(self.ranker_config, self.seed, "cuda" if self.device.type == "cuda" else "cpu")
-            self.ranker.fit(train, train.relevance.to_numpy(), train.point.to_numpy(),
-                            (valid_retrieved, valid_retrieved.relevance.to_numpy(), valid_retrieved.point.to_numpy()),
-                            progress=stages.enabled)
             feature_ranker = ItemRanker(self.ranker_config, self.seed, self.ranker.device, columns=FEAST_COLUMNS)
-            feature_ranker.fit(train, train.relevance.to_numpy(), train.point.to_numpy(),
-                               (valid_retrieved, valid_retrieved.relevance.to_numpy(), valid_retrieved.point.to_numpy()))
+            fit_rows = (train, train.relevance.to_numpy(), train.point.to_numpy(),
+                        (valid_retrieved, valid_retrieved.relevance.to_numpy(), valid_retrieved.point.to_numpy()))
+            if self.distributed is None:
+                self.ranker.fit(*fit_rows, progress=stages.enabled)
+                feature_ranker.fit(*fit_rows)
+            else:  # the spark profile: xgboost.spark, query groups kept within partitions; the
+                # Feast-features-only ranker (a comparison in the report, never served) stays local
+                from interest_models.training.distributed import fit_ranker_spark
+
+                fit_ranker_spark(self.ranker, self.distributed.spark, *fit_rows, num_workers=self.distributed.ranker_workers)
+                feature_ranker.fit(*fit_rows)
             for split in ("valid", "test"):
                 frame = candidate_frames[split]
                 frame["ranker_score"] = self.ranker.score(frame)
@@ -541,7 +554,7 @@ class _Trainer:
 
 def train_models(store, conn: psycopg.Connection, session_gap: dt.timedelta,
                  overrides: dict[str, dict] | None = None, device: str | None = None, progress: bool | Stages = False,
-                 config_dir: Path | None = None) -> TrainingResult:
+                 config_dir: Path | None = None, distributed=None) -> TrainingResult:
     """Train and evaluate everything; see the module docstring.
 
     Args:
@@ -555,5 +568,8 @@ def train_models(store, conn: psycopg.Connection, session_gap: dt.timedelta,
         progress: True prints a line when each of ``STAGES`` starts and ends (time, sizes)
             and bars over long loops, on stderr; a ``Stages`` whose plan holds ``STAGES``
             numbers them within a longer run.
+        distributed: an ``interest_models.training.distributed.Distributed`` (the spark
+            profile): the LSTM on DDP processes launched by Spark and the rankers with
+            ``xgboost.spark``; None fits both in this process.
     """
-    return _Trainer(store, conn, session_gap, overrides, config_dir, device, progress).run()
+    return _Trainer(store, conn, session_gap, overrides, config_dir, device, progress, distributed).run()

@@ -1,0 +1,254 @@
+"""The same synthetic shop through both profiles, stage by stage: PostgreSQL vs Spark.
+
+Stages (each timed in both profiles, on the same generated frames):
+
+1. ingest: events validated and written (``loader.load_frames`` into ``interest.events`` vs
+   ``parquet_writer.load_event_frames_parquet`` into Parquet by day); generation excluded.
+2. feature build: ``Pipeline.build(full=True)`` (SQL) vs ``export_catalogue`` +
+   ``build_features_spark`` (Spark SQL, ``local[N]``).
+3. training frame: ``get_historical_features`` of ``--frame-rows`` entity rows (sampled
+   events: user, item, category, time) for the ranker's Feast views (user activity and
+   interest shift, item popularity and catalogue, category trends: the service's
+   point-in-time columns without the 50-event sequence arrays and the on-demand cosine),
+   through this project's LATERAL offline store plugin vs Feast's Spark offline store.
+4. materialize: every view into the PostgreSQL online store, through the project's Arrow
+   engine vs Feast's Spark compute engine (``spark.engine``).
+5. ranker training: XGBoost LambdaMART (``ranker.yaml``, ``--ranker-trees`` trees) on the
+   retrieved frame's numeric columns in query groups of 50 rows (one relevant row each,
+   drawn at random: a timing workload, not a model), ``ItemRanker.fit`` vs
+   ``xgboost.spark.SparkXGBRanker`` with 2 workers (``fit_ranker_spark``).
+
+Besides wall seconds, the Spark side reports the CPU seconds of this process and all its
+children (the JVM, its Python workers, XGBoost's and torch's processes), from psutil,
+sampled before and after each stage; the PostgreSQL side reports wall seconds only (its
+server is shared with other sessions, its CPU cannot be attributed to this run).
+
+Usage (from the project root)::
+
+    .venv/bin/python bench/spark_profile_benchmark.py --events 1000000 --frame-rows 1000000
+
+The databases (``interest_bench_*``) and the warehouse (a temporary folder, or
+``--warehouse``) are dropped at the end. Nothing here asserts on time.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from harness import (BenchRun, load_average, machine_info, progress, shop_config, silence_known_warnings,  # noqa: F401
+                     stop_on_sigterm, table, throwaway_database, timed, TimedFrames, _shop_source)
+
+RANKER_VIEWS = ["user_activity", "user_interest_shift", "item_popularity", "item_catalog", "category_trends"]
+
+
+def tree_cpu_seconds() -> float:
+    """User + system CPU seconds of this process and all its live children."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2]) + me.cpu_times().children_user + me.cpu_times().children_system
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+
+
+class Stage:
+    """Wall and process-tree CPU seconds of a block."""
+
+    def __enter__(self):
+        import time
+
+        self.cpu0, self.t0 = tree_cpu_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        import time
+
+        self.seconds = round(time.perf_counter() - self.t0, 2)
+        self.cpu = round(tree_cpu_seconds() - self.cpu0, 2)
+
+
+def ranker_rows(frame, seed: int):
+    import numpy as np
+
+    keys = {"user_id", "item_id", "category_id", "event_timestamp"}
+    columns = [c for c in frame.columns if c not in keys and (frame[c].dtype.kind in "fiub")]
+    rows = frame[columns].astype("float64").reset_index(drop=True)
+    n_groups = len(rows) // 50
+    rows = rows.iloc[: n_groups * 50]
+    query = np.repeat(np.arange(n_groups), 50)
+    relevance = np.zeros(len(rows))
+    relevance[np.arange(n_groups) * 50 + np.random.default_rng(seed).integers(0, 50, n_groups)] = 1
+    split = int(n_groups * 0.9) * 50
+    return columns, (rows.iloc[:split], relevance[:split], query[:split]), (rows.iloc[split:], relevance[split:], query[split:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--items", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--frame-rows", type=int, default=1_000_000)
+    parser.add_argument("--ranker-trees", type=int, default=100)
+    parser.add_argument("--spark-master", default="local[2]")
+    parser.add_argument("--shuffle-partitions", type=int, default=8)
+    parser.add_argument("--driver-memory", default="6g")
+    parser.add_argument("--warehouse", default=None, help="Parquet warehouse folder (default: a temporary one)")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    args = parser.parse_args()
+    stop_on_sigterm()
+    silence_known_warnings()
+
+    import numpy as np
+    import pandas as pd
+    import yaml
+
+    from interest_models.models.item_ranker import ItemRanker
+    from interest_models.training.distributed import fit_ranker_spark
+    from materialize.database.tables import fetch_frame
+    from materialize.features.spark_builder import build_features_spark
+    from materialize.ingest import loader
+    from materialize.ingest.parquet_writer import export_catalogue, load_event_frames_parquet
+    from materialize.ingest.sources.synthetic import SyntheticShop
+    from materialize.pipeline import Pipeline
+    from materialize.settings import SparkSettings, load_settings
+    from materialize.spark_session import get_spark
+
+    config = shop_config(args)
+    warehouse = Path(args.warehouse or tempfile.mkdtemp(prefix="interest-spark-bench-"))
+    spark_settings = SparkSettings(warehouse=str(warehouse), master=args.spark_master,
+                                   shuffle_partitions=args.shuffle_partitions)
+    results: dict = {"events_requested": args.events, "frame_rows": args.frame_rows, "load_before": load_average()}
+    rows: list[list] = []
+    base = load_settings()
+    spark = None
+    try:
+        with throwaway_database() as pg_a, throwaway_database() as pg_b:
+            postgres = Pipeline(dataclasses.replace(base, postgres=pg_a, spark=None), progress=False)
+            sp = Pipeline(dataclasses.replace(base, postgres=pg_b, spark=spark_settings), progress=False)
+            results["machine"] = machine_info(postgres.conn, packages=("pyspark", "feast", "xgboost", "torch", "pandas", "pyarrow"))
+            kwargs = {"future_tolerance_s": base.pipeline.future_tolerance_seconds, "min_event_time": base.pipeline.min_event_time}
+            source = _shop_source(config)
+            items = SyntheticShop(config).items()
+            for pipeline in (postgres, sp):
+                loader.load_frames(pipeline.conn, "items", [items], source=f"{source}:items", **kwargs)
+
+            # 1. ingest
+            frames = TimedFrames(SyntheticShop(config).events())
+            with Stage() as pg_ingest:
+                report_pg = loader.load_frames(postgres.conn, "events", frames, source=f"{source}:events", **kwargs)
+            pg_ingest_s = round(pg_ingest.seconds - frames.seconds, 2)
+            frames = TimedFrames(SyntheticShop(config).events())
+            with Stage() as sp_ingest:
+                report_sp = load_event_frames_parquet(sp.conn, frames, str(warehouse), source=f"{source}:events", **kwargs)
+            sp_ingest_s = round(sp_ingest.seconds - frames.seconds, 2)
+            events = report_pg.loaded
+            progress(f"ingest: postgres {pg_ingest_s} s, parquet {sp_ingest_s} s ({report_sp.summary()})")
+            rows.append(["ingest (validate + write)", pg_ingest_s, sp_ingest_s, None])
+            results["events"] = events
+            results["users"] = int(postgres.conn.execute("SELECT count(DISTINCT user_id) FROM interest.events").fetchone()[0])
+            results["parquet_bytes"] = sum(p.stat().st_size for p in (warehouse / "events").rglob("*.parquet"))
+
+            for pipeline in (postgres, sp):  # untimed: the same step in both profiles
+                pipeline.embed()
+
+            # 2. feature build
+            with Stage() as pg_build:
+                build_pg = postgres.build(full=True)
+            spark = get_spark(spark_settings, {"spark.driver.memory": args.driver_memory})
+            spark.sparkContext.setLogLevel("ERROR")
+            with Stage() as sp_build:
+                export_catalogue(sp.conn, str(warehouse))
+                build_sp = build_features_spark(spark, str(warehouse), base.pipeline)
+            progress(f"build: postgres {pg_build.seconds} s, spark {sp_build.seconds} s (cpu {sp_build.cpu} s) {build_sp.seconds}")
+            rows.append(["feature build (full)", pg_build.seconds, sp_build.seconds, sp_build.cpu])
+            results["feature_rows"] = build_pg.rows
+            results["spark_build_seconds"] = build_sp.seconds
+            assert build_sp.rows["user_daily_features"] == build_pg.rows["user_daily_features"], "the two builds differ"
+
+            for pipeline in (postgres, sp):
+                pipeline.apply()
+
+            # 3. training frame
+            sample = fetch_frame(postgres.conn, """
+                SELECT e.user_id, e.item_id, i.category_id, e.event_timestamp
+                FROM interest.events e JOIN interest.items i USING (item_id)""")
+            entity = sample.sample(n=min(args.frame_rows, len(sample)), replace=False, random_state=args.seed)
+            entity = entity.reset_index(drop=True)
+            if len(entity) < args.frame_rows:  # fewer events than rows asked: the same events at later times too
+                extra = sample.sample(n=args.frame_rows - len(entity), replace=True, random_state=args.seed + 1)
+                extra = extra.assign(event_timestamp=extra.event_timestamp + pd.Timedelta(hours=12))
+                entity = pd.concat([entity, extra], ignore_index=True)
+            entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
+            del sample
+            features = [f"{v.name}:{f.name}" for v in postgres.store.list_feature_views() if v.name in RANKER_VIEWS
+                        for f in v.features]
+            with Stage() as pg_frame:
+                frame_pg = postgres.store.get_historical_features(entity_df=entity, features=features).to_df()
+            with Stage() as sp_frame:
+                frame_sp = sp.store.get_historical_features(entity_df=entity, features=features).to_df()
+            progress(f"frame of {len(frame_pg):,} rows x {len(features)} features: postgres {pg_frame.seconds} s, "
+                     f"spark {sp_frame.seconds} s (cpu {sp_frame.cpu} s)")
+            rows.append([f"training frame ({len(frame_pg):,} rows)", pg_frame.seconds, sp_frame.seconds, sp_frame.cpu])
+            results["frame_features"] = len(features)
+            del frame_sp
+
+            # 4. materialize
+            end = dt.datetime.now(dt.timezone.utc)
+            with Stage() as pg_mat:
+                mat_pg = postgres.materialize(end)
+            with Stage() as sp_mat:
+                mat_sp = sp.materialize(end)
+            progress(f"materialize: postgres {pg_mat.seconds} s, spark {sp_mat.seconds} s (cpu {sp_mat.cpu} s); "
+                     f"{mat_sp.online_rows}")
+            rows.append(["materialize (all views)", pg_mat.seconds, sp_mat.seconds, sp_mat.cpu])
+            results["online_rows"] = mat_pg.online_rows
+            results["online_rows_equal"] = mat_pg.online_rows == mat_sp.online_rows
+            results["online_bytes"] = int(postgres.conn.execute(
+                "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname LIKE 'interest_shift%%'").fetchone()[0] or 0)
+            postgres.conn.commit()
+
+            # 5. ranker training
+            columns, train, valid = ranker_rows(frame_pg, args.seed)
+            ranker_config = yaml.safe_load((Path(__file__).resolve().parents[1] / "interest_models/config/ranker.yaml").read_text())
+            ranker_config |= {"n_estimators": args.ranker_trees, "early_stopping_rounds": args.ranker_trees}
+            with Stage() as pg_rank:
+                ItemRanker(ranker_config, args.seed, "cpu", columns=columns).fit(*train, valid)
+            with Stage() as sp_rank:
+                fit_ranker_spark(ItemRanker(ranker_config, args.seed, "cpu", columns=columns), spark, *train, valid, num_workers=2)
+            progress(f"ranker on {len(train[0]):,} rows x {len(columns)}: local {pg_rank.seconds} s, "
+                     f"spark {sp_rank.seconds} s (cpu {sp_rank.cpu} s)")
+            rows.append([f"ranker ({len(train[0]):,} rows, {args.ranker_trees} trees)", pg_rank.seconds, sp_rank.seconds,
+                         sp_rank.cpu])
+            results["ranker_rows"], results["ranker_columns"] = len(train[0]), len(columns)
+            postgres.close()
+            sp.close()
+    finally:
+        if spark is not None:
+            spark.stop()
+        if not args.warehouse:
+            shutil.rmtree(warehouse, ignore_errors=True)
+    results["stages"] = {r[0]: {"postgres_s": r[1], "spark_s": r[2], "spark_cpu_s": r[3]} for r in rows}
+    results["load_after"] = load_average()
+    print()
+    print(json.dumps(results["machine"], indent=1, default=str))
+    print(f"\n{results['events']:,} events of {results['users']:,} users, {args.items:,} items; "
+          f"Parquet {results['parquet_bytes'] / 2**20:.1f} MiB; Spark {args.spark_master}, "
+          f"{args.shuffle_partitions} shuffle partitions; load {results['load_before']} -> {results['load_after']}")
+    print(table(["stage", "postgres s", "spark s", "spark cpu s"], rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
