@@ -7,10 +7,11 @@ duplicate, and the counts are kept in ``interest.ingest_runs``. The clean rows a
 to ``<warehouse>/events/day=YYYY-MM-DD/run-<run>-<chunk>.parquet`` instead of
 ``interest.events``. Differences from the PostgreSQL loader, by design:
 
-- duplicates are counted within one load (same key: user, time, item, type; the first row
-  wins); a key already written by an earlier load is dropped by the Spark feature build,
-  which keeps the row of the earliest run (``run_id``, then ``line``), as the primary key
-  of ``interest.events`` keeps the first loaded row;
+- duplicates are counted within one load (same key: user, time, item, type, or the same
+  ``event_id``; the first line wins); a key already written by an earlier load is dropped
+  by the Spark feature build, which keeps the row of the earliest run (``run_id``, then
+  ``line``), as the primary key of ``interest.events`` keeps the first loaded row (an
+  ``event_id`` repeated across loads is not checked: the build deduplicates natural keys);
 - loading the same input twice records a second run and writes its files again (the build
   drops them as duplicates).
 
@@ -46,6 +47,8 @@ EVENTS_SCHEMA = pa.schema([
     ("event_timestamp", pa.timestamp("us", tz="UTC")),
     ("price", pa.decimal128(14, 2)),
     ("session_id", pa.string()),
+    ("event_id", pa.string()),
+    ("recommendation_id", pa.string()),
     ("run_id", pa.int64()),
     ("line", pa.int64()),
 ])
@@ -87,6 +90,7 @@ def _write_events_chunk(conn: psycopg.Connection, report: IngestReport, sha: str
                 for line, item_id, raw in zip(bad["line"], bad["item_id"], raws)], chunk.unit)
     staged = clean[~unknown].sort_values("line")
     kept = staged.drop_duplicates(KEY, keep="first")
+    kept = kept[kept["event_id"].isna() | ~kept["event_id"].duplicated(keep="first")]  # one row per event_id too
     report.duplicate += len(staged) - len(kept)
     if kept.empty:
         return
@@ -97,7 +101,8 @@ def _write_events_chunk(conn: psycopg.Connection, report: IngestReport, sha: str
         "event_type": pa.array(kept["event_type"].to_numpy(), pa.int16()),
         "event_timestamp": pa.array(timestamps.dt.floor("us"), pa.timestamp("us", tz="UTC")),
         "price": _prices(kept["price"]),
-        "session_id": pa.array(kept["session_id"].astype(object).where(kept["session_id"].notna(), None), pa.string()),
+        **{field: pa.array(kept[field].astype(object).where(kept[field].notna(), None), pa.string())
+           for field in ("session_id", "event_id", "recommendation_id")},
         "run_id": pa.array(np.full(len(kept), report.run_id), pa.int64()),
         "line": pa.array(kept["line"].to_numpy(), pa.int64()),
     }, schema=EVENTS_SCHEMA)
