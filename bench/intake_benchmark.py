@@ -277,10 +277,11 @@ def drained_s(pgdata: Path, limit_s: float = 300.0) -> float | None:
 
 
 def service_counters(port: int) -> dict:
-    """The intake counters of the worker that answers (one of them)."""
+    """The intake counters of the worker that answers (one of them) and the refresh backlog."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     connection.request("GET", "/metrics", headers={"X-API-Key": KEY})
-    return {k: v for k, v in json.loads(connection.getresponse().read()).items() if k.startswith("intake_")}
+    return {k: v for k, v in json.loads(connection.getresponse().read()).items()
+            if k.startswith("intake_") or k == "refresh_backlog"}
 
 
 def fault_phase(args, shop: dict, pgdata: Path) -> dict:

@@ -5,7 +5,8 @@ previous transaction ran in one transaction: a request is answered once that tra
 has committed (acknowledged means stored), and concurrent requests share a commit and one
 validation pass. The same transaction queues each user with a stored event in
 ``interest.online_refresh_queue``; the ``OnlineRefresher`` recomputes the queued users'
-feature rows every ``refresh_interval_ms`` and pushes their newest rows to the online store
+feature rows (recent sequences every ``refresh_interval_ms``, every user table every
+``aggregate_refresh_interval_ms``) and pushes their newest rows to the online store
 through Feast push sources. Neither holds a lock on the request path; one refresher (of
 one worker process) runs at a time, and a feature build waits for its round.
 """
@@ -26,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from materialize.database.tables import fetch_frame
-from materialize.features.builder import refresh_users
+from materialize.features.builder import refresh_user_sequences, refresh_users
 from materialize.ingest.loader import IngestReport, store_events
 from materialize.settings import PipelineConfig
 
@@ -70,10 +71,13 @@ class IntakeCounters:
     duplicate: int = 0
     rejected: int = 0
     commits: int = 0
-    refreshes: int = 0
-    users_refreshed: int = 0
+    sequence_refreshes: int = 0
+    sequence_users_refreshed: int = 0
+    last_sequence_refresh_s: float = 0.0
+    aggregate_refreshes: int = 0
+    aggregate_users_refreshed: int = 0
+    last_aggregate_refresh_s: float = 0.0
     refresh_failures: int = 0
-    last_refresh_s: float = 0.0
 
 
 class EventWriter:
@@ -161,17 +165,27 @@ class EventWriter:
 
 
 class OnlineRefresher:
-    """A thread that, every ``interval_s``, recomputes the feature rows of the users queued
-    by the intake and pushes each one's newest rows online (``PUSHED_TABLES``).
+    """A thread that brings the online features of the users queued by the intake up to
+    date, in two tiers (each round of either pushes its users' newest rows, ``PUSHED_TABLES``):
 
-    A round takes at most ``max_queued`` queue rows; they are deleted in the transaction
-    that recomputed them, after the push, so a failed round is redone by the next one.
+    - every ``interval_s``: the recent sequences of the users with events not yet in them
+      (cheap: only the new events are read), which marks their queue rows;
+    - every ``aggregate_interval_s``: every user table (daily activity, shift indicators,
+      interest embedding, and the sequence again) of at most ``max_aggregate_rows`` queue
+      rows, oldest first, which deletes them.
+
+    So sequences stay fresh at any event rate the round can keep up with, and the
+    aggregates follow as fast as their (costlier) recomputation allows: when it falls
+    behind, ``/metrics`` shows the queue's age. Queue rows go only in the transaction that
+    pushed them, so a failed round is redone by the next one.
     """
 
     def __init__(self, connection: Connection, pipeline: PipelineConfig, store: Callable[[], object | None],
-                 interval_s: float, max_queued: int, counters: IntakeCounters):
-        self.connection, self.pipeline, self.store = connection, pipeline, store
-        self.interval_s, self.max_queued, self.counters = interval_s, max_queued, counters
+                 config: dict, counters: IntakeCounters):
+        self.connection, self.pipeline, self.store, self.counters = connection, pipeline, store, counters
+        self.interval_s = config["refresh_interval_ms"] / 1000
+        self.aggregate_interval_s = config["aggregate_refresh_interval_ms"] / 1000
+        self.max_rows, self.max_aggregate_rows = config["max_refresh_rows"], config["max_aggregate_refresh_rows"]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="interest-online-refresher", daemon=True)
         self._thread.start()
@@ -181,27 +195,32 @@ class OnlineRefresher:
         self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        aggregates_due = time.monotonic()
         while not self._stop.wait(self.interval_s):
             store = self.store()
             if store is None:  # the database is unreachable: the service reconnects on its own
                 continue
             try:
-                while self.refresh(store) == self.max_queued and not self._stop.is_set():
+                while self.refresh(store, aggregates=False) == self.max_rows and not self._stop.is_set():
                     pass  # a full round: more are waiting
+                if time.monotonic() >= aggregates_due:
+                    aggregates_due = time.monotonic() + self.aggregate_interval_s
+                    self.refresh(store, aggregates=True)
             except Exception as error:  # noqa: BLE001 - the queue keeps the users; the next round retries
                 self.counters.refresh_failures += 1
                 log.warning("online refresh failed, retrying in %.1f s: %s", self.interval_s, error)
 
-    def refresh(self, store) -> int:
-        """One round; returns the queue rows it consumed."""
+    def refresh(self, store, aggregates: bool) -> int:
+        """One round of either tier; returns the queue rows it consumed."""
         started = time.perf_counter()
         with self.connection() as conn:
             if not conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (REFRESHER_LOCK,)).fetchone()[0]:
                 conn.commit()
                 return 0  # another worker's round is running; it takes these users too
             queued = conn.execute(
-                "SELECT queue_seq, user_id, first_event_at FROM interest.online_refresh_queue ORDER BY queue_seq LIMIT %s",
-                (self.max_queued,),
+                sql.SQL("SELECT queue_seq, user_id, first_event_at FROM interest.online_refresh_queue {} "
+                        "ORDER BY queue_seq LIMIT %s").format(sql.SQL("" if aggregates else "WHERE NOT sequence_pushed")),
+                (self.max_aggregate_rows if aggregates else self.max_rows,),
             ).fetchall()
             if not queued:
                 conn.commit()
@@ -210,19 +229,45 @@ class OnlineRefresher:
             for _, user, at in queued:
                 first_event_at[user] = min(at, first_event_at.get(user, at))
             users = sorted(first_event_at)
-            refresh_users(conn, self.pipeline, users, [first_event_at[user] for user in users])
+            since = [first_event_at[user] for user in users]
+            if aggregates:
+                refresh_users(conn, self.pipeline, users, since)
+            else:
+                refresh_user_sequences(conn, self.pipeline, users, since)
             for push_source, table in PUSHED_TABLES.items():
-                newest = fetch_frame(conn, sql.SQL(
-                    "SELECT DISTINCT ON (user_id) * FROM interest.{} WHERE user_id = ANY(%s) ORDER BY user_id, event_timestamp DESC"
-                ).format(sql.Identifier(table)), (users,))
-                if len(newest):
-                    push(store, push_source, newest)
-            conn.execute("DELETE FROM interest.online_refresh_queue WHERE queue_seq = ANY(%s)", ([seq for seq, *_ in queued],))
+                if aggregates or table == "user_recent_sequence":
+                    newest = fetch_frame(conn, sql.SQL(
+                        "SELECT t.* FROM unnest(%s::bigint[]) AS u(user_id) CROSS JOIN LATERAL ("
+                        " SELECT * FROM interest.{} x WHERE x.user_id = u.user_id ORDER BY x.event_timestamp DESC LIMIT 1) t"
+                    ).format(sql.Identifier(table)), (users,))
+                    if len(newest):
+                        push(store, push_source, newest)
+            seqs = [seq for seq, *_ in queued]
+            if aggregates:
+                conn.execute("DELETE FROM interest.online_refresh_queue WHERE queue_seq = ANY(%s)", (seqs,))
+            else:
+                conn.execute("UPDATE interest.online_refresh_queue SET sequence_pushed = true WHERE queue_seq = ANY(%s)", (seqs,))
             conn.commit()
-        self.counters.refreshes += 1
-        self.counters.users_refreshed += len(users)
-        self.counters.last_refresh_s = round(time.perf_counter() - started, 4)
+        tier = "aggregate" if aggregates else "sequence"
+        setattr(self.counters, f"{tier}_refreshes", getattr(self.counters, f"{tier}_refreshes") + 1)
+        setattr(self.counters, f"{tier}_users_refreshed", getattr(self.counters, f"{tier}_users_refreshed") + len(users))
+        setattr(self.counters, f"last_{tier}_refresh_s", round(time.perf_counter() - started, 4))
         return len(queued)
+
+
+def refresh_queue_status(conn: psycopg.Connection) -> dict:
+    """The online refresh's backlog: queued rows, those whose sequences are not online yet,
+    and the age of the oldest row in seconds."""
+    rows, sequences_behind, oldest_s = conn.execute(
+        """
+        SELECT count(*), count(*) FILTER (WHERE NOT sequence_pushed),
+               coalesce(extract(epoch FROM clock_timestamp() - min(queued_at)), 0)::float8
+        FROM interest.online_refresh_queue
+        """
+    ).fetchone()
+    conn.commit()
+    return {"refresh_queue_rows": rows, "refresh_queue_sequences_behind": sequences_behind,
+            "refresh_queue_oldest_s": round(oldest_s, 3)}
 
 
 def push(store, push_source: str, frame: pd.DataFrame) -> None:

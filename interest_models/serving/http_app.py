@@ -38,7 +38,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from interest_models.config import load_config
-from interest_models.serving.event_intake import EventWriter, IntakeCounters, OnlineRefresher, RequestOutcome
+from interest_models.serving.event_intake import EventWriter, IntakeCounters, OnlineRefresher, RequestOutcome, refresh_queue_status
 from interest_models.serving.recommender import Recommender
 from materialize.feature_store.repo import open_store
 from materialize.database.server import connect, has_pgvector
@@ -230,8 +230,7 @@ class ServiceState:
         config, pipeline = self.intake_config, self.settings.pipeline
         self.writer = EventWriter(self.connection, pipeline, config["max_write_events"], self.intake_counters)
         self.refresher = OnlineRefresher(self.connection, pipeline, lambda: self.recommender.store if self.healthy else None,
-                                         config["refresh_interval_ms"] / 1000, config["max_refresh_rows"],
-                                         self.intake_counters)
+                                         config, self.intake_counters)
 
     def failed(self, error: Exception) -> None:
         with self.lock:
@@ -363,10 +362,19 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
 
     @app.get("/metrics", dependencies=[Depends(require_key)])
     def metrics() -> dict:
-        """This worker process's counters of the event intake."""
+        """This worker process's counters of the event intake, and the online refresh's
+        backlog (all workers'; null while the database is unreachable)."""
+        backlog = None
+        if state.available() is not None:
+            try:
+                with state.connection() as conn:
+                    backlog = refresh_queue_status(conn)
+            except _OUTAGE_ERRORS as error:
+                state.failed(error)
         return {"events_quarantined": state.quota.quarantined, "events_refused_over_quota": state.quota.refused,
                 "quarantine_per_client_per_minute": state.quota.per_minute,
-                **{f"intake_{name}": value for name, value in state.intake_counters.__dict__.items()}}
+                **{f"intake_{name}": value for name, value in state.intake_counters.__dict__.items()},
+                "refresh_backlog": backlog}
 
     @app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(require_key)])
     async def recommend(request: RecommendRequest) -> RecommendResponse:

@@ -84,12 +84,14 @@ CREATE INDEX IF NOT EXISTS events_load_seq ON interest.events (load_seq);
 CREATE INDEX IF NOT EXISTS events_item_time ON interest.events (item_id, event_timestamp);
 
 -- Users whose online features are behind their stored events: the event intake adds a row
--- in the transaction that stores the events, the online refresher deletes the rows it has
--- pushed to the online store (rows added meanwhile stay for its next round).
+-- in the transaction that stores the events; the online refresher marks the rows whose
+-- sequences it pushed and deletes those whose every user table it pushed (rows added
+-- meanwhile stay for its next rounds).
 CREATE TABLE IF NOT EXISTS interest.online_refresh_queue (
     queue_seq       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     user_id         bigint NOT NULL,
     first_event_at  timestamptz NOT NULL,     -- the user's earliest event stored by that transaction
+    sequence_pushed boolean NOT NULL DEFAULT false,  -- its recent sequences are online; the other features not yet
     queued_at       timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 

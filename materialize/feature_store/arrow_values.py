@@ -156,6 +156,8 @@ def serialized_values(column: pa.ChunkedArray | pa.Array, value_type: ValueType)
     if value_type not in SUPPORTED_TYPES:
         return None
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_null(array.type):  # no value in the whole column (pandas' all-None object column)
+        return pa.array([b""] * len(array), pa.large_binary())
     if value_type in _FIXED_LISTS or value_type in (ValueType.INT32_LIST, ValueType.INT64_LIST):
         if not pa.types.is_list(array.type) and not pa.types.is_large_list(array.type):
             return None

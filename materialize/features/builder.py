@@ -419,18 +419,20 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
     return report
 
 
-def _user_steps(conn: psycopg.Connection, config: PipelineConfig, max_day: dt.date, created: dt.datetime,
-                n_categories: int, few_users: bool = False) -> list:
-    """(table, SQL, parameters, "users") of the user-level feature tables, for affected_users.
-    ``few_users``: take only their items' text embeddings (not the whole catalogue's)."""
+def _user_steps(conn: psycopg.Connection, config: PipelineConfig, max_day: dt.date | None, created: dt.datetime,
+                n_categories: int, few_users: bool = False, tables: tuple[str, ...] = USER_TABLES) -> list:
+    """(table, SQL, parameters, "users") of the user-level feature tables in ``tables``, for
+    affected_users. ``few_users``: take only their items' text embeddings (not the whole
+    catalogue's)."""
     pgvector = has_pgvector(conn)
     mean_embedding = _MEAN_EMBEDDING_PGVECTOR if pgvector else _MEAN_EMBEDDING_PORTABLE
-    conn.execute("DROP TABLE IF EXISTS item_vectors")
-    conn.execute(sql.SQL(_ITEM_VECTORS.format(cast="::vector" if pgvector else "")
-                         + (_AFFECTED_USERS_ITEMS if few_users else "")))
-    conn.execute("ALTER TABLE item_vectors ADD PRIMARY KEY (item_id)")
-    conn.execute("ANALYZE item_vectors")
-    return [
+    if "user_interest_embedding" in tables:
+        conn.execute("DROP TABLE IF EXISTS item_vectors")
+        conn.execute(sql.SQL(_ITEM_VECTORS.format(cast="::vector" if pgvector else "")
+                             + (_AFFECTED_USERS_ITEMS if few_users else "")))
+        conn.execute("ALTER TABLE item_vectors ADD PRIMARY KEY (item_id)")
+        conn.execute("ANALYZE item_vectors")
+    steps = [
         ("user_daily_features", feature_sql("user_daily_features.sql"), {
             "max_day": max_day, "created": created, "n_categories": n_categories,
             "session_gap": dt.timedelta(minutes=config.session_gap_minutes)}, "users"),
@@ -439,6 +441,7 @@ def _user_steps(conn: psycopg.Connection, config: PipelineConfig, max_day: dt.da
         ("user_interest_embedding", feature_sql("user_interest_embedding.sql").replace("MEAN_EMBEDDING", mean_embedding), {
             "recent_events": config.interest_embedding_events, "created": created}, "users"),
     ]
+    return [step for step in steps if step[0] in tables]
 
 
 def refresh_users(conn: psycopg.Connection, config: PipelineConfig, user_ids: list[int],
@@ -488,6 +491,28 @@ def refresh_users(conn: psycopg.Connection, config: PipelineConfig, user_ids: li
     steps = _user_steps(conn, config, max_day, dt.datetime.now(dt.timezone.utc), _n_categories(conn), few_users=True)
     inserted = _run_steps(conn, steps, None, False)
     _save_row_counts(conn, False, inserted, deleted)
+
+
+def refresh_user_sequences(conn: psycopg.Connection, config: PipelineConfig, user_ids: list[int],
+                           new_since: list[dt.datetime]) -> None:
+    """Recompute the recent sequences of ``user_ids`` in the caller's transaction, each from
+    its ``new_since`` on (the time of its earliest event since its sequences were last
+    written): the quick half of ``refresh_users``. A sequence row depends on no later event,
+    so the rows equal what the next build will write."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('interest.build_features'))")
+    _create_affected_tables(conn)
+    conn.execute(
+        """
+        INSERT INTO all_affected_users (user_id, sequence_from, sequence_from_time)
+        SELECT user_id, (new_since AT TIME ZONE 'UTC')::date, new_since
+        FROM unnest(%s::bigint[], %s::timestamptz[]) AS u(user_id, new_since)
+        """,
+        (list(user_ids), list(new_since)),
+    )
+    conn.execute("ANALYZE all_affected_users")
+    deleted = _delete_recomputed_rows(conn)
+    steps = _user_steps(conn, config, None, dt.datetime.now(dt.timezone.utc), 0, tables=("user_recent_sequence",))
+    _save_row_counts(conn, False, _run_steps(conn, steps, None, False), deleted)
 
 
 FEATURE_TABLES = USER_TABLES + ITEM_TABLES + ("category_daily_features",)

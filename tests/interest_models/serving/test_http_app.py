@@ -215,6 +215,14 @@ def test_concurrent_clients_share_commits_and_lose_nothing(service):
     assert client.app.state.service.intake_counters.commits - commits_before <= 200
     for user in users:
         assert _online_after_refresh(client, user, lambda row: row["sequence_length"][0] == 25)["sequence_length"][0] == 25
+    deadline = time.monotonic() + 20  # every user table follows within an aggregate round or two
+
+    def backlog() -> dict:
+        return client.get("/metrics", headers=KEY).json()["refresh_backlog"]
+
+    while backlog()["refresh_queue_rows"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert backlog() == {"refresh_queue_rows": 0, "refresh_queue_sequences_behind": 0, "refresh_queue_oldest_s": 0.0}
     assert _rows(client, "SELECT count(*) FROM interest.online_refresh_queue")[0][0] == 0
 
 

@@ -781,10 +781,10 @@ def test_pushes_through_the_arrow_provider_store_the_same_bytes_as_feasts_path(c
     rng = np.random.default_rng(11)
     now = dt.datetime.now(UTC).replace(microsecond=0)
     users = [_user_row(rng, u, now - dt.timedelta(hours=1), now) for u in range(1, 41)]
-    for row in users[:20]:  # typed columns with nulls in them
+    for row in users[:20]:  # typed columns with nulls in them, and a column of nulls only
         row["visits"], row["spend"], row["segment"] = 7, None, None
     for row in users[20:]:
-        row["visits"], row["spend"], row["segment"], row["item_ids"] = 3, 1.5, "pushed", [1, 2]
+        row["visits"], row["spend"], row["segment"], row["item_ids"] = 3, None, "pushed", [1, 2]
     frames = {"user_profile": pd.DataFrame(users),
               "user_item": pd.DataFrame([{"user_id": u, "item_id": i, "event_timestamp": now, "created_timestamp": now,
                                           "affinity": float(rng.normal())} for u in range(1, 11) for i in (1, 12)]),

@@ -170,9 +170,9 @@ def test_refreshing_one_user_equals_the_next_build(conn):
 
 def test_online_refreshes_from_the_intake_queue_equal_the_next_build(conn):
     """Events stored by the intake in three steps (the last with late events), each followed
-    by a refresh of the queued users from their earliest new event: the user tables equal
-    what the next build writes."""
-    from materialize.features.builder import refresh_users
+    by the quick refresh of the queued users' sequences from their earliest new event; then
+    the refresh of every user table: both equal what the next build writes."""
+    from materialize.features.builder import refresh_user_sequences, refresh_users
     from materialize.ingest.loader import store_events
 
     config = PipelineConfig.load()
@@ -184,17 +184,22 @@ def test_online_refreshes_from_the_intake_queue_equal_the_next_build(conn):
     build_features(conn, config)
     late = events.iloc[1100:].sample(frac=0.05, random_state=1)
     rest = events.iloc[1100:].drop(late.index)
+    queued_sql = "SELECT user_id, min(first_event_at) FROM interest.online_refresh_queue {} GROUP BY 1 ORDER BY 1"
     for step, frame in enumerate([rest.iloc[:200], rest.iloc[200:], late]):
-        report = store_events(conn, frame, source=f"intake-{step}")
-        assert report.loaded == len(frame)
-        queued = conn.execute("SELECT user_id, min(first_event_at) FROM interest.online_refresh_queue GROUP BY 1 ORDER BY 1").fetchall()
+        assert store_events(conn, frame, source=f"intake-{step}").loaded == len(frame)
+        queued = conn.execute(queued_sql.format("WHERE NOT sequence_pushed")).fetchall()
         assert {user for user, _ in queued} == set(frame.user_id)
-        refresh_users(conn, config, [user for user, _ in queued], [at for _, at in queued])
-        conn.execute("DELETE FROM interest.online_refresh_queue")
+        refresh_user_sequences(conn, config, [user for user, _ in queued], [at for _, at in queued])
+        conn.execute("UPDATE interest.online_refresh_queue SET sequence_pushed = true")
         conn.commit()
+    sequences = _snapshot(conn)["user_recent_sequence"]
+    queued = conn.execute(queued_sql.format("")).fetchall()
+    refresh_users(conn, config, [user for user, _ in queued], [at for _, at in queued])
+    conn.commit()
     refreshed = {t: v for t, v in _snapshot(conn).items() if t.startswith("user_")}
     build_features(conn, config)
     built = {t: v for t, v in _snapshot(conn).items() if t.startswith("user_")}
+    pd.testing.assert_frame_equal(sequences, built["user_recent_sequence"], check_exact=False, rtol=1e-9)
     for table in refreshed:
         pd.testing.assert_frame_equal(refreshed[table], built[table], check_exact=False, rtol=1e-9, obj=table)
 
