@@ -5,10 +5,10 @@ previous transaction ran in one transaction: a request is answered once that tra
 has committed (acknowledged means stored), and concurrent requests share a commit and one
 validation pass. The same transaction queues each user with a stored event in
 ``interest.online_refresh_queue``; the ``OnlineRefresher`` recomputes the queued users'
-feature rows (recent sequences every ``refresh_interval_ms``, every user table every
+feature rows (recent sequences every ``refresh_interval_ms``, the other user tables every
 ``aggregate_refresh_interval_ms``) and pushes their newest rows to the online store
-through Feast push sources. Neither holds a lock on the request path; one refresher (of
-one worker process) runs at a time, and a feature build waits for its round.
+through Feast push sources. Neither holds a lock on the request path; one round of each
+tier runs at a time (of any worker process), and a feature build waits for them.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from materialize.settings import PipelineConfig
 
 log = logging.getLogger(__name__)
 
-REFRESHER_LOCK = "interest.online_refresher"  # advisory lock: one refresh round at a time, whichever worker runs it
+REFRESHER_LOCK = "interest.online_refresher"  # advisory locks (.sequence, .aggregate): one round of each tier at a time
+AGGREGATE_TABLES = ("user_daily_features", "user_interest_embedding")
 PUSHED_TABLES = {
     "user_daily_push": "user_daily_features",
     "user_sequence_push": "user_recent_sequence",
@@ -165,62 +166,67 @@ class EventWriter:
 
 
 class OnlineRefresher:
-    """A thread that brings the online features of the users queued by the intake up to
-    date, in two tiers (each round of either pushes its users' newest rows, ``PUSHED_TABLES``):
+    """Two threads that bring the online features of the users queued by the intake up to
+    date, each pushing its users' newest rows (``PUSHED_TABLES``):
 
-    - every ``interval_s``: the recent sequences of the users with events not yet in them
-      (cheap: only the new events are read), which marks their queue rows;
-    - every ``aggregate_interval_s``: every user table (daily activity, shift indicators,
-      interest embedding, and the sequence again) of at most ``max_aggregate_rows`` queue
-      rows, oldest first, which deletes them.
+    - sequences, every ``interval_s``: the recent sequences of the users whose queue rows
+      are not ``sequence_pushed`` yet, from their first new event (cheap: only the new
+      events are read); marks those rows;
+    - aggregates, every ``aggregate_interval_s``: the daily activity, shift indicators and
+      interest embedding of at most ``max_aggregate_rows`` rows already marked, oldest
+      first; deletes them.
 
-    So sequences stay fresh at any event rate the round can keep up with, and the
-    aggregates follow as fast as their (costlier) recomputation allows: when it falls
-    behind, ``/metrics`` shows the queue's age. Queue rows go only in the transaction that
-    pushed them, so a failed round is redone by the next one.
+    The two write different tables, so neither waits for the other: sequences stay fresh
+    at any rate their round keeps up with, and the aggregates follow as fast as their
+    costlier recomputation allows (``/metrics`` shows the queue's age when they fall
+    behind). Queue rows change only in the transaction that pushed them, so a failed round
+    is redone by the next one. One round of each tier runs at a time, whichever worker
+    process runs it.
     """
 
     def __init__(self, connection: Connection, pipeline: PipelineConfig, store: Callable[[], object | None],
                  config: dict, counters: IntakeCounters):
         self.connection, self.pipeline, self.store, self.counters = connection, pipeline, store, counters
-        self.interval_s = config["refresh_interval_ms"] / 1000
-        self.aggregate_interval_s = config["aggregate_refresh_interval_ms"] / 1000
-        self.max_rows, self.max_aggregate_rows = config["max_refresh_rows"], config["max_aggregate_refresh_rows"]
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="interest-online-refresher", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, args=(False, config["refresh_interval_ms"] / 1000, config["max_refresh_rows"]),
+                             name="interest-sequence-refresher", daemon=True),
+            threading.Thread(target=self._run, args=(True, config["aggregate_refresh_interval_ms"] / 1000,
+                                                     config["max_aggregate_refresh_rows"]),
+                             name="interest-aggregate-refresher", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
 
-    def _run(self) -> None:
-        aggregates_due = time.monotonic()
-        while not self._stop.wait(self.interval_s):
+    def _run(self, aggregates: bool, interval_s: float, max_rows: int) -> None:
+        while not self._stop.wait(interval_s):
             store = self.store()
             if store is None:  # the database is unreachable: the service reconnects on its own
                 continue
             try:
-                while self.refresh(store, aggregates=False) == self.max_rows and not self._stop.is_set():
+                while self.refresh(store, aggregates, max_rows) == max_rows and not self._stop.is_set():
                     pass  # a full round: more are waiting
-                if time.monotonic() >= aggregates_due:
-                    aggregates_due = time.monotonic() + self.aggregate_interval_s
-                    self.refresh(store, aggregates=True)
             except Exception as error:  # noqa: BLE001 - the queue keeps the users; the next round retries
                 self.counters.refresh_failures += 1
-                log.warning("online refresh failed, retrying in %.1f s: %s", self.interval_s, error)
+                log.warning("online refresh failed, retrying in %.1f s: %s", interval_s, error)
 
-    def refresh(self, store, aggregates: bool) -> int:
+    def refresh(self, store, aggregates: bool, max_rows: int) -> int:
         """One round of either tier; returns the queue rows it consumed."""
+        tier = "aggregate" if aggregates else "sequence"
         started = time.perf_counter()
         with self.connection() as conn:
-            if not conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (REFRESHER_LOCK,)).fetchone()[0]:
+            if not conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(%s))", (f"{REFRESHER_LOCK}.{tier}",)).fetchone()[0]:
                 conn.commit()
                 return 0  # another worker's round is running; it takes these users too
             queued = conn.execute(
-                sql.SQL("SELECT queue_seq, user_id, first_event_at FROM interest.online_refresh_queue {} "
-                        "ORDER BY queue_seq LIMIT %s").format(sql.SQL("" if aggregates else "WHERE NOT sequence_pushed")),
-                (self.max_aggregate_rows if aggregates else self.max_rows,),
+                "SELECT queue_seq, user_id, first_event_at FROM interest.online_refresh_queue "
+                "WHERE sequence_pushed = %s ORDER BY queue_seq LIMIT %s",
+                (aggregates, max_rows),
             ).fetchall()
             if not queued:
                 conn.commit()
@@ -229,13 +235,13 @@ class OnlineRefresher:
             for _, user, at in queued:
                 first_event_at[user] = min(at, first_event_at.get(user, at))
             users = sorted(first_event_at)
-            since = [first_event_at[user] for user in users]
+            tables = AGGREGATE_TABLES if aggregates else ("user_recent_sequence",)
             if aggregates:
-                refresh_users(conn, self.pipeline, users, since)
+                refresh_users(conn, self.pipeline, users, tables=tables)
             else:
-                refresh_user_sequences(conn, self.pipeline, users, since)
+                refresh_user_sequences(conn, self.pipeline, users, [first_event_at[user] for user in users])
             for push_source, table in PUSHED_TABLES.items():
-                if aggregates or table == "user_recent_sequence":
+                if table in tables:
                     newest = fetch_frame(conn, sql.SQL(
                         "SELECT t.* FROM unnest(%s::bigint[]) AS u(user_id) CROSS JOIN LATERAL ("
                         " SELECT * FROM interest.{} x WHERE x.user_id = u.user_id ORDER BY x.event_timestamp DESC LIMIT 1) t"
@@ -248,7 +254,6 @@ class OnlineRefresher:
             else:
                 conn.execute("UPDATE interest.online_refresh_queue SET sequence_pushed = true WHERE queue_seq = ANY(%s)", (seqs,))
             conn.commit()
-        tier = "aggregate" if aggregates else "sequence"
         setattr(self.counters, f"{tier}_refreshes", getattr(self.counters, f"{tier}_refreshes") + 1)
         setattr(self.counters, f"{tier}_users_refreshed", getattr(self.counters, f"{tier}_users_refreshed") + len(users))
         setattr(self.counters, f"last_{tier}_refresh_s", round(time.perf_counter() - started, 4))

@@ -46,7 +46,7 @@ from materialize.settings import Settings
 
 log = logging.getLogger(__name__)
 RECONNECT_INTERVAL_S = 2.0
-POOL_SIZE = 4                    # the service's own connections (event writer, online refresher, readiness); reads use the online store's pool
+POOL_SIZE = 6                    # the service's own connections (event writer, the two refresher tiers, readiness, metrics); reads use the online store's pool
 POOL_TIMEOUT_S = 5.0             # wait for a pooled connection before answering "unreachable"
 QUOTA_WINDOW_S = 60.0            # the window of the per-client quarantine quota
 INT64_MAX = 2**63 - 1

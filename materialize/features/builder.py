@@ -43,6 +43,7 @@ CATEGORIES_WATERMARK = "categories"  # load_seq = the highest category_id when b
 USERS_PER_BATCH = 10_000  # users per statement of the user steps (bounds its work and temporary files)
 ITEMS_PER_BATCH = 500     # items per statement of the item step
 WINDOW_EXIT_OFFSETS_DAYS = (1, 7, 30)
+BUILD_LOCK = "interest.build_features"  # advisory lock: a build excludes every refresh; refreshes share it
 USER_TABLES = ("user_daily_features", "user_recent_sequence", "user_interest_embedding")
 ITEM_TABLES = ("item_daily_features",)
 # Which affected_users column says from which day each user table is recomputed, and
@@ -300,11 +301,14 @@ def _select_affected(conn: psycopg.Connection, marks: _Watermarks, new_max_day: 
     return changed, embedded, catalogue_day
 
 
-def _delete_recomputed_rows(conn: psycopg.Connection) -> dict[str, int]:
-    """Remove the rows that the steps write again: each affected entity's rows from its
-    first recomputed day on. Returns the rows deleted from each table."""
+def _delete_recomputed_rows(conn: psycopg.Connection, user_tables: tuple[str, ...] = USER_TABLES) -> dict[str, int]:
+    """Remove the rows that the steps write again: each affected entity's rows (of
+    ``user_tables`` and the item table) from its first recomputed day on. Returns the rows
+    deleted from each table."""
     deleted = {}
     for table, (column, comparison) in _USER_TABLE_FROM.items():
+        if table not in user_tables:
+            continue
         since = sql.SQL("a.{}::timestamp AT TIME ZONE 'UTC'").format(sql.Identifier(column))
         if table == "user_recent_sequence":
             since = sql.SQL("coalesce(a.sequence_from_time, {})").format(since)
@@ -335,7 +339,7 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
         full: recompute everything instead of only what changed.
     """
     # One build at a time per database (services build after every pushed event).
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext('interest.build_features'))")
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (BUILD_LOCK,))
     marks = _watermarks(conn)
     # Through the load_seq index only: the events not consumed yet, not the whole table.
     max_seq, new_events, new_events_max_day = conn.execute(
@@ -444,8 +448,16 @@ def _user_steps(conn: psycopg.Connection, config: PipelineConfig, max_day: dt.da
     return [step for step in steps if step[0] in tables]
 
 
+def _lock_user_tables(conn: psycopg.Connection, tables: tuple[str, ...]) -> None:
+    """Wait for a running build, then take ``tables`` for this transaction: refreshes of
+    other tables run beside it, a build waits for it."""
+    conn.execute("SELECT pg_advisory_xact_lock_shared(hashtext(%s))", (BUILD_LOCK,))
+    for table in sorted(tables):
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{BUILD_LOCK}.{table}",))
+
+
 def refresh_users(conn: psycopg.Connection, config: PipelineConfig, user_ids: list[int],
-                  new_since: list[dt.datetime] | None = None) -> None:
+                  new_since: list[dt.datetime] | None = None, tables: tuple[str, ...] = USER_TABLES) -> None:
     """Recompute the user-level tables of ``user_ids`` in the caller's transaction (after
     events arrive online; the caller commits).
 
@@ -453,11 +465,12 @@ def refresh_users(conn: psycopg.Connection, config: PipelineConfig, user_ids: li
     or from the day after the last built day when it has none (its window exits), or
     wholly before any build. ``new_since`` (one per user): the time of its earliest event
     since its rows were last refreshed; its recent sequences are recomputed from then on
-    only (a sequence row depends on no later event). The rows equal what the next build
-    will write for these users; the watermarks do not move, so that build still updates
-    items and categories with the same events.
+    only (a sequence row depends on no later event). ``tables``: the user tables to
+    recompute. The rows equal what the next build will write for these users; the
+    watermarks do not move, so that build still updates items and categories with the
+    same events.
     """
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext('interest.build_features'))")
+    _lock_user_tables(conn, tables)
     marks = _watermarks(conn)
     if marks.max_event_day is None:
         max_day = conn.execute("SELECT (max(event_timestamp) AT TIME ZONE 'UTC')::date FROM interest.events").fetchone()[0]
@@ -487,8 +500,9 @@ def refresh_users(conn: psycopg.Connection, config: PipelineConfig, user_ids: li
          "old_max_day": marks.max_event_day, "since_seq": marks.load_seq},
     )
     conn.execute("ANALYZE all_affected_users")  # else the deletes below guess it large and scan whole tables
-    deleted = _delete_recomputed_rows(conn)
-    steps = _user_steps(conn, config, max_day, dt.datetime.now(dt.timezone.utc), _n_categories(conn), few_users=True)
+    deleted = _delete_recomputed_rows(conn, tables)
+    steps = _user_steps(conn, config, max_day, dt.datetime.now(dt.timezone.utc), _n_categories(conn), few_users=True,
+                        tables=tables)
     inserted = _run_steps(conn, steps, None, False)
     _save_row_counts(conn, False, inserted, deleted)
 
@@ -499,7 +513,7 @@ def refresh_user_sequences(conn: psycopg.Connection, config: PipelineConfig, use
     its ``new_since`` on (the time of its earliest event since its sequences were last
     written): the quick half of ``refresh_users``. A sequence row depends on no later event,
     so the rows equal what the next build will write."""
-    conn.execute("SELECT pg_advisory_xact_lock(hashtext('interest.build_features'))")
+    _lock_user_tables(conn, ("user_recent_sequence",))
     _create_affected_tables(conn)
     conn.execute(
         """
@@ -510,7 +524,7 @@ def refresh_user_sequences(conn: psycopg.Connection, config: PipelineConfig, use
         (list(user_ids), list(new_since)),
     )
     conn.execute("ANALYZE all_affected_users")
-    deleted = _delete_recomputed_rows(conn)
+    deleted = _delete_recomputed_rows(conn, ("user_recent_sequence",))
     steps = _user_steps(conn, config, None, dt.datetime.now(dt.timezone.utc), 0, tables=("user_recent_sequence",))
     _save_row_counts(conn, False, _run_steps(conn, steps, None, False), deleted)
 
@@ -521,8 +535,12 @@ FEATURE_TABLES = USER_TABLES + ITEM_TABLES + ("category_daily_features",)
 def _save_row_counts(conn: psycopg.Connection, full: bool, inserted: dict[str, int], deleted: dict[str, int]) -> None:
     """Keep interest.feature_table_rows: after a full build the rows inserted, after an
     incremental one the stored count plus inserted minus deleted (counted once where
-    missing), so the report needs no count(*) of tables that grow with the history."""
+    missing), so the report needs no count(*) of tables that grow with the history. A
+    table an incremental run left as it was keeps its row (concurrent refreshes of
+    different tables never wait for each other here)."""
     for table in FEATURE_TABLES:
+        if not full and not inserted.get(table) and not deleted.get(table):
+            continue
         if full:
             count = inserted.get(table, 0)
         else:
