@@ -8,9 +8,11 @@ from feast import FeatureService
 from feature_views import (
     category_trends,
     item_catalog,
+    item_feedback,
     item_popularity,
     item_text_embedding,
     user_activity,
+    user_feedback,
     user_interest_embedding,
     user_interest_shift,
     user_recent_sequence,
@@ -49,4 +51,10 @@ item_embedding_serving = FeatureService(
     name="item_embedding_serving",
     features=[item_text_embedding, item_catalog],
     description="Item embeddings for candidate generation",
+)
+
+feedback_serving = FeatureService(
+    name="feedback_serving",
+    features=[user_feedback, item_feedback],
+    description="Feedback on logged recommendations, the bandit policy's context",
 )

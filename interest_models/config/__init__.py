@@ -1,7 +1,7 @@
 """Hyper-parameters and serving settings: one commented YAML per model or service.
 
-``training.yaml`` (how examples are drawn), ``lstm.yaml``, ``ranker.yaml`` and
-``serving.yaml``; ``load_config`` reads one, then a project's file of the same name
+``training.yaml`` (how examples are drawn), ``lstm.yaml``, ``ranker.yaml``, ``serving.yaml``
+and ``policy.yaml`` (the re-ranking policies); ``load_config`` reads one, then a project's file of the same name
 (``$INTEREST_HOME/config/<name>.yaml``), then overrides given in code.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import yaml
 CONFIG_DIR = Path(__file__).resolve().parent
 
 
-NAMES = ("training", "lstm", "ranker", "serving")
+NAMES = ("training", "lstm", "ranker", "serving", "policy")
 
 
 def load_config(name: str, override: dict[str, Any] | None = None, project_dir: Path | None = None) -> dict[str, Any]:

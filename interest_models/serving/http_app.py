@@ -38,6 +38,7 @@ from psycopg_pool import ConnectionPool
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from interest_models.config import load_config
+from interest_models.feedback.impression_log import ImpressionLogger
 from interest_models.serving.event_intake import EventWriter, IntakeCounters, OnlineRefresher, RequestOutcome, refresh_queue_status
 from interest_models.serving.recommender import Recommender
 from materialize.feature_store.repo import open_store
@@ -76,6 +77,7 @@ class RecommendRequest(BaseModel):
     k: int = Field(10, ge=1, le=200, description="Number of items to return")
     candidates: list[PositiveId] | None = Field(None, max_length=5000, description="Item ids to rank (default: retrieved)")
     exclude_seen: bool = Field(True, description="Leave out items in the user's recent sequence")
+    policy: Literal["greedy", "bandit"] = Field("greedy", description="greedy: the blend's order; bandit: the learned policy")
 
 
 class RecommendedItemOut(BaseModel):
@@ -90,6 +92,9 @@ class RecommendResponse(BaseModel):
     cold_start: bool = Field(description="Unknown user: popular items")
     degraded: bool = Field(description="Database unreachable: popular items from the start-up cache")
     model_version: str
+    recommendation_id: str | None = Field(None, description="Send it with the events that answer this list (none when degraded)")
+    policy: str = Field("greedy", description="The policy that chose the list (popular for a cold start)")
+    policy_version: str = ""
 
 
 class InterestsResponse(BaseModel):
@@ -327,11 +332,14 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
                          config["intake"])
     expected_key = api_key.encode()
 
+    impression_log = ImpressionLogger(lambda: connect(settings.postgres))  # answers of /recommend (issue 13)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         state.available()
         yield
         state.close()
+        impression_log.close()
 
     app = FastAPI(title="Interest-shift recommender", version="0.1.0", lifespan=lifespan,
                   description="Recommendations and interest predictions from the Feast online store.")
@@ -374,7 +382,7 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
         return {"events_quarantined": state.quota.quarantined, "events_refused_over_quota": state.quota.refused,
                 "quarantine_per_client_per_minute": state.quota.per_minute,
                 **{f"intake_{name}": value for name, value in state.intake_counters.__dict__.items()},
-                "refresh_backlog": backlog}
+                "refresh_backlog": backlog, **impression_log.counters()}
 
     @app.post("/recommend", response_model=RecommendResponse, dependencies=[Depends(require_key)])
     async def recommend(request: RecommendRequest) -> RecommendResponse:
@@ -384,10 +392,15 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
         recommender = await loaded()
         if recommender is not None:
             try:
-                answer = await recommender.recommend_async(request.user_id, request.k, request.candidates, request.exclude_seen)
+                answer = await recommender.recommend_async(request.user_id, request.k, request.candidates, request.exclude_seen,
+                                                           request.policy)
+                if answer.logged is not None:
+                    impression_log.submit(answer.logged)
                 return RecommendResponse(
                     user_id=answer.user_id, items=[RecommendedItemOut(**i.__dict__) for i in answer.items],
                     cold_start=answer.cold_start, degraded=False, model_version=answer.model_version,
+                    recommendation_id=answer.recommendation_id if answer.logged is not None else None,
+                    policy=answer.policy, policy_version=answer.policy_version,
                 )
             except _OUTAGE_ERRORS as error:
                 state.failed(error)

@@ -7,6 +7,7 @@ from the online store instead of point-in-time retrieval.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -27,12 +28,19 @@ from interest_models.data.ranking_features import (
 from interest_models.registry.model_registry import ModelRegistry, RegisteredModel, RegistryError
 from interest_models.data.sequences import encode_sequences
 from interest_models.models.interest_shift_lstm import predict_all
+from interest_models.feedback.impression_log import LoggedRecommendation, new_recommendation_id
+from interest_models.policies.context import build_context, context_columns, user_state
+from interest_models.policies.reranking import POLICY_NAMES, BanditPolicy, GreedyPolicy, PolicyRequest
+from interest_models.registry.policy_registry import PolicyRegistry
 from interest_models.data.feature_frames import (
     USER_EMBEDDING_REF, ServiceFeatures, affinity_transformation, check_user_affinity, service_features, user_affinity,
 )
 
 log = logging.getLogger(__name__)
 SERVING_SERVICE = "user_item_serving"
+USER_FEEDBACK_REFS = ["user_feedback:category_clicks_7d", "user_feedback:category_exposure_7d"]
+ITEM_FEEDBACK_REFS = ["item_feedback:item_clicks_7d", "item_feedback:item_exposure_7d"]
+ITEM_FEEDBACK_COLUMNS = ("item_clicks_7d", "item_exposure_7d")
 
 REASONS = {
     "lstm_item_rank": "fits where your recent browsing is heading",
@@ -72,6 +80,10 @@ class Recommendation:
     items: list[RecommendedItem]
     cold_start: bool = False
     model_version: str = ""
+    policy: str = "greedy"
+    policy_version: str = "blend"
+    recommendation_id: str | None = None
+    logged: LoggedRecommendation | None = None  # what the impression log keeps of this answer
 
 
 @dataclass
@@ -99,26 +111,26 @@ class ItemFeatureCache:
     """
 
     def __init__(self, store, refs: list[str], item_ids: np.ndarray, item_category: np.ndarray, max_age_s: float,
-                 chunk_rows: int = 250):
-        self.store, self.refs, self.max_age_s, self.chunk_rows = store, refs, max_age_s, chunk_rows
+                 chunk_rows: int = 250, columns: tuple[str, ...] = ITEM_COLUMNS):
+        self.store, self.refs, self.max_age_s, self.chunk_rows, self.columns = store, refs, max_age_s, chunk_rows, columns
         self.rows = [{"item_id": int(i), "category_id": int(c)} for i, c in zip(item_ids[1:], item_category[1:])]
         self.refreshing = threading.Lock()  # held by the refresh in flight
         self.values = self.read()
         self.loaded_at = time.monotonic()
 
     def read(self, paced: bool = False) -> np.ndarray:
-        """(n_items + 1, len(ITEM_COLUMNS)) float64 from the online store; row i is item
+        """(n_items + 1, len(columns)) float64 from the online store; row i is item
         index i, row 0 is NaN.
 
         Args:
             paced: pause after each chunk as long as it took (for the background refresh).
         """
-        parts = [np.full((1, len(ITEM_COLUMNS)), np.nan)]
+        parts = [np.full((1, len(self.columns)), np.nan)]
         for start in range(0, len(self.rows), self.chunk_rows):
             began = time.perf_counter()
             rows = self.rows[start : start + self.chunk_rows]
             online = self.store.get_online_features(features=self.refs, entity_rows=rows).to_dict()
-            parts.append(np.column_stack([as_float(online[c]) for c in ITEM_COLUMNS]))
+            parts.append(np.column_stack([as_float(online[c]) for c in self.columns]))
             if paced:
                 time.sleep(time.perf_counter() - began)
         return np.vstack(parts)
@@ -157,9 +169,13 @@ class Recommender:
     Args:
         config: ``config/serving.yaml`` (candidate sources, neighbour search, how long
             item features are reused, exact or per-path reasons); see ``load_config``.
+        policy_config: ``config/policy.yaml`` (the re-ranking policies).
+        policy_root: the policy registry (its serving version is the bandit; without one the
+            bandit starts from its prior, the blend's order).
     """
 
-    def __init__(self, store, registered: RegisteredModel, category_names: dict[int, str], config: dict):
+    def __init__(self, store, registered: RegisteredModel, category_names: dict[int, str], config: dict,
+                 policy_config: dict | None = None, policy_root: Path | None = None):
         self.store = store
         self.registered = registered
         self.model = registered.model.eval()
@@ -183,6 +199,34 @@ class Recommender:
         self.index = CandidateIndex.build(self.vocabulary, self._popularity(self._index_popularity), self.text_matrix)
         probe = self.text_matrix[1 : min(len(self.text_matrix), 17)]
         check_user_affinity(affinity_transformation(store), probe[0] if len(probe) else None, probe)
+        self._init_policies(policy_config if policy_config is not None else load_config("policy"), policy_root)
+
+    def _init_policies(self, policy_config: dict, policy_root: Path | None) -> None:
+        """The greedy and bandit policies, and the feedback features the bandit reads."""
+        self.policy_config = policy_config
+        self.n_categories = int(self.vocabulary.item_category.max())
+        self.context_columns = context_columns(self.n_categories)
+        registry = PolicyRegistry(policy_root) if policy_root is not None else None
+        if registry is not None and registry.serving_version() is not None:
+            bandit = registry.load(context_columns=self.context_columns)
+        else:
+            bandit = BanditPolicy.untrained(self.context_columns, policy_config)
+        self.policies = {"greedy": GreedyPolicy(), "bandit": bandit}
+        self.rng = np.random.default_rng()
+        norms = np.linalg.norm(self.text_matrix, axis=1, keepdims=True)
+        self.unit_text = self.text_matrix / np.where(norms > 0, norms, 1.0)
+        try:
+            self.store.get_feature_view("user_feedback")
+            self.store.get_feature_view("item_feedback")
+            has_feedback = True
+        except Exception:  # noqa: BLE001 - a repo applied before issue 13: the bandit sees no feedback
+            log.warning("the feature store has no user_feedback / item_feedback views (run `interest apply`): "
+                        "the bandit policy runs without logged feedback")
+            has_feedback = False
+        self.feedback_user_refs = USER_FEEDBACK_REFS if has_feedback else []
+        self.item_feedback = ItemFeatureCache(
+            self.store, ITEM_FEEDBACK_REFS, self.vocabulary.item_ids, self.vocabulary.item_category,
+            self.config["item_features_max_age_s"], columns=ITEM_FEEDBACK_COLUMNS) if has_feedback else None
 
     @classmethod
     def from_registry(cls, registry_root: Path, store, category_names: dict[int, str], version: str | None = None,
@@ -206,17 +250,21 @@ class Recommender:
                 f"model {registered.version} does not match this store's catalogue: {mismatched} of its "
                 f"{vocabulary.n_items} items are missing or in another category (trained on another database?)"
             )
-        return cls(store, registered, category_names, load_config("serving", config, config_dir))
+        return cls(store, registered, category_names, load_config("serving", config, config_dir),
+                   load_config("policy", None, config_dir), Path(registry_root) / "policies")
 
-    def online_user(self, user_id: int) -> dict[str, list]:
+    def online_user(self, user_id: int, feedback: bool = False) -> dict[str, list]:
         """The user's serving features and interest embedding from the online store (one
-        entry per feature name, each a one-element list)."""
-        return self.store.get_online_features(features=self.user_refs, entity_rows=[{"user_id": int(user_id)}]).to_dict()
+        entry per feature name, each a one-element list); with ``feedback``, also the
+        ``user_feedback`` features the bandit reads (same read)."""
+        refs = self.user_refs + self.feedback_user_refs if feedback else self.user_refs
+        return self.store.get_online_features(features=refs, entity_rows=[{"user_id": int(user_id)}]).to_dict()
 
-    async def online_user_async(self, user_id: int) -> dict[str, list]:
+    async def online_user_async(self, user_id: int, feedback: bool = False) -> dict[str, list]:
         """``online_user`` through Feast's async online read (the event loop runs other
         requests while the database answers)."""
-        response = await self.store.get_online_features_async(features=self.user_refs, entity_rows=[{"user_id": int(user_id)}])
+        refs = self.user_refs + self.feedback_user_refs if feedback else self.user_refs
+        response = await self.store.get_online_features_async(features=refs, entity_rows=[{"user_id": int(user_id)}])
         return response.to_dict()
 
     def _model_outputs(self, user: dict[str, list]):
@@ -339,36 +387,89 @@ class Recommender:
             reasons.append(words or ["popular with shoppers like you"])
         return reasons
 
-    def recommend(self, user_id: int, k: int = 10, candidates: list[int] | None = None, exclude_seen: bool = True) -> Recommendation:
+    def recommend(self, user_id: int, k: int = 10, candidates: list[int] | None = None, exclude_seen: bool = True,
+                  policy: str = "greedy") -> Recommendation:
         """The top ``k`` items for ``user_id`` with scores and reasons.
 
         Args:
             candidates: item ids to rank (default: the candidate sources used in training).
             exclude_seen: drop items in the user's recent sequence.
+            policy: ``greedy`` (the blend's order) or ``bandit`` (the learned policy).
         """
-        return self._recommend(user_id, self.online_user(user_id), k, candidates, exclude_seen)
+        self._check_policy(policy)
+        return self._recommend(user_id, self.online_user(user_id, policy == "bandit"), k, candidates, exclude_seen, policy)
 
     async def recommend_async(self, user_id: int, k: int = 10, candidates: list[int] | None = None,
-                              exclude_seen: bool = True) -> Recommendation:
-        return self._recommend(user_id, await self.online_user_async(user_id), k, candidates, exclude_seen)
+                              exclude_seen: bool = True, policy: str = "greedy") -> Recommendation:
+        self._check_policy(policy)
+        user = await self.online_user_async(user_id, policy == "bandit")
+        return self._recommend(user_id, user, k, candidates, exclude_seen, policy)
+
+    @staticmethod
+    def _check_policy(policy: str) -> None:
+        if policy not in POLICY_NAMES:
+            raise ValueError(f"unknown policy {policy!r} (known: {', '.join(POLICY_NAMES)})")
 
     def _recommend(self, user_id: int, user: dict[str, list], k: int, candidates: list[int] | None,
-                   exclude_seen: bool) -> Recommendation:
+                   exclude_seen: bool, policy: str = "greedy") -> Recommendation:
         version = self.registered.version
+        served_at = dt.datetime.now(dt.timezone.utc)
         if self._is_cold(user):
             allowed = None if candidates is None else set(candidates)
             popular = [i for i in self.candidate_index().popular if allowed is None or self.vocabulary.item_ids[i] in allowed][:k]
-            return Recommendation(int(user_id), [RecommendedItem(int(self.vocabulary.item_ids[i]), 0.0, ["popular right now"]) for i in popular],
-                                  cold_start=True, model_version=version)
+            answer = Recommendation(int(user_id), [RecommendedItem(int(self.vocabulary.item_ids[i]), 0.0, ["popular right now"]) for i in popular],
+                                    cold_start=True, model_version=version, policy="popular", policy_version="popular",
+                                    recommendation_id=new_recommendation_id())
+            if popular:
+                shown = np.arange(len(popular))
+                answer.logged = LoggedRecommendation(
+                    answer.recommendation_id, served_at, int(user_id), "popular", "popular", version, 0.0,
+                    self.vocabulary.item_ids[popular], np.zeros(len(popular)), np.zeros((len(popular), 0), np.float32),
+                    shown, np.zeros(len(popular)), np.ones(len(popular)), False)
+            return answer
         outputs = self._model_outputs(user)
         items = self.candidate_items(user, outputs, candidates, exclude_seen)
+        chosen = self.policies[policy]
         if len(items) == 0:
-            return Recommendation(int(user_id), [], model_version=version)
+            return Recommendation(int(user_id), [], model_version=version, policy=chosen.name, policy_version=chosen.version)
         scored = self.score_candidates(user, items, outputs)
-        best = np.argsort(-scored.blend_score, kind="stable")[:k]
-        reasons = self._reasons(scored.features[best])
+        request, top = self.policy_request(user, outputs, scored, k)
+        slate = chosen.choose(request, k, self.rng)
+        policy_scores = chosen.scores(request)[slate.rows]
+        rows = top[slate.rows]
+        reasons = self._reasons(scored.features[rows])
+        if slate.explored:
+            reasons = [["something new for you"] + r[:1] for r in reasons]
+        recommendation_id = new_recommendation_id()
+        logged = LoggedRecommendation(
+            recommendation_id, served_at, int(user_id), chosen.name, chosen.version, version, chosen.exploration,
+            scored.item_id[top], scored.blend_score[top], request.context, slate.rows, policy_scores, slate.propensity,
+            slate.explored)
         return Recommendation(
             int(user_id),
-            [RecommendedItem(int(scored.item_id[i]), round(float(scored.blend_score[i]), 4), r) for i, r in zip(best, reasons)],
-            model_version=version,
+            [RecommendedItem(int(scored.item_id[i]), round(float(s), 4), r) for i, s, r in zip(rows, policy_scores, reasons)],
+            model_version=version, policy=chosen.name, policy_version=chosen.version, recommendation_id=recommendation_id,
+            logged=logged,
         )
+
+    def policy_request(self, user: dict[str, list], outputs, scored: ScoredCandidates, k: int = 0,
+                       item_feedback: np.ndarray | None = None) -> tuple[PolicyRequest, np.ndarray]:
+        """The policies' input for one user: the blend's top ``candidates`` (policy.yaml, at
+        least ``k``) and their context. Returns it and the rows of ``scored`` it holds, in
+        blend order.
+
+        Args:
+            user: ``online_user``'s answer (with the ``user_feedback`` features when read).
+            item_feedback: (n_items + 1, 2) items' 7-day clicks and exposure by vocabulary
+                index (default: the online store's, cached like the item features).
+        """
+        top = np.argsort(-scored.blend_score, kind="stable")[: max(self.policy_config["candidates"], k)]
+        feedback = {name: user[name] for name in ("category_clicks_7d", "category_exposure_7d") if name in user}
+        state = user_state(user, feedback or None, outputs[1][0], self.n_categories)
+        if item_feedback is None:
+            item_feedback = self.item_feedback.get() if self.item_feedback is not None else None
+        index = scored.item_index[top]
+        clicks, exposure = (item_feedback[index, 0], item_feedback[index, 1]) if item_feedback is not None else (np.zeros(len(top)),) * 2
+        context = build_context(scored.blend_score[top], self.vocabulary.item_category[index], state, clicks, exposure,
+                                self.n_categories)
+        return PolicyRequest(context, scored.blend_score[top], self.unit_text[index]), top

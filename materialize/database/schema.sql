@@ -261,3 +261,73 @@ BEGIN
 END $$;
 -- An event is stored once per event_id (when given) and once per natural key (the primary key).
 CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON interest.events (event_id) WHERE event_id IS NOT NULL;
+
+-- Feedback logging (issue 13): every /recommend answer and each item it showed, written by
+-- interest_models.feedback.impression_log. Partitioned by day on served_at: the logger
+-- creates a day's partition before its first row, and pruning drops whole days.
+-- recommendations.context holds the policy's context matrix (candidates x context_dim,
+-- row-major), so any policy can be replayed on what the logged one saw (off-policy evaluation).
+CREATE TABLE IF NOT EXISTS interest.recommendations (
+    recommendation_id   text NOT NULL,
+    served_at           timestamptz NOT NULL,
+    user_id             bigint NOT NULL,
+    k                   integer NOT NULL,
+    policy              text NOT NULL,            -- 'greedy' or 'bandit'
+    policy_version      text NOT NULL,
+    model_version       text NOT NULL,
+    exploration         double precision NOT NULL, -- the policy's probability of a uniformly random list
+    candidate_item_ids  bigint[] NOT NULL,        -- the candidates the policy chose from, by blend rank
+    candidate_scores    real[] NOT NULL,          -- their blend scores
+    context             real[] NOT NULL,          -- (candidates x context_dim) row-major
+    context_dim         integer NOT NULL,
+    PRIMARY KEY (recommendation_id, served_at)
+) PARTITION BY RANGE (served_at);
+
+CREATE TABLE IF NOT EXISTS interest.impressions (
+    recommendation_id   text NOT NULL,
+    served_at           timestamptz NOT NULL,
+    user_id             bigint NOT NULL,
+    item_id             bigint NOT NULL,
+    position            smallint NOT NULL CHECK (position >= 1),   -- 1 = top
+    score               real NOT NULL,
+    propensity          double precision NOT NULL CHECK (propensity > 0 AND propensity <= 1),  -- P(this item at this position)
+    explored            boolean NOT NULL,         -- shown by the policy's random list
+    PRIMARY KEY (recommendation_id, served_at, position)
+) PARTITION BY RANGE (served_at);
+CREATE INDEX IF NOT EXISTS impressions_user_time ON interest.impressions (user_id, served_at);
+-- Events answering a recommendation, joined to its impressions by (recommendation_id, user, item).
+CREATE INDEX IF NOT EXISTS events_recommendation ON interest.events (recommendation_id, user_id, item_id)
+    WHERE recommendation_id IS NOT NULL;
+
+-- Daily feedback features (Feast views user_feedback and item_feedback), written by
+-- interest_models.feedback.features from impressions joined to events by recommendation_id.
+-- Exposure is the position-discounted number of impressions (sum of 1 / log2(position + 1)),
+-- so clicks / exposure is a CTR corrected for where the items were shown.
+CREATE TABLE IF NOT EXISTS interest.user_feedback_daily (
+    user_id                     bigint NOT NULL,
+    event_timestamp             timestamptz NOT NULL,   -- end of the day (UTC)
+    created_timestamp           timestamptz NOT NULL,
+    impressions_7d              integer NOT NULL,
+    clicks_7d                   integer NOT NULL,
+    purchases_7d                integer NOT NULL,
+    ctr_7d                      double precision,       -- clicks / impressions; NULL without impressions
+    cvr_7d                      double precision,       -- purchases / clicks; NULL without clicks
+    debiased_ctr_7d             double precision,       -- clicks / exposure
+    category_clicks_7d          real[] NOT NULL,        -- index = category_id - 1
+    category_exposure_7d        real[] NOT NULL,
+    PRIMARY KEY (user_id, event_timestamp)
+);
+
+CREATE TABLE IF NOT EXISTS interest.item_feedback_daily (
+    item_id                     bigint NOT NULL,
+    event_timestamp             timestamptz NOT NULL,
+    created_timestamp           timestamptz NOT NULL,
+    item_impressions_7d         integer NOT NULL,
+    item_clicks_7d              integer NOT NULL,
+    item_purchases_7d           integer NOT NULL,
+    item_ctr_7d                 double precision,
+    item_cvr_7d                 double precision,
+    item_exposure_7d            real NOT NULL,          -- sum of 1 / log2(position + 1) over its impressions
+    item_debiased_ctr_7d        double precision,
+    PRIMARY KEY (item_id, event_timestamp)
+);

@@ -1,0 +1,79 @@
+"""Learning a policy from the impression log, and the log read back as policy requests."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from interest_models.policies.linear_bandit import LinearUCB, position_bias
+from interest_models.policies.reranking import BanditPolicy, PolicyRequest
+
+EmbeddingLookup = Callable[[np.ndarray], np.ndarray]
+"""item ids (n,) -> (n, dim) L2-normalised text embeddings."""
+
+
+def logged_requests(recommendations: pd.DataFrame, embeddings: EmbeddingLookup | None = None) -> list[PolicyRequest]:
+    """Each logged list's candidates as the ``PolicyRequest`` the policy saw (context, blend
+    scores; embeddings looked up by item id when given)."""
+    requests = []
+    for ids, scores, context, dim in zip(recommendations.candidate_item_ids, recommendations.candidate_scores,
+                                         recommendations.context, recommendations.context_dim):
+        ids = np.asarray(ids, np.int64)
+        matrix = np.asarray(context, np.float32).reshape(len(ids), int(dim)) if dim else np.zeros((len(ids), 0), np.float32)
+        requests.append(PolicyRequest(matrix, np.asarray(scores, np.float64), embeddings(ids) if embeddings else None))
+    return requests
+
+
+def shown_rows(recommendations: pd.DataFrame, impressions: pd.DataFrame) -> list[pd.DataFrame]:
+    """Per logged list (in ``recommendations`` order): its impressions by position, with
+    ``row``, the shown item's row among the list's candidates."""
+    by_list = {key: group.sort_values("position") for key, group in impressions.groupby("recommendation_id", sort=False)}
+    out = []
+    for rec_id, ids in zip(recommendations.recommendation_id, recommendations.candidate_item_ids):
+        group = by_list.get(rec_id, impressions.iloc[:0]).copy()
+        row_of = {int(item): row for row, item in enumerate(ids)}
+        group["row"] = [row_of[int(item)] for item in group.item_id]
+        out.append(group)
+    return out
+
+
+def training_rows(recommendations: pd.DataFrame, impressions: pd.DataFrame, reward: str = "clicked",
+                  lists: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The shown items' context rows, positions and rewards of the logged lists with a
+    context (cold-start lists have none), optionally only ``lists`` (indices)."""
+    requests = logged_requests(recommendations)
+    shown = shown_rows(recommendations, impressions)
+    keep = range(len(requests)) if lists is None else lists
+    contexts, positions, rewards = [], [], []
+    for n in keep:
+        if requests[n].context.shape[1] == 0 or shown[n].empty:
+            continue
+        contexts.append(requests[n].context[shown[n].row.to_numpy()])
+        positions.append(shown[n].position.to_numpy())
+        rewards.append(shown[n][reward].to_numpy(np.float64))
+    if not contexts:
+        return np.zeros((0, 0)), np.zeros(0), np.zeros(0)
+    return np.vstack(contexts), np.concatenate(positions), np.concatenate(rewards)
+
+
+def learn_from_log(policy: BanditPolicy, recommendations: pd.DataFrame, impressions: pd.DataFrame) -> int:
+    """Add the logged impressions' clicks to the bandit; returns the impressions learned from.
+    Lists whose context has another width than the bandit's (another catalogue) are refused."""
+    context, positions, clicks = training_rows(recommendations, impressions)
+    if len(context) == 0:
+        return 0
+    if context.shape[1] != policy.bandit.dim:
+        raise ValueError(f"the log's context has {context.shape[1]} columns, the bandit {policy.bandit.dim}")
+    policy.learn(context, positions, clicks)
+    return len(context)
+
+
+def fit_reward_model(context: np.ndarray, positions: np.ndarray, rewards: np.ndarray, ridge: float = 1.0,
+                     kind: str = "dcg") -> LinearUCB:
+    """A linear model of the reward at an examined position (``LinearUCB`` without bonus),
+    the direct part of the doubly robust estimator."""
+    model = LinearUCB(context.shape[1], ridge)
+    if len(context):
+        model.update(context, position_bias(positions, kind), rewards)
+    return model

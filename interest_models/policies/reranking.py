@@ -1,0 +1,119 @@
+"""The two policies a request can ask for: ``greedy`` (the blend's order) and ``bandit``.
+
+Both re-rank the same candidates (the blend's top ``candidates``) and both say, for any
+request, the exact probability of each (candidate, position) (``marginals``), so logged
+lists of either can be replayed for the other in off-policy evaluation. The bandit orders by
+linear UCB with a diversity penalty and explores with uniformly random lists
+(``interest_models.policies.slate``); exploration and the confidence bonus are bounded by
+``policy.yaml``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from interest_models.policies.linear_bandit import LinearUCB, position_bias
+from interest_models.policies.slate import Slate, diversified_order, draw, marginal_probabilities
+
+POLICY_NAMES = ("greedy", "bandit")
+
+
+@dataclass
+class PolicyRequest:
+    """One request's candidates, in the blend's order.
+
+    Attributes:
+        context: (n, dim) float32, ``interest_models.policies.context.build_context``.
+        blend_score: (n,) float.
+        embeddings: (n, 384) L2-normalised item text embeddings (for the diversity term).
+    """
+
+    context: np.ndarray
+    blend_score: np.ndarray
+    embeddings: np.ndarray | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.blend_score)
+
+
+class GreedyPolicy:
+    """The blend's top k, deterministic (every propensity is 1)."""
+
+    name = "greedy"
+    version = "blend"
+    exploration = 0.0
+
+    def scores(self, request: PolicyRequest) -> np.ndarray:
+        return np.asarray(request.blend_score, np.float64)
+
+    def order(self, request: PolicyRequest, k: int) -> np.ndarray:
+        return diversified_order(self.scores(request), k)
+
+    def choose(self, request: PolicyRequest, k: int, rng: np.random.Generator) -> Slate:
+        return draw(self.order(request, k), request.n, self.exploration, rng)
+
+    def marginals(self, request: PolicyRequest, k: int) -> np.ndarray:
+        """(n, min(k, n)) P(candidate i at position j)."""
+        return marginal_probabilities(self.order(request, k), request.n, self.exploration)
+
+
+class BanditPolicy(GreedyPolicy):
+    """Linear UCB over the context, diversified, with bounded random lists.
+
+    Args:
+        bandit: the learned statistics.
+        config: ``policy.yaml`` (``ucb_alpha``, ``exploration``, ``diversity``,
+            ``daily_discount``, ``position_bias`` and their bounds).
+        version: the registry version (``""`` before the first save).
+    """
+
+    name = "bandit"
+
+    def __init__(self, bandit: LinearUCB, config: dict, version: str = ""):
+        check_bounds(config)
+        self.bandit, self.config, self.version = bandit, config, version
+        self.exploration = float(config["exploration"])
+        self.alpha = float(config["ucb_alpha"])
+        self.diversity = float(config["diversity"])
+
+    @classmethod
+    def untrained(cls, columns: list[str], config: dict) -> "BanditPolicy":
+        """A bandit that has seen no feedback: its weights are ``prior_weights`` (context
+        column name -> weight) and it orders like the blend until feedback moves them.
+
+        Args:
+            columns: the context's column names (``context.context_columns``).
+        """
+        unknown = sorted(set(config["prior_weights"]) - set(columns))
+        if unknown:
+            raise ValueError(f"policy config: prior_weights names unknown context columns {unknown}")
+        prior = np.array([float(config["prior_weights"].get(c, 0.0)) for c in columns])
+        return cls(LinearUCB(len(columns), config["ridge"], prior), config)
+
+    def scores(self, request: PolicyRequest) -> np.ndarray:
+        return self.bandit.scores(request.context, self.alpha)
+
+    def order(self, request: PolicyRequest, k: int) -> np.ndarray:
+        return diversified_order(self.scores(request), k, request.embeddings, self.diversity)
+
+    def learn(self, context: np.ndarray, positions: np.ndarray, clicks: np.ndarray) -> None:
+        """Add logged impressions: (n, dim) context rows of the shown items, (n,) their
+        1-based positions, (n,) clicks."""
+        self.bandit.update(context, position_bias(positions, self.config["position_bias"]), clicks)
+
+    def end_day(self) -> None:
+        """Forget a share of the past (``daily_discount``)."""
+        self.bandit.discount(self.config["daily_discount"])
+
+
+def check_bounds(config: dict) -> None:
+    """Refuse a configuration whose exploration or confidence bonus is outside its bounds."""
+    for key, bound in (("exploration", "exploration_max"), ("ucb_alpha", "ucb_alpha_max")):
+        if not 0 <= config[key] <= config[bound]:
+            raise ValueError(f"policy config: {key} = {config[key]} is outside [0, {bound} = {config[bound]}]")
+    if not 0 <= config["exploration_max"] <= 1:
+        raise ValueError(f"policy config: exploration_max must be in [0, 1], got {config['exploration_max']}")
+    if config["diversity"] < 0:
+        raise ValueError(f"policy config: diversity must be >= 0, got {config['diversity']}")

@@ -1,0 +1,84 @@
+"""Versions of the learned policy, beside the model versions: ``<registry>/policies/<version>/``.
+
+A version holds ``bandit.npz`` and ``bandit.json`` (``LinearUCB.save``) and
+``manifest.json``: the policy config, the context columns, the log it learned from, any
+off-policy evaluation of it, and a SHA-256 per file, checked on load. ``SERVING`` names
+the version ``/recommend`` uses for ``policy: bandit``. No pickle.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+from interest_models.policies.linear_bandit import LinearUCB
+from interest_models.policies.reranking import BanditPolicy
+from interest_models.registry.model_registry import RegistryError, _sha256
+
+SERVING_POINTER = "SERVING"
+
+
+class PolicyRegistry:
+    """Policy versions under ``root`` (``<model registry root>/policies``)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def versions(self) -> list[str]:
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "manifest.json").exists())
+
+    def serving_version(self) -> str | None:
+        pointer = self.root / SERVING_POINTER
+        return pointer.read_text().strip() if pointer.exists() else None
+
+    def set_serving(self, version: str) -> None:
+        self.manifest(version)
+        tmp = self.root / f".{SERVING_POINTER}.tmp"
+        tmp.write_text(version + "\n")
+        tmp.replace(self.root / SERVING_POINTER)
+
+    def register(self, policy: BanditPolicy, context_columns: list[str], extra: dict | None = None) -> str:
+        """Save the bandit's statistics and config as a new version; returns its name."""
+        created = dt.datetime.now(dt.timezone.utc)
+        staging = self.root / f".staging-{created:%Y%m%d%H%M%S%f}"
+        staging.mkdir(parents=True)
+        policy.bandit.save(staging)
+        checksums = {path.name: _sha256(path) for path in sorted(staging.iterdir())}
+        version = f"p{created:%Y%m%d-%H%M%S}-{hashlib.sha256(''.join(checksums.values()).encode()).hexdigest()[:8]}"
+        manifest = {
+            "version": version, "created_at": created.isoformat(), "policy": policy.name, "config": policy.config,
+            "context_columns": context_columns, "observations": policy.bandit.observations, "checksums": checksums,
+            **(extra or {}),
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        staging.rename(self.root / version)
+        policy.version = version
+        return version
+
+    def manifest(self, version: str) -> dict:
+        """The version's manifest after checking every file's SHA-256."""
+        path = self.root / version
+        if not (path / "manifest.json").exists():
+            raise RegistryError(f"no policy version {version!r} in {self.root}")
+        manifest = json.loads((path / "manifest.json").read_text())
+        for name, expected in manifest["checksums"].items():
+            if not (path / name).exists() or _sha256(path / name) != expected:
+                raise RegistryError(f"policy {version}: {name} is missing or changed after registration")
+        return manifest
+
+    def load(self, version: str | None = None, context_columns: list[str] | None = None) -> BanditPolicy:
+        """Load ``version`` (default: the serving one).
+
+        Args:
+            context_columns: the columns this code builds; a version learned on others is refused.
+        """
+        version = version or self.serving_version()
+        if version is None:
+            raise RegistryError(f"no serving policy in {self.root}")
+        manifest = self.manifest(version)
+        if context_columns is not None and manifest["context_columns"] != context_columns:
+            raise RegistryError(f"policy {version} was learned on other context columns than this code builds")
+        return BanditPolicy(LinearUCB.load(self.root / version), manifest["config"], version)

@@ -1,0 +1,214 @@
+"""The feedback loop through real Postgres, Feast, torch and XGBoost: logged answers of the
+service, feedback features, a learning bandit, off-policy estimates and the simulator."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from interest_models.config import load_config
+from interest_models.evaluation.replay import off_policy_table
+from interest_models.feedback.features import latest_feedback, refresh_feedback_features
+from interest_models.feedback.impression_log import ImpressionLogger, prune, read_feedback, write
+from interest_models.policies.learning import learn_from_log
+from interest_models.policies.reranking import BanditPolicy, GreedyPolicy
+from interest_models.registry.model_registry import ModelRegistry
+from interest_models.serving.http_app import create_app
+from interest_models.serving.recommender import Recommender
+from interest_models.simulation.feedback_loop import FeedbackLoop, LoopConfig, prepare_users
+from interest_models.simulation.shoppers import SimulatedShoppers
+from interest_models.training.recipe import train_models
+from materialize.ingest.loader import load_frames
+from materialize.ingest.sources.synthetic import SyntheticShop
+from materialize.pipeline import Pipeline
+from tests.conftest import new_database, settings_for
+from tests.interest_models.training.test_recipe import FAST, GAP, SHOP
+
+START = SHOP.end.to_pydatetime() + dt.timedelta(days=1)  # simulated days start after the shop's events
+
+
+@pytest.fixture(scope="module")
+def shop_models(pg_server, settings, tmp_path_factory):
+    with new_database(pg_server) as pg:
+        shop_settings = settings_for(settings, pg)
+        with Pipeline(shop_settings, progress=False) as pipeline:
+            pipeline.run(lambda p: p.load_synthetic(SHOP))
+            result = train_models(pipeline.store, pipeline.conn, GAP, overrides=FAST, device="cpu")
+            registry = ModelRegistry(tmp_path_factory.mktemp("registry"))
+            registry.set_serving(registry.register(result))
+            names = dict(pipeline.conn.execute("SELECT category_id, category FROM interest.categories"))
+            recommender = Recommender.from_registry(registry.root, pipeline.store, names)
+            yield shop_settings, pipeline, registry, recommender
+
+
+@pytest.fixture()
+def log_db(pg_server):
+    """A log database with the shop's catalogue (what each simulated policy writes to)."""
+    with new_database(pg_server) as pg:
+        with psycopg.connect(pg.conninfo()) as conn:
+            load_frames(conn, "items", [SyntheticShop(SHOP).items()], source="catalogue")
+            yield conn
+
+
+def _answer(conn, recommendation_id: str, user_id: int, item_id: int, types=("view", "click")):
+    frame = pd.DataFrame([{"user_id": user_id, "item_id": item_id, "event_type": t, "recommendation_id": recommendation_id,
+                           "event_timestamp": pd.Timestamp(START) + pd.Timedelta(minutes=5 + i)} for i, t in enumerate(types)])
+    assert load_frames(conn, "events", [frame], source=f"answer {recommendation_id} {item_id}").loaded == len(types)
+
+
+def test_logged_lists_join_their_events_and_feed_features_and_feast(shop_models, log_db):
+    _, pipeline, _, recommender = shop_models
+    users = pipeline.conn.execute("SELECT DISTINCT user_id FROM interest.events ORDER BY 1 LIMIT 6").fetchall()
+    answers = [recommender.recommend(u, k=5, policy=p) for (u,), p in zip(users, ["greedy", "bandit"] * 3)]
+    for answer in answers:
+        answer.logged.served_at = START + dt.timedelta(minutes=1)  # the day after the shop's events
+    assert all(a.logged is not None and len(a.items) == 5 for a in answers)
+    assert {a.policy for a in answers} == {"greedy", "bandit"}
+    assert write(log_db, [a.logged for a in answers]) == 30
+    first, second = answers[0], answers[1]
+    _answer(log_db, first.recommendation_id, first.user_id, first.items[1].item_id, ("view", "click", "cart", "purchase"))
+    _answer(log_db, second.recommendation_id, second.user_id, second.items[0].item_id)
+    recommendations, impressions = read_feedback(log_db, START, START + dt.timedelta(days=1))
+    assert len(recommendations) == 6 and len(impressions) == 30
+    clicked = impressions[impressions.clicked]
+    assert sorted(zip(clicked.recommendation_id, clicked.position)) == sorted([(first.recommendation_id, 2), (second.recommendation_id, 1)])
+    assert impressions.purchased.sum() == 1
+    greedy_rows = impressions[impressions.recommendation_id == first.recommendation_id]
+    assert (greedy_rows.propensity == 1.0).all()  # greedy is deterministic
+    bandit_rows = impressions[impressions.recommendation_id == second.recommendation_id]
+    exploration = load_config("policy")["exploration"]
+    assert set(np.round(bandit_rows.propensity, 9)) <= {round(1 - exploration + exploration / 40, 9), round(exploration / 40, 9)}
+
+    refresh_feedback_features(log_db, [START.date()])
+    users_fb, items_fb = latest_feedback(log_db, START + dt.timedelta(days=1), recommender.n_categories)
+    clicks, exposure = users_fb[first.user_id]
+    category = int(recommender.vocabulary.item_category[recommender.vocabulary.index_of([first.items[1].item_id])][0])
+    assert clicks.sum() == 1 and clicks[category - 1] == 1
+    assert exposure.sum() == pytest.approx(sum(1 / np.log2(j + 1) for j in range(1, 6)), rel=1e-6)
+    assert items_fb[first.items[1].item_id][0] == 1
+    row = log_db.execute("SELECT ctr_7d, cvr_7d, debiased_ctr_7d FROM interest.user_feedback_daily WHERE user_id = %s",
+                         (first.user_id,)).fetchone()
+    assert row[0] == pytest.approx(1 / 5) and row[1] == pytest.approx(1.0) and row[2] == pytest.approx(1 / exposure.sum())
+
+    # Seven days later the list has left the 7-day window: a row of zeros replaces its counts.
+    refresh_feedback_features(log_db, [START.date() + dt.timedelta(days=7)])
+    users_fb, _ = latest_feedback(log_db, START + dt.timedelta(days=8), recommender.n_categories)
+    assert users_fb[first.user_id][0].sum() == 0
+
+    # Partitions: one per day and table, pruned whole.
+    parts = {r[0] for r in log_db.execute("SELECT relname FROM pg_class WHERE relkind = 'r' AND (relname LIKE 'impressions_2%' OR relname LIKE 'recommendations_2%')")}
+    assert parts == {f"impressions_{START:%Y%m%d}", f"recommendations_{START:%Y%m%d}"}
+    assert sorted(prune(log_db, keep_days=30, now=START + dt.timedelta(days=31))) == sorted(parts)
+    assert log_db.execute("SELECT count(*) FROM interest.impressions").fetchone()[0] == 0
+
+
+def test_feast_serves_the_feedback_views(shop_models):
+    shop_settings, pipeline, _, recommender = shop_models
+    user_id = int(pipeline.conn.execute("SELECT min(user_id) FROM interest.events").fetchone()[0])
+    item_id = int(pipeline.conn.execute("SELECT min(item_id) FROM interest.items").fetchone()[0])
+    stamp = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    pipeline.conn.execute(
+        "INSERT INTO interest.user_feedback_daily VALUES (%s, %s, now(), 10, 2, 1, 0.2, 0.5, 0.3, %s, %s)",
+        (user_id, stamp, [0.0, 2.0] + [0.0] * 4, [1.0, 5.0] + [0.0] * 4))
+    pipeline.conn.execute("INSERT INTO interest.item_feedback_daily VALUES (%s, %s, now(), 4, 1, 0, 0.25, 0, 2.5, 0.4)",
+                          (item_id, stamp))
+    pipeline.conn.commit()
+    pipeline.materialize()
+    online = pipeline.store.get_online_features(
+        features=["user_feedback:clicks_7d", "user_feedback:category_clicks_7d", "user_feedback:debiased_ctr_7d"],
+        entity_rows=[{"user_id": user_id}]).to_dict()
+    assert online["clicks_7d"] == [2] and online["category_clicks_7d"][0][:2] == [0.0, 2.0]
+    assert online["debiased_ctr_7d"][0] == pytest.approx(0.3)
+    user = recommender.online_user(user_id, feedback=True)
+    assert user["category_exposure_7d"][0][:2] == [1.0, 5.0]
+    historical = pipeline.store.get_historical_features(
+        entity_df=pd.DataFrame({"item_id": [item_id, item_id], "event_timestamp": [stamp - dt.timedelta(seconds=1), stamp]}),
+        features=["item_feedback:item_clicks_7d"]).to_df().sort_values("event_timestamp")
+    assert historical.item_clicks_7d.isna().tolist() == [True, False]  # point in time: not before its stamp
+
+
+def test_the_service_logs_its_answers_and_refuses_unknown_policies(shop_models, tmp_path):
+    shop_settings, pipeline, registry, _ = shop_models
+    app = create_app(shop_settings, registry.root, "test-key")
+    user_id = int(pipeline.conn.execute("SELECT min(user_id) FROM interest.events").fetchone()[0])
+    with TestClient(app) as client:
+        headers = {"X-API-Key": "test-key"}
+        bad = client.post("/recommend", json={"user_id": user_id, "policy": "random"}, headers=headers)
+        assert bad.status_code == 422 and "greedy" in bad.text
+        answer = client.post("/recommend", json={"user_id": user_id, "k": 4, "policy": "bandit"}, headers=headers).json()
+        assert answer["policy"] == "bandit" and len(answer["recommendation_id"]) == 32
+        cold = client.post("/recommend", json={"user_id": 10**12, "k": 3}, headers=headers).json()
+        assert cold["cold_start"] and cold["policy"] == "popular"
+        deadline = dt.datetime.now() + dt.timedelta(seconds=10)
+        while client.get("/metrics", headers=headers).json()["recommendations_logged"] < 2 and dt.datetime.now() < deadline:
+            pass
+        metrics = client.get("/metrics", headers=headers).json()
+        assert metrics["recommendations_logged"] == 2 and metrics["log_failed_writes"] == 0
+    rows = pipeline.conn.execute(
+        "SELECT item_id, position, policy FROM interest.impressions JOIN interest.recommendations USING (recommendation_id, served_at) "
+        "WHERE recommendation_id = %s ORDER BY position", (answer["recommendation_id"],)).fetchall()
+    pipeline.conn.commit()
+    assert [r[0] for r in rows] == [i["item_id"] for i in answer["items"]] and rows[0][2] == "bandit"
+
+
+def test_a_failed_log_write_is_counted_and_retried(shop_models, caplog):
+    shop_settings, pipeline, _, recommender = shop_models
+    answer = recommender.recommend(int(pipeline.conn.execute("SELECT min(user_id) FROM interest.events").fetchone()[0]), k=3)
+    broken = dataclasses.replace(shop_settings.postgres, database="wt13_no_such_database")
+    logger = ImpressionLogger(lambda: psycopg.connect(broken.conninfo()), flush_interval_s=3600)
+    try:
+        logger.submit(answer.logged)
+        assert not logger.flush()
+        counters = logger.counters()
+        assert counters["log_failed_writes"] == 1 and counters["log_pending"] == 1 and counters["log_last_error"]
+        assert "impression log write failed" in caplog.text
+        logger.connect = lambda: psycopg.connect(shop_settings.postgres.conninfo())
+        assert logger.flush() and logger.counters()["recommendations_logged"] == 1
+    finally:
+        logger.connect = lambda: psycopg.connect(shop_settings.postgres.conninfo())
+        logger.close()
+
+
+def test_simulated_days_learn_log_and_evaluate_off_policy(shop_models, log_db):
+    shop_settings, pipeline, _, recommender = shop_models
+    shop = SyntheticShop(SHOP)
+    prepared = prepare_users(recommender, range(1, 161))
+    config = LoopConfig(days=6, users_per_day=120, k=5, seed=1)
+    policy_config = load_config("policy", {"exploration": 0.2})
+    bandit = BanditPolicy.untrained(recommender.context_columns, policy_config)
+    loop = FeedbackLoop(log_db, recommender, SimulatedShoppers(shop, pd.Timestamp(START)), prepared, START)
+    days = loop.run(bandit, config, "bandit")
+    assert (days.lists == 120).all() and (days.impressions == 600).all()
+    assert (days.expected_clicks <= days.oracle_clicks + 1e-9).all()
+    assert days.learned_impressions.iloc[-1] == 600 and bandit.bandit.observations == 6 * 600
+    assert days.coverage.is_monotonic_increasing and 0 < days.coverage.iloc[-1] <= 1
+    recommendations, impressions = read_feedback(log_db, START, START + dt.timedelta(days=6))
+    assert impressions.clicked.sum() == days.clicks.sum() and impressions.purchased.sum() == days.purchases.sum()
+
+    # Off-policy: the greedy blend's CTR from the bandit's log vs the greedy blend run on the same days.
+    table = off_policy_table(recommendations, impressions, {"greedy": GreedyPolicy()},
+                             embeddings=lambda ids: recommender.unit_text[recommender.vocabulary.index_of(ids)], n_boot=200)
+    # The truth: the greedy blend's expected CTR on the same logged requests (the benchmark runs it on its own days).
+    truth = _expected_ctr(recommender, shop, recommendations, GreedyPolicy())
+    ctr = table[(table.policy == "greedy") & (table.metric == "CTR")].set_index("estimator")
+    for estimator in ("IPS", "SNIPS", "DR"):
+        assert ctr.loc[estimator, "low"] <= truth <= ctr.loc[estimator, "high"], (estimator, truth, ctr)
+
+
+def _expected_ctr(recommender, shop, recommendations, policy) -> float:
+    """The policy's true expected CTR on the logged requests (the shoppers' click model)."""
+    from interest_models.policies.learning import logged_requests
+
+    shoppers = SimulatedShoppers(shop, pd.Timestamp(START))
+    requests = logged_requests(recommendations, lambda ids: recommender.unit_text[recommender.vocabulary.index_of(ids)])
+    total = impressions = 0.0
+    for request, user_id, ids, k in zip(requests, recommendations.user_id, recommendations.candidate_item_ids, recommendations.k):
+        marginals = policy.marginals(request, int(k))
+        total += float((shoppers.attraction(int(user_id), np.asarray(ids)) @ marginals) @ shoppers.examination(np.arange(1, k + 1)))
+        impressions += k
+    return total / impressions
