@@ -1,4 +1,4 @@
-"""The model commands of ``interest``: train, models (list, serve), serve.
+"""The model commands of ``interest``: train, models (list, serve), serve, policy (evaluate, update).
 
 ``commands`` is a click group whose commands the root ``interest`` command line
 (``interest_shift.cli``) mounts at its top level. Heavy modules are imported inside
@@ -93,3 +93,130 @@ def serve(host, port, workers, model_version) -> None:
         os.environ["INTEREST_MODEL_VERSION"] = model_version
     uvicorn.run("interest_models.serving.http_app:app_from_environment", factory=True, host=host, port=port, workers=workers,
                 log_level="warning")
+
+
+@commands.group()
+def policy() -> None:
+    """The recommendation policies: learn the bandit from the impression log, evaluate off-policy."""
+
+
+def _logged_window(conn, days: int):
+    """The log of the ``days`` days up to its newest list, and the window's bounds."""
+    import datetime as dt
+
+    from interest_models.feedback.impression_log import read_feedback
+
+    newest = conn.execute("SELECT max(served_at) FROM interest.recommendations").fetchone()[0]
+    if newest is None:
+        raise click.ClickException("the impression log is empty: serve /recommend first")
+    until = newest + dt.timedelta(microseconds=1)
+    since = until - dt.timedelta(days=days)
+    recommendations, impressions = read_feedback(conn, since, until)
+    return recommendations, impressions, since, until
+
+
+def _embedding_lookup(conn):
+    """item ids -> their newest text embeddings (L2-normalised), from interest.item_embeddings."""
+    import numpy as np
+
+    rows = conn.execute("SELECT DISTINCT ON (item_id) item_id, embedding FROM interest.item_embeddings "
+                        "ORDER BY item_id, event_timestamp DESC").fetchall()
+    conn.commit()
+    if not rows:
+        return None
+    index = {int(item): n for n, (item, _) in enumerate(rows)}
+    matrix = np.array([e for _, e in rows], np.float64)
+    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    zeros = np.zeros(matrix.shape[1])
+    return lambda ids: np.array([matrix[index[int(i)]] if int(i) in index else zeros for i in ids])
+
+
+def _context_columns(recommendations):
+    from interest_models.policies.context import CONTEXT_COLUMNS, context_columns
+
+    dims = set(recommendations.context_dim[recommendations.context_dim > 0])
+    if len(dims) != 1:
+        raise click.ClickException(f"the logged lists have contexts of {len(dims)} widths: evaluate a shorter window")
+    return context_columns(dims.pop() - len(CONTEXT_COLUMNS))
+
+
+@policy.command("evaluate")
+@click.option("--days", default=7, show_default=True, type=click.IntRange(1), help="Days of the log, up to its newest list.")
+@click.option("--version", "policy_version", default=None, help="Bandit version (default: the serving one, else its prior).")
+@click.option("--boot", default=500, show_default=True, type=click.IntRange(50), help="Bootstrap resamples.")
+def policy_evaluate(days, policy_version, boot) -> None:
+    """Off-policy CTR and CVR of greedy and bandit from the logged lists (IPS, SNIPS, DR, 95 % intervals)."""
+    import pandas as pd
+
+    from interest_models.config import load_config
+    from interest_models.evaluation.replay import off_policy_table
+    from interest_models.policies.reranking import BanditPolicy, GreedyPolicy
+    from interest_models.registry.model_registry import RegistryError, registry_for
+    from interest_models.registry.policy_registry import PolicyRegistry
+    from materialize.database.server import connect
+
+    settings = load_settings()
+    registry = PolicyRegistry(registry_for(settings.project_dir).root / "policies")
+    with connect(settings.postgres) as conn:
+        recommendations, impressions, since, until = _logged_window(conn, days)
+        columns = _context_columns(recommendations)
+        config = load_config("policy", None, settings.config_dir)
+        try:
+            bandit = (registry.load(policy_version, columns) if policy_version or registry.serving_version()
+                      else BanditPolicy.untrained(columns, config))
+        except RegistryError as error:
+            raise click.ClickException(str(error))
+        exploit = BanditPolicy(bandit.bandit, {**bandit.config, "exploration": 0.0}, bandit.version)
+        targets = {"greedy": GreedyPolicy(), f"bandit {bandit.version or '(prior)'}": bandit,
+                   f"bandit {bandit.version or '(prior)'}, no exploration": exploit}
+        try:
+            table, exponent = off_policy_table(recommendations, impressions, targets, _embedding_lookup(conn), n_boot=boot)
+        except ValueError as error:
+            raise click.ClickException(str(error))
+    click.echo(f"log {since:%Y-%m-%d %H:%M} to {until:%Y-%m-%d %H:%M} UTC: {len(recommendations):,} lists, "
+               f"{len(impressions):,} impressions; examination fitted on the random lists: theta_j = j ** -{exponent:.2f}")
+    with pd.option_context("display.width", 200, "display.float_format", "{:.4f}".format, "display.max_rows", 200):
+        click.echo(table.to_string(index=False))
+
+
+@policy.command("update")
+@click.option("--days", default=7, show_default=True, type=click.IntRange(1),
+              help="Days of the log to learn from when the bandit has learned nothing yet.")
+@click.option("--serve", is_flag=True, help="Mark the new version as the one /recommend uses for policy: bandit.")
+def policy_update(days, serve) -> None:
+    """Learn the bandit from the lists logged since its last update and register a new version."""
+    import datetime as dt
+
+    from interest_models.config import load_config
+    from interest_models.feedback.impression_log import read_feedback
+    from interest_models.policies.learning import learn_from_log
+    from interest_models.policies.reranking import BanditPolicy
+    from interest_models.registry.model_registry import registry_for
+    from interest_models.registry.policy_registry import PolicyRegistry
+    from materialize.database.server import connect
+
+    settings = load_settings()
+    registry = PolicyRegistry(registry_for(settings.project_dir).root / "policies")
+    with connect(settings.postgres) as conn:
+        recommendations, _, since, until = _logged_window(conn, days)
+        columns = _context_columns(recommendations)
+        serving = registry.serving_version()
+        if serving:
+            bandit = registry.load(serving, columns)
+            since = dt.datetime.fromisoformat(registry.manifest(serving)["learned_until"])
+        else:
+            bandit = BanditPolicy.untrained(columns, load_config("policy", None, settings.config_dir))
+        learned, day = 0, since
+        while day < until:  # one day at a time, forgetting a share of the past after each
+            end = min(until, day + dt.timedelta(days=1))
+            recommendations, impressions = read_feedback(conn, day, end)
+            learned += learn_from_log(bandit, recommendations[recommendations.context_dim > 0], impressions)
+            if end - day == dt.timedelta(days=1):
+                bandit.end_day()
+            day = end
+    version = registry.register(bandit, columns, {"learned_from": since.isoformat(), "learned_until": until.isoformat(),
+                                                   "learned_impressions": learned, "previous": serving})
+    if serve:
+        registry.set_serving(version)
+    click.echo(f"policy {version}: learned from {learned:,} impressions logged {since:%Y-%m-%d %H:%M} to "
+               f"{until:%Y-%m-%d %H:%M} UTC" + (" (now serving)" if serve else ""))

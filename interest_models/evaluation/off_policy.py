@@ -9,13 +9,23 @@ and position j, with the logged item i, reward r, logged propensity p = P_log(i 
 target propensity q = P_target(i at j), weight w = q / p:
 
 - IPS: sum_j r w per list (unbiased);
-- SNIPS: per position, sum_n r w / sum_n w (self-normalised: lower variance, slightly biased);
+- SNIPS: IPS divided by the mean weight (self-normalised: lower variance, slightly biased);
 - DR (doubly robust): sum_j [ sum_i' P_target(i' at j) m(i', j) + (r - m(i, j)) w ] with a
   reward model m (``direct``, ``model_at_logged``): unbiased whatever m, lower variance when m is good.
 
 Per-impression rates are per-list values divided by the positions per list. 95 % intervals
 come from a bootstrap over lists (``n_boot`` resamples, percentile), all three estimators
 on the same resamples.
+
+The item-position weights above are unbiased under that weak assumption, but a target that
+puts an item at another position than the logger's exploitation did is only matched by the
+rare random lists (weights up to n / exploration). With a position-based click model
+(``P(reward) = theta_j * a(user, item)``) the weight of a logged item can instead be its
+expected examination under the target over that under the logger,
+``sum_j P_target(i at j) theta_j / sum_j P_log(i at j) theta_j`` (Li et al. 2018, "Offline
+evaluation of ranking policies with click models"): far smaller weights, unbiased when
+``theta`` is right. ``fit_position_bias`` fits ``theta_j = j ** -eta`` on the logged random
+lists, where items land at positions at random.
 """
 from __future__ import annotations
 
@@ -33,43 +43,51 @@ class ReplayedLists:
 
     Attributes:
         reward: observed reward of the logged item (0/1).
-        logged_propensity: P_log(logged item at j).
-        target_propensity: P_target(logged item at j).
-        direct: sum over candidates of P_target(candidate at j) * m(candidate, j).
-        model_at_logged: m(logged item, j).
+        weight: the importance weight of the logged item (see ``replay``).
+        control: a quantity whose weighted sum has a known expectation (its unweighted
+            sum): 1 per position for item-position weights, the position's examination
+            probability for position-based weights; SNIPS divides by it.
+        direct: the reward model's value of the target's choice at j (DR).
+        model_at_logged: the reward model's value of the logged item at j.
         present: whether the list had a position j (shorter lists pad with False).
     """
 
     reward: np.ndarray
-    logged_propensity: np.ndarray
-    target_propensity: np.ndarray
+    weight: np.ndarray
+    control: np.ndarray
     direct: np.ndarray
     model_at_logged: np.ndarray
     present: np.ndarray
 
     def __post_init__(self) -> None:
-        shapes = {a.shape for a in (self.reward, self.logged_propensity, self.target_propensity, self.direct,
-                                    self.model_at_logged, self.present)}
+        shapes = {a.shape for a in (self.reward, self.weight, self.control, self.direct, self.model_at_logged, self.present)}
         if len(shapes) != 1 or len(next(iter(shapes))) != 2:
             raise ValueError(f"replayed arrays must share one (n_lists, k) shape, got {sorted(shapes)}")
-        if np.any(self.logged_propensity[self.present] <= 0):
+        if not np.all(np.isfinite(self.weight[self.present])) or np.any(self.weight[self.present] < 0):
+            raise ValueError("an importance weight is negative or infinite: the logging policy never showed what the target shows")
+
+    @classmethod
+    def item_position(cls, reward, logged_propensity, target_propensity, direct, model_at_logged, present) -> "ReplayedLists":
+        """Weights ``P_target(i at j) / P_log(i at j)`` (no click model beyond: a position's
+        reward depends on the user, item and position only)."""
+        if np.any(logged_propensity[present] <= 0):
             raise ValueError("a logged propensity is 0 or negative: the log cannot say what that list was worth")
+        weight = np.where(present, target_propensity / np.where(present, logged_propensity, 1.0), 0.0)
+        return cls(reward, weight, present.astype(np.float64), direct, model_at_logged, present)
 
 
 def _values(lists: ReplayedLists, rows: np.ndarray) -> dict[str, float]:
     """Per-impression estimates on the lists ``rows`` (a resample)."""
     present = lists.present[rows]
-    weight = np.where(present, lists.target_propensity[rows] / np.where(present, lists.logged_propensity[rows], 1.0), 0.0)
+    weight = np.where(present, lists.weight[rows], 0.0)
     reward = np.where(present, lists.reward[rows], 0.0)
+    control = np.where(present, lists.control[rows], 0.0)
     impressions = present.sum()
-    ips = (reward * weight).sum() / impressions
-    weight_by_position = weight.sum(axis=0)
-    positions = present.sum(axis=0)
-    ratio = np.divide((reward * weight).sum(axis=0), weight_by_position, out=np.zeros(present.shape[1]),
-                      where=weight_by_position > 0)
-    snips = (ratio * positions).sum() / impressions
-    correction = np.where(present, lists.direct[rows] + (reward - lists.model_at_logged[rows]) * weight, 0.0)
-    dr = correction.sum() / impressions
+    weighted = (reward * weight).sum()
+    ips = weighted / impressions
+    normaliser = (control * weight).sum()
+    snips = weighted * control.sum() / normaliser / impressions if normaliser > 0 else 0.0
+    dr = np.where(present, lists.direct[rows] + (reward - lists.model_at_logged[rows]) * weight, 0.0).sum() / impressions
     return {"IPS": float(ips), "SNIPS": float(snips), "DR": float(dr)}
 
 
@@ -89,7 +107,28 @@ def estimate(lists: ReplayedLists, n_boot: int = 500, seed: int = 0, level: floa
     draws = np.array([[v for v in _values(lists, rng.integers(0, n, n)).values()] for _ in range(n_boot)])
     tail = (1 - level) / 2
     low, high = np.quantile(draws, [tail, 1 - tail], axis=0)
-    present = lists.present
-    max_weight = float(np.max(np.where(present, lists.target_propensity / np.where(present, lists.logged_propensity, 1), 0)))
+    max_weight = float(np.max(np.where(lists.present, lists.weight, 0)))
     return pd.DataFrame({"estimate": [point[e] for e in ESTIMATORS], "low": low, "high": high, "lists": n,
                          "max_weight": max_weight}, index=list(ESTIMATORS))
+
+
+def fit_position_bias(positions: np.ndarray, clicks: np.ndarray, exponents: np.ndarray | None = None) -> float:
+    """The exponent eta of ``theta_j = j ** -eta`` that best explains the clicks of randomly
+    ordered lists (each position's click rate is theta_j times one shared rate, as items land
+    at positions at random), by Poisson likelihood over a grid of eta."""
+    positions = np.asarray(positions, np.int64)
+    clicks = np.asarray(clicks, np.float64)
+    if len(positions) == 0 or clicks.sum() == 0:
+        raise ValueError("no clicks on randomly ordered lists to fit the position bias on")
+    top = positions.max()
+    shown = np.bincount(positions, minlength=top + 1)[1:].astype(np.float64)
+    clicked = np.bincount(positions, weights=clicks, minlength=top + 1)[1:]
+    j = np.arange(1, top + 1, dtype=np.float64)
+    best, best_eta = -np.inf, 0.0
+    for eta in (np.linspace(0, 2, 201) if exponents is None else exponents):
+        theta = j ** -eta
+        rate = clicked.sum() / (shown * theta).sum()
+        loglik = float((clicked * np.log(theta * rate)).sum() - (shown * theta * rate).sum())
+        if loglik > best:
+            best, best_eta = loglik, float(eta)
+    return best_eta

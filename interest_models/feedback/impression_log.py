@@ -56,6 +56,7 @@ class LoggedRecommendation:
     scores: np.ndarray              # (k,) the policy's scores of the shown items
     propensity: np.ndarray          # (k,) P(that item at that position)
     explored: bool
+    ordered_rows: np.ndarray        # (k,) the policy's list before exploration (candidate rows)
 
     @property
     def item_ids(self) -> np.ndarray:
@@ -95,12 +96,13 @@ def write(conn: psycopg.Connection, records: list[LoggedRecommendation], known_d
     shown = 0
     with conn.cursor() as cur:
         with cur.copy("COPY interest.recommendations (recommendation_id, served_at, user_id, k, policy, policy_version, "
-                      "model_version, exploration, candidate_item_ids, candidate_scores, context, context_dim) FROM STDIN") as copy:
+                      "model_version, exploration, candidate_item_ids, candidate_scores, ordered_rows, context, context_dim) FROM STDIN") as copy:
             for r in records:
                 context = np.asarray(r.context, np.float32)
                 copy.write_row((r.recommendation_id, r.served_at, int(r.user_id), len(r.shown_rows), r.policy, r.policy_version,
                                 r.model_version, float(r.exploration), [int(i) for i in r.candidate_item_ids],
-                                [float(s) for s in r.candidate_scores], context.ravel().tolist(), int(context.shape[1])))
+                                [float(s) for s in r.candidate_scores], [int(i) for i in r.ordered_rows],
+                                context.ravel().tolist(), int(context.shape[1])))
         with cur.copy("COPY interest.impressions (recommendation_id, served_at, user_id, item_id, position, score, propensity, "
                       "explored) FROM STDIN") as copy:
             for r in records:
@@ -144,7 +146,7 @@ def read_feedback(conn: psycopg.Connection, since: dt.datetime, until: dt.dateti
 
     recommendations = fetch_frame(conn, (
         "SELECT recommendation_id, served_at, user_id, k, policy, policy_version, model_version, exploration, "
-        "candidate_item_ids, candidate_scores, context, context_dim FROM interest.recommendations "
+        "candidate_item_ids, candidate_scores, ordered_rows, context, context_dim FROM interest.recommendations "
         "WHERE served_at >= %(since)s AND served_at < %(until)s ORDER BY served_at, recommendation_id"),
         {"since": since, "until": until})
     impressions = fetch_frame(conn, (

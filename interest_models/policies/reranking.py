@@ -48,11 +48,14 @@ class GreedyPolicy:
     def scores(self, request: PolicyRequest) -> np.ndarray:
         return np.asarray(request.blend_score, np.float64)
 
-    def order(self, request: PolicyRequest, k: int) -> np.ndarray:
-        return diversified_order(self.scores(request), k)
+    def order(self, request: PolicyRequest, k: int, scores: np.ndarray | None = None) -> np.ndarray:
+        """The deterministic list (k candidate rows); ``scores``: ``self.scores(request)`` when known."""
+        return diversified_order(self.scores(request) if scores is None else scores, k)
 
-    def choose(self, request: PolicyRequest, k: int, rng: np.random.Generator) -> Slate:
-        return draw(self.order(request, k), request.n, self.exploration, rng)
+    def choose(self, request: PolicyRequest, k: int, rng: np.random.Generator) -> tuple[Slate, np.ndarray]:
+        """The list shown, and the policy's scores of all candidates."""
+        scores = self.scores(request)
+        return draw(self.order(request, k, scores), request.n, self.exploration, rng), scores
 
     def marginals(self, request: PolicyRequest, k: int) -> np.ndarray:
         """(n, min(k, n)) P(candidate i at position j)."""
@@ -95,8 +98,8 @@ class BanditPolicy(GreedyPolicy):
     def scores(self, request: PolicyRequest) -> np.ndarray:
         return self.bandit.scores(request.context, self.alpha)
 
-    def order(self, request: PolicyRequest, k: int) -> np.ndarray:
-        return diversified_order(self.scores(request), k, request.embeddings, self.diversity)
+    def order(self, request: PolicyRequest, k: int, scores: np.ndarray | None = None) -> np.ndarray:
+        return diversified_order(self.scores(request) if scores is None else scores, k, request.embeddings, self.diversity)
 
     def learn(self, context: np.ndarray, positions: np.ndarray, clicks: np.ndarray) -> None:
         """Add logged impressions: (n, dim) context rows of the shown items, (n,) their

@@ -28,6 +28,7 @@ class Slate:
     rows: np.ndarray         # (k,) int64
     propensity: np.ndarray   # (k,) float64, P(that candidate at that position)
     explored: bool           # drawn uniformly at random
+    order: np.ndarray        # (k,) int64, the deterministic list the policy would show without exploring
 
 
 def diversified_order(scores: np.ndarray, k: int, embeddings: np.ndarray | None = None, diversity: float = 0.0) -> np.ndarray:
@@ -43,7 +44,7 @@ def diversified_order(scores: np.ndarray, k: int, embeddings: np.ndarray | None 
     k = min(k, len(scores))
     if diversity <= 0 or embeddings is None or k <= 1:
         return np.argsort(-scores, kind="stable")[:k]
-    similarity = np.asarray(embeddings, np.float64) @ np.asarray(embeddings, np.float64).T
+    embeddings = np.asarray(embeddings, np.float32)
     chosen = np.empty(k, np.int64)
     penalty = np.zeros(len(scores))
     available = np.ones(len(scores), bool)
@@ -52,7 +53,7 @@ def diversified_order(scores: np.ndarray, k: int, embeddings: np.ndarray | None 
         row = int(np.argmax(adjusted))
         chosen[j] = row
         available[row] = False
-        penalty = np.maximum(penalty, similarity[row]) if j else similarity[row].copy()
+        penalty = np.maximum(penalty, embeddings @ embeddings[row])  # only the rows needed: k products of (n, dim) x (dim,)
     return chosen
 
 
@@ -71,4 +72,4 @@ def draw(order: np.ndarray, n: int, exploration: float, rng: np.random.Generator
     explored = exploration > 0 and rng.random() < exploration
     rows = rng.choice(n, size=k, replace=False) if explored else np.asarray(order, np.int64)
     propensity = exploration / n + (1.0 - exploration) * (rows == order)
-    return Slate(rows.astype(np.int64), propensity, bool(explored))
+    return Slate(rows.astype(np.int64), propensity, bool(explored), np.asarray(order, np.int64))

@@ -397,12 +397,12 @@ class Recommender:
             policy: ``greedy`` (the blend's order) or ``bandit`` (the learned policy).
         """
         self._check_policy(policy)
-        return self._recommend(user_id, self.online_user(user_id, policy == "bandit"), k, candidates, exclude_seen, policy)
+        return self._recommend(user_id, self.online_user(user_id, feedback=True), k, candidates, exclude_seen, policy)
 
     async def recommend_async(self, user_id: int, k: int = 10, candidates: list[int] | None = None,
                               exclude_seen: bool = True, policy: str = "greedy") -> Recommendation:
         self._check_policy(policy)
-        user = await self.online_user_async(user_id, policy == "bandit")
+        user = await self.online_user_async(user_id, feedback=True)  # both policies log the same context
         return self._recommend(user_id, user, k, candidates, exclude_seen, policy)
 
     @staticmethod
@@ -425,7 +425,7 @@ class Recommender:
                 answer.logged = LoggedRecommendation(
                     answer.recommendation_id, served_at, int(user_id), "popular", "popular", version, 0.0,
                     self.vocabulary.item_ids[popular], np.zeros(len(popular)), np.zeros((len(popular), 0), np.float32),
-                    shown, np.zeros(len(popular)), np.ones(len(popular)), False)
+                    shown, np.zeros(len(popular)), np.ones(len(popular)), False, shown)
             return answer
         outputs = self._model_outputs(user)
         items = self.candidate_items(user, outputs, candidates, exclude_seen)
@@ -434,8 +434,8 @@ class Recommender:
             return Recommendation(int(user_id), [], model_version=version, policy=chosen.name, policy_version=chosen.version)
         scored = self.score_candidates(user, items, outputs)
         request, top = self.policy_request(user, outputs, scored, k)
-        slate = chosen.choose(request, k, self.rng)
-        policy_scores = chosen.scores(request)[slate.rows]
+        slate, scores = chosen.choose(request, k, self.rng)
+        policy_scores = scores[slate.rows]
         rows = top[slate.rows]
         reasons = self._reasons(scored.features[rows])
         if slate.explored:
@@ -444,7 +444,7 @@ class Recommender:
         logged = LoggedRecommendation(
             recommendation_id, served_at, int(user_id), chosen.name, chosen.version, version, chosen.exploration,
             scored.item_id[top], scored.blend_score[top], request.context, slate.rows, policy_scores, slate.propensity,
-            slate.explored)
+            slate.explored, slate.order)
         return Recommendation(
             int(user_id),
             [RecommendedItem(int(scored.item_id[i]), round(float(s), 4), r) for i, s, r in zip(rows, policy_scores, reasons)],

@@ -29,6 +29,7 @@ from interest_models.feedback.features import latest_feedback, refresh_feedback_
 from interest_models.feedback.impression_log import LoggedRecommendation, new_recommendation_id, read_feedback, write
 from interest_models.policies.learning import learn_from_log
 from interest_models.policies.reranking import BanditPolicy
+from interest_models.policies.slate import marginal_probabilities
 from interest_models.simulation.shoppers import SimulatedShoppers
 from materialize.ingest import loader as ingest
 
@@ -42,7 +43,7 @@ class LoopConfig:
         shift_day: the day a population shift is planted (None: no shift).
         shift_fraction: the share of users whose dominant category changes then.
         learn: whether a bandit learns from the log (False: it keeps its prior).
-        seed: seeds the users drawn, the policy's exploration and the answers.
+        seed: seeds the users drawn (their own stream), the policy's exploration and the answers.
     """
 
     days: int = 30
@@ -97,8 +98,11 @@ class FeedbackLoop:
         self.shop_category = shoppers.item_category  # item id -> the shop's category code
 
     def run(self, policy, config: LoopConfig, label: str = "") -> pd.DataFrame:
-        """Run ``config.days`` days of ``policy``; one row of figures per day."""
-        rng = np.random.default_rng(config.seed)
+        """Run ``config.days`` days of ``policy``; one row of figures per day. The users
+        drawn each day depend on ``config.seed`` only, so runs of two policies with the
+        same seed serve the same users on the same days."""
+        users_rng = np.random.default_rng([config.seed, 0])
+        rng = np.random.default_rng([config.seed, 1])
         pool = np.array(sorted(self.prepared))
         monitor = DriftMonitor()
         shown_ever: set[int] = set()
@@ -108,7 +112,7 @@ class FeedbackLoop:
             day_start = self.start + dt.timedelta(days=day)
             if config.shift_day is not None and day == config.shift_day:
                 self.shoppers.shift_population(config.shift_fraction)
-            users, item_feedback = self._day_inputs(day_start, pool, config, rng)
+            users, item_feedback = self._day_inputs(day_start, pool, config, users_rng)
             times = day_start + pd.to_timedelta(np.round(np.sort(rng.random(len(users))) * 82_800_000), unit="ms")
             records, events = [], []
             expected = oracle = distance = 0.0
@@ -118,13 +122,13 @@ class FeedbackLoop:
                 user, outputs, scored = self.prepared[int(user_id)]
                 user = {**user, **users[int(user_id)]}
                 request, top = self.recommender.policy_request(user, outputs, scored, config.k, item_feedback)
-                slate = policy.choose(request, config.k, rng)
+                slate, scores = policy.choose(request, config.k, rng)
                 candidate_ids = scored.item_id[top]
                 shown_ids = candidate_ids[slate.rows]
                 k = len(shown_ids)
                 theta = self.shoppers.examination(np.arange(1, k + 1))
                 attraction = self.shoppers.attraction(int(user_id), candidate_ids)
-                expected += float((attraction @ policy.marginals(request, k)) @ theta)
+                expected += float((attraction @ marginal_probabilities(slate.order, request.n, policy.exploration)) @ theta)
                 oracle += float(np.sort(attraction)[::-1][:k] @ theta)
                 distance += intra_list_distance(request.embeddings[slate.rows])
                 answers = self.shoppers.answer(int(user_id), shown_ids, rng)
@@ -132,7 +136,8 @@ class FeedbackLoop:
                 records.append(LoggedRecommendation(
                     recommendation_id, served_at.to_pydatetime(), int(user_id), policy.name, policy.version or "unsaved",
                     self.recommender.registered.version, policy.exploration, candidate_ids, scored.blend_score[top],
-                    request.context, slate.rows, policy.scores(request)[slate.rows], slate.propensity, slate.explored))
+                    request.context, slate.rows, scores[slate.rows], slate.propensity, slate.explored,
+                    slate.order))
                 events.extend(_events(int(user_id), shown_ids, answers, served_at, recommendation_id))
                 shown_ever.update(int(i) for i in shown_ids)
                 impressions += k

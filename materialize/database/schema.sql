@@ -278,6 +278,7 @@ CREATE TABLE IF NOT EXISTS interest.recommendations (
     exploration         double precision NOT NULL, -- the policy's probability of a uniformly random list
     candidate_item_ids  bigint[] NOT NULL,        -- the candidates the policy chose from, by blend rank
     candidate_scores    real[] NOT NULL,          -- their blend scores
+    ordered_rows        integer[] NOT NULL,       -- the policy's list before exploration (0-based candidate rows)
     context             real[] NOT NULL,          -- (candidates x context_dim) row-major
     context_dim         integer NOT NULL,
     PRIMARY KEY (recommendation_id, served_at)

@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
+from interest_models.cli import commands
 from interest_models.config import load_config
 from interest_models.evaluation.replay import off_policy_table
 from interest_models.feedback.features import latest_feedback, refresh_feedback_features
@@ -18,6 +20,7 @@ from interest_models.feedback.impression_log import ImpressionLogger, prune, rea
 from interest_models.policies.learning import learn_from_log
 from interest_models.policies.reranking import BanditPolicy, GreedyPolicy
 from interest_models.registry.model_registry import ModelRegistry
+from interest_models.registry.policy_registry import PolicyRegistry
 from interest_models.serving.http_app import create_app
 from interest_models.serving.recommender import Recommender
 from interest_models.simulation.feedback_loop import FeedbackLoop, LoopConfig, prepare_users
@@ -174,7 +177,7 @@ def test_a_failed_log_write_is_counted_and_retried(shop_models, caplog):
         logger.close()
 
 
-def test_simulated_days_learn_log_and_evaluate_off_policy(shop_models, log_db):
+def test_simulated_days_learn_log_and_evaluate_off_policy(shop_models, log_db, tmp_path, monkeypatch):
     shop_settings, pipeline, _, recommender = shop_models
     shop = SyntheticShop(SHOP)
     prepared = prepare_users(recommender, range(1, 161))
@@ -191,13 +194,33 @@ def test_simulated_days_learn_log_and_evaluate_off_policy(shop_models, log_db):
     assert impressions.clicked.sum() == days.clicks.sum() and impressions.purchased.sum() == days.purchases.sum()
 
     # Off-policy: the greedy blend's CTR from the bandit's log vs the greedy blend run on the same days.
-    table = off_policy_table(recommendations, impressions, {"greedy": GreedyPolicy()},
-                             embeddings=lambda ids: recommender.unit_text[recommender.vocabulary.index_of(ids)], n_boot=200)
+    table, exponent = off_policy_table(recommendations, impressions, {"greedy": GreedyPolicy()},
+                                       embeddings=lambda ids: recommender.unit_text[recommender.vocabulary.index_of(ids)], n_boot=200)
+    assert 0.3 < exponent < 1.5  # the shoppers' examination is j ** -0.8
     # The truth: the greedy blend's expected CTR on the same logged requests (the benchmark runs it on its own days).
     truth = _expected_ctr(recommender, shop, recommendations, GreedyPolicy())
-    ctr = table[(table.policy == "greedy") & (table.metric == "CTR")].set_index("estimator")
-    for estimator in ("IPS", "SNIPS", "DR"):
-        assert ctr.loc[estimator, "low"] <= truth <= ctr.loc[estimator, "high"], (estimator, truth, ctr)
+    ctr = table[(table.policy == "greedy") & (table.metric == "CTR")].set_index(["weighting", "estimator"])
+    for weighting in ("item-position", "position-based"):
+        for estimator in ("IPS", "SNIPS", "DR"):
+            row = ctr.loc[(weighting, estimator)]
+            assert row.low <= truth <= row.high, (weighting, estimator, truth, ctr)
+
+    # The same log through the command line: learn a bandit version, then evaluate it.
+    (tmp_path / "feature_repo").symlink_to(shop_settings.feature_repo_dir)
+    monkeypatch.setenv("INTEREST_HOME", str(tmp_path))
+    monkeypatch.setenv("INTEREST_PG_DB", log_db.info.dbname)
+    runner = CliRunner()
+    updated = runner.invoke(commands, ["policy", "update", "--days", "7", "--serve"])
+    assert updated.exit_code == 0, updated.output
+    assert f"learned from {len(impressions):,} impressions" in updated.output
+    policies = PolicyRegistry(tmp_path / "models" / "registry" / "policies")
+    assert policies.load().bandit.observations == len(impressions)
+    evaluated = runner.invoke(commands, ["policy", "evaluate", "--boot", "50"])
+    assert evaluated.exit_code == 0, evaluated.output
+    for word in ("greedy", policies.serving_version(), "IPS", "SNIPS", "DR", "position-based", "CVR"):
+        assert word in evaluated.output
+    again = runner.invoke(commands, ["policy", "update"])  # nothing new since: learns from no impression
+    assert again.exit_code == 0 and "learned from 0 impressions" in again.output, again.output
 
 
 def _expected_ctr(recommender, shop, recommendations, policy) -> float:

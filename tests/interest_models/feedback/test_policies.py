@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from interest_models.config import load_config
-from interest_models.evaluation.off_policy import ReplayedLists, estimate
+from interest_models.evaluation.off_policy import ReplayedLists, estimate, fit_position_bias
 from interest_models.feedback.drift import DriftMonitor, js_divergence
 from interest_models.policies.context import UserState, build_context, context_columns
 from interest_models.policies.linear_bandit import LinearUCB, position_bias
@@ -102,7 +102,7 @@ def _simulated_log(rng, target, logger, n_lists=4000, k=4, n=8):
     for i in range(n_lists):
         request = _request(rng, n)
         attraction = 0.05 + 0.5 * rng.random(n)
-        slate = logger.choose(request, k, rng)
+        slate, _ = logger.choose(request, k, rng)
         target_marginals = target.marginals(request, k)
         truth += float((attraction @ target_marginals) @ theta) / k
         arrays["reward"][i] = rng.random(k) < theta * attraction[slate.rows]
@@ -111,8 +111,8 @@ def _simulated_log(rng, target, logger, n_lists=4000, k=4, n=8):
         model = np.full(n, 0.3)  # a poor reward model: DR stays unbiased
         arrays["direct"][i] = theta * (model @ target_marginals)
         arrays["model"][i] = theta * model[slate.rows]
-    lists = ReplayedLists(arrays["reward"], arrays["logged"], arrays["target"], arrays["direct"], arrays["model"],
-                          np.ones(shape, bool))
+    lists = ReplayedLists.item_position(arrays["reward"], arrays["logged"], arrays["target"], arrays["direct"], arrays["model"],
+                                        np.ones(shape, bool))
     return lists, truth / n_lists
 
 
@@ -138,3 +138,10 @@ def test_drift_monitor_flags_a_changed_click_mix_and_not_noise():
     assert not any(flags)
     assert monitor.observe(15, rng.multinomial(400, after), 4000, 400).drifted
     assert js_divergence(before, before) == pytest.approx(0.0)
+
+
+def test_the_position_bias_fit_finds_the_exponent_of_random_lists():
+    rng = np.random.default_rng(6)
+    positions = rng.integers(1, 11, 200_000)
+    clicks = rng.random(len(positions)) < 0.3 * positions ** -0.8
+    assert fit_position_bias(positions, clicks) == pytest.approx(0.8, abs=0.05)

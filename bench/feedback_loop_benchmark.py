@@ -1,0 +1,269 @@
+"""The feedback loop over simulated days: greedy blend vs bandit, with and without a planted
+population shift, off-policy estimates against the on-policy truth, and the CPU the bandit
+adds per request.
+
+Builds a synthetic shop in a throw-away database (load, embed, features, Feast, training,
+as ``interest run`` does), then runs each arm of the simulation (``interest_models/simulation``)
+on its own throw-away log database with the same users on the same days:
+
+    greedy, bandit                    no shift
+    greedy + shift, bandit + shift    ``--shift-fraction`` of the users change their dominant
+                                      category, all to the same one, at ``--shift-day``
+
+and prints per arm: CTR (clicks per impression), CVR (purchases per impression and per
+click), catalogue coverage, intra-list distance (mean pairwise 1 - cosine of item text
+embeddings), cumulative regret against the oracle (the best k of the same candidates by the
+true click probabilities) by thirds of the run, and the drift monitor's first alarm. Then
+off-policy: from the bandit arm's log, IPS / SNIPS / DR estimates with 95 % intervals of
+the greedy blend's CTR and of the bandit without exploration, against each one's true
+expected CTR on the same logged requests. Last, in process, the CPU per ``recommend`` call
+of greedy and bandit on the same users (alternating), with the feedback views materialized.
+
+    python bench/feedback_loop_benchmark.py [--users 2000] [--items 1000] [--days 30] [--users-per-day 400]
+
+Not simulated: retraining the blend on the simulated events (the arms' blend is the model
+trained before day 0, with the shop's features as of then).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import load_average, machine_info, progress, silence_known_warnings, table, throwaway_database  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--categories", type=int, default=12)
+    parser.add_argument("--shop-days", type=int, default=90, help="days of history before the simulation")
+    parser.add_argument("--days", type=int, default=30, help="simulated days")
+    parser.add_argument("--users-per-day", type=int, default=400)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--shift-day", type=int, default=15)
+    parser.add_argument("--shift-fraction", type=float, default=0.5)
+    parser.add_argument("--latency-requests", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--fast", action="store_true", help="the test suite's small model settings")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    silence_known_warnings()
+    import numpy as np
+    import pandas as pd
+    import psycopg
+    import torch
+
+    from interest_models.config import load_config
+    from interest_models.evaluation.replay import off_policy_table
+    from interest_models.feedback.impression_log import read_feedback
+    from interest_models.policies.learning import logged_requests
+    from interest_models.policies.reranking import BanditPolicy, GreedyPolicy
+    from interest_models.registry.model_registry import ModelRegistry
+    from interest_models.serving.recommender import Recommender
+    from interest_models.simulation.feedback_loop import FeedbackLoop, LoopConfig, prepare_users
+    from interest_models.simulation.shoppers import SimulatedShoppers
+    from interest_models.training.recipe import train_models
+    from materialize.ingest.loader import load_frames
+    from materialize.ingest.sources.synthetic import SyntheticConfig, SyntheticShop
+    from materialize.database.server import ensure_database
+    from materialize.database.tables import create_schema
+    from materialize.pipeline import Pipeline
+    from materialize.settings import load_settings
+    import dataclasses
+    import tempfile
+
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(limits=1)  # as each service worker (interest_models.serving.http_app.app_from_environment)
+    settings = load_settings()
+    shop_config = SyntheticConfig(n_users=args.users, n_items=args.items, n_categories=args.categories, days=args.shop_days,
+                                  seed=args.seed)
+    shop = SyntheticShop(shop_config)
+    start = (shop_config.end + pd.Timedelta(days=1)).to_pydatetime()
+    fast = {"lstm": {"max_epochs": 6, "patience": 2, "hidden_dim": 64, "item_dim": 32},
+            "ranker": {"n_estimators": 60, "early_stopping_rounds": 15}} if args.fast else None
+    print(f"machine: {machine_info()}")
+    print(f"shop: {args.users} users, {args.items} items, {args.categories} categories, {args.shop_days} days of history "
+          f"(seed {args.seed}); simulation: {args.days} days x {args.users_per_day} users x k={args.k}; "
+          f"shift: {args.shift_fraction:.0%} of users at day {args.shift_day}; load at start {load_average()}")
+    with throwaway_database(prefix="wt13_fbshop") as shop_pg, tempfile.TemporaryDirectory() as registry_dir:
+        shop_settings = dataclasses.replace(settings, postgres=shop_pg)
+        with Pipeline(shop_settings, progress=False) as pipeline:
+            began = time.perf_counter()
+            pipeline.run(lambda p: p.load_synthetic(shop_config))
+            progress(f"shop loaded, features built and materialized in {time.perf_counter() - began:.0f} s")
+            began = time.perf_counter()
+            result = train_models(pipeline.store, pipeline.conn, dt.timedelta(minutes=30), overrides=fast)
+            registry = ModelRegistry(Path(registry_dir))
+            registry.set_serving(registry.register(result))
+            progress(f"models trained in {time.perf_counter() - began:.0f} s: test NDCG@10 of the blend "
+                     f"{result.metrics.loc['blend (LSTM + XGBoost)', 'NDCG@10']:.4f}")
+            names = dict(pipeline.conn.execute("SELECT category_id, category FROM interest.categories"))
+            recommender = Recommender.from_registry(registry.root, pipeline.store, names)
+            began = time.perf_counter()
+            prepared = prepare_users(recommender, range(1, args.users + 1))
+            progress(f"{len(prepared)} warm users' candidates scored in {time.perf_counter() - began:.1f} s")
+            policy_config = load_config("policy")
+            arms = [("greedy", None), ("bandit", None), ("greedy + shift", args.shift_day), ("bandit + shift", args.shift_day)]
+            days, logs = {}, {}
+            for label, shift_day in arms:
+                with throwaway_database(prefix="wt13_fblog") as log_pg:
+                    ensure_database(log_pg)
+                    conn = psycopg.connect(log_pg.conninfo())
+                    create_schema(conn)
+                    load_frames(conn, "items", [shop.items()], source="catalogue")
+                    policy = GreedyPolicy() if label.startswith("greedy") else BanditPolicy.untrained(recommender.context_columns, policy_config)
+                    loop = FeedbackLoop(conn, recommender, SimulatedShoppers(shop, pd.Timestamp(start), seed=args.seed), prepared, start)
+                    began = time.perf_counter()
+                    config = LoopConfig(days=args.days, users_per_day=args.users_per_day, k=args.k, shift_day=shift_day,
+                                        shift_fraction=args.shift_fraction, seed=args.seed)
+                    days[label] = loop.run(policy, config, label)
+                    progress(f"arm {label}: {args.days} days in {time.perf_counter() - began:.0f} s")
+                    if label == "bandit":
+                        logs[label] = read_feedback(conn, start, start + dt.timedelta(days=args.days))
+                        learned = policy
+                        last = start + dt.timedelta(days=args.days)
+                        user_fb = conn.execute("SELECT DISTINCT ON (user_id) * FROM interest.user_feedback_daily WHERE "
+                                               "event_timestamp <= %s ORDER BY user_id, event_timestamp DESC", (last,)).fetchall()
+                        item_fb = conn.execute("SELECT DISTINCT ON (item_id) * FROM interest.item_feedback_daily WHERE "
+                                               "event_timestamp <= %s ORDER BY item_id, event_timestamp DESC", (last,)).fetchall()
+                        conn.commit()
+                    conn.close()
+            report_arms(days, args)
+            report_off_policy(logs["bandit"], recommender, shop, start, policy_config, learned, args)
+            report_latency(pipeline, recommender, user_fb, item_fb, prepared, args)
+    print(f"load at end {load_average()}")
+
+
+def report_arms(days: dict, args) -> None:
+    import numpy as np
+
+    rows = []
+    for label, frame in days.items():
+        thirds = np.array_split(frame.regret.to_numpy(), 3)
+        alarms = frame.day[frame.drifted].tolist()
+        after = frame[frame.day >= args.shift_day]
+        rows.append([label, frame.clicks.sum() / frame.impressions.sum(), frame.purchases.sum() / frame.impressions.sum(),
+                     frame.purchases.sum() / max(1, frame.clicks.sum()), after.clicks.sum() / after.impressions.sum(),
+                     frame.coverage.iloc[-1], frame.intra_list_distance.mean(), frame.regret.sum(),
+                     " / ".join(f"{t.sum():.0f}" for t in thirds), ", ".join(map(str, alarms)) or "none"])
+    print("\nArms (same users on the same days):")
+    print(table(["arm", "CTR", "CVR/impr", "CVR/click", f"CTR days >= {args.shift_day}", "coverage", "intra-list dist.",
+                 "cum. regret (clicks)", "regret by thirds", "drift alarms (day)"], rows))
+    base, bandit = days["greedy"], days["bandit"]
+    ctr = lambda f: f.clicks.sum() / f.impressions.sum()  # noqa: E731
+    print(f"bandit vs greedy, cumulative CTR: {ctr(bandit) / ctr(base) - 1:+.1%}; expected clicks (policy's own "
+          f"randomness): {bandit.expected_clicks.sum() / base.expected_clicks.sum() - 1:+.1%}")
+    for label in ("greedy", "bandit"):
+        shifted = days[f"{label} + shift"]
+        lost = ctr(days[label][days[label].day >= args.shift_day]) - ctr(shifted[shifted.day >= args.shift_day])
+        print(f"{label}: CTR lost to the shift over days >= {args.shift_day}: {lost:.4f}")
+    print("per-day figures:")
+    import pandas as pd
+    with pd.option_context("display.width", 250, "display.max_rows", 500, "display.float_format", "{:.4f}".format):
+        print(pd.concat(days.values())[["policy", "day", "impressions", "clicks", "purchases", "expected_clicks",
+                                         "oracle_clicks", "regret", "coverage", "intra_list_distance", "drift_p_value",
+                                         "drifted"]].to_string(index=False))
+
+
+def report_off_policy(log, recommender, shop, start, policy_config, learned, args) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from interest_models.evaluation.replay import off_policy_table
+    from interest_models.policies.learning import logged_requests
+    from interest_models.policies.reranking import BanditPolicy, GreedyPolicy
+    from interest_models.registry.policy_registry import PolicyRegistry  # noqa: F401
+    from interest_models.simulation.shoppers import SimulatedShoppers
+
+    recommendations, impressions = log
+    embeddings = lambda ids: recommender.unit_text[recommender.vocabulary.index_of(ids)]  # noqa: E731
+    # Deterministic targets replayed on every logged request: the blend, the bandit's prior
+    # (the blend's order with the diversity term) and the bandit as learned by the last day.
+    no_exploration = {**policy_config, "exploration": 0.0}
+    targets = {"greedy": GreedyPolicy(),
+               "bandit prior, no exploration": BanditPolicy(recommender.policies["bandit"].bandit, no_exploration),
+               "bandit learned, no exploration": BanditPolicy(learned.bandit, no_exploration)}
+    began = time.perf_counter()
+    ope, exponent = off_policy_table(recommendations, impressions, targets, embeddings)
+    shoppers = SimulatedShoppers(shop, pd.Timestamp(start), seed=args.seed)
+    requests = logged_requests(recommendations, embeddings)
+    rows = []
+    for name, target in targets.items():
+        total = shown = 0.0
+        for request, user_id, ids, k in zip(requests, recommendations.user_id, recommendations.candidate_item_ids, recommendations.k):
+            marginals = target.marginals(request, int(k))
+            total += float((shoppers.attraction(int(user_id), np.asarray(ids)) @ marginals) @ shoppers.examination(np.arange(1, k + 1)))
+            shown += k
+        truth = total / shown
+        for _, row in ope[(ope.policy == name) & (ope.metric == "CTR")].iterrows():
+            rows.append([name, row.weighting, row.estimator, row.estimate, row.low, row.high, truth,
+                         "yes" if row.low <= truth <= row.high else "NO", row.max_weight])
+    print(f"\nOff-policy CTR from the bandit arm's log ({len(recommendations)} lists, {len(impressions)} impressions; "
+          f"{time.perf_counter() - began:.1f} s; examination exponent fitted on its random lists: {exponent:.2f}, "
+          f"true {SimulatedShoppers(shop, pd.Timestamp(start)).position_exponent}), against each target's true expected "
+          f"CTR on the same requests:")
+    print(table(["target", "weighting", "estimator", "estimate", "95% low", "95% high", "truth", "covered", "max weight"],
+                [[r[0], r[1], r[2], *[round(x, 4) for x in r[3:7]], r[7], r[8]] for r in rows]))
+    print("(no population shift in this arm; the truth uses the shoppers' preferences at day 0)")
+
+
+def report_latency(pipeline, recommender, user_fb, item_fb, prepared, args) -> None:
+    import numpy as np
+
+    conn = pipeline.conn
+    with conn.cursor() as cur:
+        # The bandit arm's last feedback rows, restamped to now, so the online store serves them.
+        now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+        cur.executemany("INSERT INTO interest.user_feedback_daily VALUES (%s, %s, now(), %s, %s, %s, %s, %s, %s, %s, %s) "
+                        "ON CONFLICT DO NOTHING", [(r[0], now, *r[3:]) for r in user_fb])
+        cur.executemany("INSERT INTO interest.item_feedback_daily VALUES (%s, %s, now(), %s, %s, %s, %s, %s, %s, %s) "
+                        "ON CONFLICT DO NOTHING", [(r[0], now, *r[3:]) for r in item_fb])
+    conn.commit()
+    pipeline.materialize()
+    recommender.item_feedback.values = recommender.item_feedback.read()
+    users = list(prepared)[: args.latency_requests]
+    cpu = {"greedy": [], "bandit": []}
+    for user_id in users * 2:  # the first pass warms caches; only the second is kept
+        for policy in ("greedy", "bandit") if user_id % 2 else ("bandit", "greedy"):
+            began = time.process_time()
+            recommender.recommend(user_id, k=args.k, policy=policy)
+            cpu[policy].append(time.process_time() - began)
+    kept = {p: np.array(v[len(users):]) * 1000 for p, v in cpu.items()}
+    print(f"\nCPU per recommend() call in process ({len(users)} users, k={args.k}, one torch thread; both policies read "
+          f"the user_feedback features and build the logged context):")
+    print(table(["policy", "mean ms", "p50 ms", "p95 ms"],
+                [[p, float(v.mean()), float(np.median(v)), float(np.quantile(v, 0.95))] for p, v in kept.items()]))
+    print(f"bandit adds {kept['bandit'].mean() - kept['greedy'].mean():.3f} ms CPU per request "
+          f"(ratio {kept['bandit'].mean() / kept['greedy'].mean():.3f})")
+    # The policy step alone (what differs between the two), on the same prepared requests.
+    rng = np.random.default_rng(0)
+    requests = []
+    for user_id in users:
+        user, outputs, scored = prepared[user_id]
+        user = recommender.online_user(user_id, feedback=True)
+        requests.append(recommender.policy_request(user, outputs, scored, args.k)[0])
+    step = {}
+    for policy in ("greedy", "bandit"):
+        chosen = recommender.policies[policy]
+        began = time.process_time()
+        for _ in range(5):
+            for request in requests:
+                chosen.choose(request, args.k, rng)
+        step[policy] = (time.process_time() - began) / (5 * len(requests)) * 1000
+    print(f"policy step alone (context built, then choose), mean CPU: greedy {step['greedy']:.3f} ms, "
+          f"bandit {step['bandit']:.3f} ms (difference {step['bandit'] - step['greedy']:.3f} ms)")
+
+
+if __name__ == "__main__":
+    main()
