@@ -19,7 +19,7 @@ def _examination(size: int, exponent: float | None) -> np.ndarray:
 
 def replay(recommendations: pd.DataFrame, impressions: pd.DataFrame, target, reward_models: list[LinearUCB],
            folds: np.ndarray, reward: str = "clicked", embeddings: EmbeddingLookup | None = None,
-           weighting: str = "item-position", exponent: float | None = None) -> ReplayedLists:
+           weighting: str = "item-position", exponent: float | None = None, requests=None, shown=None) -> ReplayedLists:
     """The logged lists as the target policy would have chosen them.
 
     Args:
@@ -29,11 +29,12 @@ def replay(recommendations: pd.DataFrame, impressions: pd.DataFrame, target, rew
         weighting: "item-position" or "position-based" (``off_policy``'s module docstring).
         exponent: the examination model ``theta_j = j ** -exponent`` (None: 1 / log2(j + 1)),
             for the reward model and the position-based weights.
+        requests, shown: ``logged_requests`` and ``shown_rows`` of the log when already built.
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r} (known: {', '.join(WEIGHTINGS)})")
-    requests = logged_requests(recommendations, embeddings)
-    shown = shown_rows(recommendations, impressions)
+    requests = logged_requests(recommendations, embeddings) if requests is None else requests
+    shown = shown_rows(recommendations, impressions) if shown is None else shown
     k = max((len(s) for s in shown), default=0)
     n = len(requests)
     arrays = {name: np.zeros((n, k)) for name in ("reward", "weight", "control", "direct", "model")}
@@ -47,12 +48,12 @@ def replay(recommendations: pd.DataFrame, impressions: pd.DataFrame, target, rew
                                                   request.n, float(recommendations.exploration.iloc[i]))
         theta = _examination(size, exponent)
         attraction = reward_models[folds[i]].expected_attraction(request.context)  # (n_candidates,)
-        logged_row = rows.row.to_numpy()
-        positions = rows.position.to_numpy() - 1
+        logged_row = rows.row
+        positions = rows.position - 1
         present[i, positions] = True
-        arrays["reward"][i, positions] = rows[reward].to_numpy(np.float64)
+        arrays["reward"][i, positions] = rows.reward(reward)
         if weighting == "item-position":
-            logged = rows.propensity.to_numpy()
+            logged = rows.propensity
             arrays["weight"][i, positions] = target_marginals[logged_row, positions] / logged
             arrays["control"][i, positions] = 1.0
         else:
@@ -84,6 +85,7 @@ def off_policy_table(recommendations: pd.DataFrame, impressions: pd.DataFrame, t
     random_lists = impressions[impressions.explored]
     exponent = fit_position_bias(random_lists.position.to_numpy(), random_lists.clicked.to_numpy())
     folds = np.arange(len(recommendations)) % 2
+    requests, shown = logged_requests(recommendations, embeddings), shown_rows(recommendations, impressions)
     rows = []
     for reward, label in (("clicked", "CTR"), ("purchased", "CVR")):
         models = []
@@ -95,7 +97,8 @@ def off_policy_table(recommendations: pd.DataFrame, impressions: pd.DataFrame, t
                      "lists": len(recommendations), "max_weight": 1.0})
         for name, target in targets.items():
             for weighting in WEIGHTINGS:
-                lists = replay(recommendations, impressions, target, models, folds, reward, embeddings, weighting, exponent)
+                lists = replay(recommendations, impressions, target, models, folds, reward, embeddings, weighting, exponent,
+                               requests, shown)
                 for estimator, row in estimate(lists, n_boot, seed).iterrows():
                     rows.append({"policy": name, "metric": label, "weighting": weighting, "estimator": estimator, **row.to_dict()})
     return pd.DataFrame(rows), exponent

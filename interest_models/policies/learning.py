@@ -1,6 +1,7 @@
 """Learning a policy from the impression log, and the log read back as policy requests."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -25,16 +26,44 @@ def logged_requests(recommendations: pd.DataFrame, embeddings: EmbeddingLookup |
     return requests
 
 
-def shown_rows(recommendations: pd.DataFrame, impressions: pd.DataFrame) -> list[pd.DataFrame]:
-    """Per logged list (in ``recommendations`` order): its impressions by position, with
-    ``row``, the shown item's row among the list's candidates."""
-    by_list = {key: group.sort_values("position") for key, group in impressions.groupby("recommendation_id", sort=False)}
+@dataclass
+class ShownItems:
+    """One logged list's impressions by position: (k,) arrays."""
+
+    row: np.ndarray          # the shown item's row among the list's candidates
+    position: np.ndarray     # 1-based
+    propensity: np.ndarray
+    clicked: np.ndarray
+    purchased: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def reward(self, name: str) -> np.ndarray:
+        """The ``clicked`` or ``purchased`` column as float64."""
+        if name not in ("clicked", "purchased"):
+            raise ValueError(f"unknown reward {name!r} (known: clicked, purchased)")
+        return getattr(self, name).astype(np.float64)
+
+
+def shown_rows(recommendations: pd.DataFrame, impressions: pd.DataFrame) -> list[ShownItems]:
+    """Per logged list (in ``recommendations`` order): its impressions by position, with the
+    shown item's row among the list's candidates."""
+    ordered = impressions.sort_values(["recommendation_id", "position"], kind="stable")
+    ids = ordered.recommendation_id.to_numpy()
+    columns = {name: ordered[name].to_numpy() for name in ("item_id", "position", "propensity", "clicked", "purchased")}
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.empty(0, np.int64)
+    bounds = dict(zip(ids[starts], zip(starts, np.r_[starts[1:], len(ids)])))
     out = []
-    for rec_id, ids in zip(recommendations.recommendation_id, recommendations.candidate_item_ids):
-        group = by_list.get(rec_id, impressions.iloc[:0]).copy()
-        row_of = {int(item): row for row, item in enumerate(ids)}
-        group["row"] = [row_of[int(item)] for item in group.item_id]
-        out.append(group)
+    for rec_id, candidates in zip(recommendations.recommendation_id, recommendations.candidate_item_ids):
+        begin, end = bounds.get(rec_id, (0, 0))
+        candidates = np.asarray(candidates, np.int64)
+        items = columns["item_id"][begin:end].astype(np.int64)
+        sorter = np.argsort(candidates, kind="stable")
+        rows = sorter[np.searchsorted(candidates, items, sorter=sorter)] if len(items) else np.empty(0, np.int64)
+        out.append(ShownItems(rows.astype(np.int64), columns["position"][begin:end].astype(np.int64),
+                              columns["propensity"][begin:end].astype(np.float64), columns["clicked"][begin:end].astype(bool),
+                              columns["purchased"][begin:end].astype(bool)))
     return out
 
 
@@ -47,11 +76,11 @@ def training_rows(recommendations: pd.DataFrame, impressions: pd.DataFrame, rewa
     keep = range(len(requests)) if lists is None else lists
     contexts, positions, rewards = [], [], []
     for n in keep:
-        if requests[n].context.shape[1] == 0 or shown[n].empty:
+        if requests[n].context.shape[1] == 0 or len(shown[n]) == 0:
             continue
-        contexts.append(requests[n].context[shown[n].row.to_numpy()])
-        positions.append(shown[n].position.to_numpy())
-        rewards.append(shown[n][reward].to_numpy(np.float64))
+        contexts.append(requests[n].context[shown[n].row])
+        positions.append(shown[n].position)
+        rewards.append(shown[n].reward(reward))
     if not contexts:
         return np.zeros((0, 0)), np.zeros(0), np.zeros(0)
     return np.vstack(contexts), np.concatenate(positions), np.concatenate(rewards)

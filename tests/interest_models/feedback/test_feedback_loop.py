@@ -180,17 +180,17 @@ def test_a_failed_log_write_is_counted_and_retried(shop_models, caplog):
 def test_simulated_days_learn_log_and_evaluate_off_policy(shop_models, log_db, tmp_path, monkeypatch):
     shop_settings, pipeline, _, recommender = shop_models
     shop = SyntheticShop(SHOP)
-    prepared = prepare_users(recommender, range(1, 161))
-    config = LoopConfig(days=6, users_per_day=120, k=5, seed=1)
+    prepared = prepare_users(recommender, range(1, 91))
+    config = LoopConfig(days=4, users_per_day=80, k=5, seed=1)
     policy_config = load_config("policy", {"exploration": 0.2})
     bandit = BanditPolicy.untrained(recommender.context_columns, policy_config)
     loop = FeedbackLoop(log_db, recommender, SimulatedShoppers(shop, pd.Timestamp(START)), prepared, START)
     days = loop.run(bandit, config, "bandit")
-    assert (days.lists == 120).all() and (days.impressions == 600).all()
+    assert (days.lists == 80).all() and (days.impressions == 400).all()
     assert (days.expected_clicks <= days.oracle_clicks + 1e-9).all()
-    assert days.learned_impressions.iloc[-1] == 600 and bandit.bandit.observations == 6 * 600
+    assert days.learned_impressions.iloc[-1] == 400 and bandit.bandit.observations == 4 * 400
     assert days.coverage.is_monotonic_increasing and 0 < days.coverage.iloc[-1] <= 1
-    recommendations, impressions = read_feedback(log_db, START, START + dt.timedelta(days=6))
+    recommendations, impressions = read_feedback(log_db, START, START + dt.timedelta(days=4))
     assert impressions.clicked.sum() == days.clicks.sum() and impressions.purchased.sum() == days.purchases.sum()
 
     # Off-policy: the greedy blend's CTR from the bandit's log vs the greedy blend run on the same days.
