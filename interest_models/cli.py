@@ -1,4 +1,4 @@
-"""The model commands of ``interest``: train, models (list, serve), serve, policy (evaluate, update).
+"""The model commands of ``interest``: train, models (list, serve), serve, policy (update, evaluate, drift).
 
 ``commands`` is a click group whose commands the root ``interest`` command line
 (``interest_shift.cli``) mounts at its top level. Heavy modules are imported inside
@@ -220,3 +220,21 @@ def policy_update(days, serve) -> None:
         registry.set_serving(version)
     click.echo(f"policy {version}: learned from {learned:,} impressions logged {since:%Y-%m-%d %H:%M} to "
                f"{until:%Y-%m-%d %H:%M} UTC" + (" (now serving)" if serve else ""))
+
+
+@policy.command("drift")
+@click.option("--days", default=7, show_default=True, type=click.IntRange(1), help="Days to report, up to the newest event.")
+@click.option("--window", default=7, show_default=True, type=click.IntRange(1), help="Days each day is compared with.")
+def policy_drift(days, window) -> None:
+    """Drift of the population's click mix by category and of the logged CTR, day by day."""
+    from interest_models.feedback.drift import daily_signals
+    from materialize.database.server import connect
+
+    with connect(load_settings().postgres) as conn:
+        signals = daily_signals(conn, days, window)
+    if not signals:
+        raise click.ClickException("no events to monitor")
+    click.echo(f"{'day':<10}  {'JS div.':>8}  {'p-value':>9}  {'CTR':>7}  {f'CTR {window}d':>7}  drift")
+    for s in signals:
+        click.echo(f"{s.day!s:<10}  {s.divergence:8.4f}  {s.p_value:9.2e}  {s.ctr:7.4f}  {s.baseline_ctr:7.4f}  "
+                   f"{'DRIFT' if s.drifted else '-'}")

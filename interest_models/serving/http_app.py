@@ -410,6 +410,7 @@ def create_app(settings: Settings, registry_root: Path, api_key: str, version: s
         return RecommendResponse(
             user_id=request.user_id, cold_start=False, degraded=True, model_version=state.fallback_version,
             items=[RecommendedItemOut(item_id=i, score=0.0, reasons=["popular right now"]) for i in pool[: request.k]],
+            policy="popular", policy_version="popular",  # not logged: no recommendation_id
         )
 
     @app.get("/users/{user_id}/interests", response_model=InterestsResponse, dependencies=[Depends(require_key)])

@@ -221,6 +221,12 @@ def test_simulated_days_learn_log_and_evaluate_off_policy(shop_models, log_db, t
         assert word in evaluated.output
     again = runner.invoke(commands, ["policy", "update"])  # nothing new since: learns from no impression
     assert again.exit_code == 0 and "learned from 0 impressions" in again.output, again.output
+    drift = runner.invoke(commands, ["policy", "drift", "--days", "2", "--window", "2"])
+    assert drift.exit_code == 0, drift.output
+    lines = drift.output.strip().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith(f"{START.date() + dt.timedelta(days=3)}")
+    ctr_day_4 = days.clicks.iloc[3] / days.impressions.iloc[3]
+    assert f"{ctr_day_4:7.4f}" in lines[-1]
 
 
 def _expected_ctr(recommender, shop, recommendations, policy) -> float:

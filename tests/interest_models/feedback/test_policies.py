@@ -130,13 +130,24 @@ def test_off_policy_intervals_cover_the_true_ctr_of_another_policy():
     assert estimate(same, n_boot=10).loc["IPS", "estimate"] == pytest.approx(same.reward.mean())
 
 
-def test_drift_monitor_flags_a_changed_click_mix_and_not_noise():
+def _day_of_clicks(rng, preference, users=300):
+    """One day's clicks per category: each user clicks a few times, mostly in one category of
+    their own (overdispersed, as real and simulated days are)."""
+    favourite = rng.choice(len(preference), users, p=preference)
+    clicks = np.zeros(len(preference))
+    for category, n in zip(favourite, rng.poisson(1.5, users)):
+        own = rng.multinomial(n, np.where(np.arange(len(preference)) == category, 0.8, 0.2 / (len(preference) - 1)))
+        clicks += own
+    return clicks
+
+
+def test_drift_monitor_flags_a_changed_click_mix_and_not_user_noise():
     rng = np.random.default_rng(5)
-    monitor = DriftMonitor(window_days=5)
-    before, after = np.array([0.5, 0.3, 0.1, 0.1]), np.array([0.2, 0.3, 0.1, 0.4])
-    flags = [monitor.observe(day, rng.multinomial(400, before), 4000, 400).drifted for day in range(15)]
+    monitor = DriftMonitor(window_days=7)
+    before, after = np.array([0.4, 0.3, 0.2, 0.1]), np.array([0.25, 0.3, 0.2, 0.25])
+    flags = [monitor.observe(day, _day_of_clicks(rng, before), 4000, 400).drifted for day in range(40)]
     assert not any(flags)
-    assert monitor.observe(15, rng.multinomial(400, after), 4000, 400).drifted
+    assert monitor.observe(40, _day_of_clicks(rng, after), 4000, 400).drifted
     assert js_divergence(before, before) == pytest.approx(0.0)
 
 
