@@ -153,9 +153,11 @@ def report_arms(days: dict, args) -> None:
         thirds = np.array_split(frame.regret.to_numpy(), 3)
         alarms = frame.day[frame.drifted].tolist()
         after = frame[frame.day >= args.shift_day]
-        rows.append([label, frame.clicks.sum() / frame.impressions.sum(), frame.purchases.sum() / frame.impressions.sum(),
-                     frame.purchases.sum() / max(1, frame.clicks.sum()), after.clicks.sum() / after.impressions.sum(),
-                     frame.coverage.iloc[-1], frame.intra_list_distance.mean(), frame.regret.sum(),
+        rows.append([label, *[f"{x:.4f}" for x in (frame.clicks.sum() / frame.impressions.sum(),
+                                                   frame.purchases.sum() / frame.impressions.sum(),
+                                                   frame.purchases.sum() / max(1, frame.clicks.sum()),
+                                                   after.clicks.sum() / after.impressions.sum(), frame.coverage.iloc[-1],
+                                                   frame.intra_list_distance.mean())], frame.regret.sum(),
                      " / ".join(f"{t.sum():.0f}" for t in thirds), ", ".join(map(str, alarms)) or "none"])
     print("\nArms (same users on the same days):")
     print(table(["arm", "CTR", "CVR/impr", "CVR/click", f"CTR days >= {args.shift_day}", "coverage", "intra-list dist.",
@@ -214,7 +216,7 @@ def report_off_policy(log, recommender, shop, start, policy_config, learned, arg
           f"true {SimulatedShoppers(shop, pd.Timestamp(start)).position_exponent}), against each target's true expected "
           f"CTR on the same requests:")
     print(table(["target", "weighting", "estimator", "estimate", "95% low", "95% high", "truth", "covered", "max weight"],
-                [[r[0], r[1], r[2], *[round(x, 4) for x in r[3:7]], r[7], r[8]] for r in rows]))
+                [[r[0], r[1], r[2], *[f"{x:.4f}" for x in r[3:7]], r[7], f"{r[8]:.1f}"] for r in rows]))
     print("(no population shift in this arm; the truth uses the shoppers' preferences at day 0)")
 
 
