@@ -144,5 +144,6 @@ def test_an_emptied_online_store_is_refilled_by_the_next_materialize(pipeline):
             sql.Identifier(store.config.online_store.db_schema, online_table_name(store.project, view))))
     pipeline.conn.commit()
     report = pipeline.materialize()
-    assert sorted(report.first_time) == ["item_catalog", "user_activity"]
+    never_filled = {view for view, rows in before.items() if rows == 0}  # the feedback views: no recommendation logged
+    assert sorted(set(report.first_time) - never_filled) == ["item_catalog", "user_activity"]
     assert report.online_rows == before and before["user_activity"] > 0
