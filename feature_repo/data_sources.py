@@ -35,8 +35,9 @@ item_daily_source = _source("item_daily_features")
 item_catalog_source = _source("item_catalog")
 item_embedding_source = _source("item_embeddings")
 category_daily_source = _source("category_daily_features")
-user_feedback_source = _source("user_feedback_daily")  # impressions joined to events (issue 13)
-item_feedback_source = _source("item_feedback_daily")
+if not SPARK_PROFILE:  # the impression log lives in PostgreSQL: the spark profile has no feedback views (issue 13)
+    user_feedback_source = _source("user_feedback_daily")  # impressions joined to events
+    item_feedback_source = _source("item_feedback_daily")
 
 # Services push a user's recomputed rows here after new events (online store only; the
 # offline tables are written by `interest build`).

@@ -5,14 +5,13 @@ category), plus event_timestamp for training.
 """
 from feast import FeatureService
 
+from data_sources import SPARK_PROFILE
 from feature_views import (
     category_trends,
     item_catalog,
-    item_feedback,
     item_popularity,
     item_text_embedding,
     user_activity,
-    user_feedback,
     user_interest_embedding,
     user_interest_shift,
     user_recent_sequence,
@@ -53,8 +52,11 @@ item_embedding_serving = FeatureService(
     description="Item embeddings for candidate generation",
 )
 
-feedback_serving = FeatureService(
-    name="feedback_serving",
-    features=[user_feedback, item_feedback],
-    description="Feedback on logged recommendations, the bandit policy's context",
-)
+if not SPARK_PROFILE:  # the feedback views exist in the postgres profile only
+    from feature_views import item_feedback, user_feedback
+
+    feedback_serving = FeatureService(
+        name="feedback_serving",
+        features=[user_feedback, item_feedback],
+        description="Feedback on logged recommendations, the bandit policy's context",
+    )

@@ -10,13 +10,12 @@ from feast import FeatureView, Field
 from feast.types import Array, Bool, Float32, Float64, Int32, Int64
 
 from data_sources import (
+    SPARK_PROFILE,
     category_daily_source,
     item_catalog_source,
     item_daily_source,
     item_embedding_source,
-    item_feedback_source,
     user_daily_push,
-    user_feedback_source,
     user_interest_embedding_push,
     user_sequence_push,
 )
@@ -156,37 +155,41 @@ category_trends = FeatureView(
 # Feedback on logged recommendations (impressions joined to events by recommendation_id,
 # interest_models/feedback): counts over 7 days, CTR, CVR and a position-corrected CTR
 # (clicks per impression discounted by 1 / log2(position + 1)).
-user_feedback = FeatureView(
-    name="user_feedback",
-    entities=[user],
-    ttl=timedelta(days=8),
-    schema=[
-        Field(name="impressions_7d", dtype=Int32),
-        Field(name="clicks_7d", dtype=Int32),
-        Field(name="purchases_7d", dtype=Int32),
-        Field(name="ctr_7d", dtype=Float64),
-        Field(name="cvr_7d", dtype=Float64),
-        Field(name="debiased_ctr_7d", dtype=Float64),
-        Field(name="category_clicks_7d", dtype=Array(Float32)),
-        Field(name="category_exposure_7d", dtype=Array(Float32)),
-    ],
-    source=user_feedback_source,
-    description="The user's answers to logged recommendations over 7 days, overall and per category",
-)
+# Not in the spark profile (the log is in PostgreSQL).
+if not SPARK_PROFILE:
+    from data_sources import item_feedback_source, user_feedback_source
 
-item_feedback = FeatureView(
-    name="item_feedback",
-    entities=[item],
-    ttl=timedelta(days=8),
-    schema=[
-        Field(name="item_impressions_7d", dtype=Int32),
-        Field(name="item_clicks_7d", dtype=Int32),
-        Field(name="item_purchases_7d", dtype=Int32),
-        Field(name="item_ctr_7d", dtype=Float64),
-        Field(name="item_cvr_7d", dtype=Float64),
-        Field(name="item_exposure_7d", dtype=Float32),
-        Field(name="item_debiased_ctr_7d", dtype=Float64),
-    ],
-    source=item_feedback_source,
-    description="How shoppers answered the item in logged recommendations over 7 days",
-)
+    user_feedback = FeatureView(
+        name="user_feedback",
+        entities=[user],
+        ttl=timedelta(days=8),
+        schema=[
+            Field(name="impressions_7d", dtype=Int32),
+            Field(name="clicks_7d", dtype=Int32),
+            Field(name="purchases_7d", dtype=Int32),
+            Field(name="ctr_7d", dtype=Float64),
+            Field(name="cvr_7d", dtype=Float64),
+            Field(name="debiased_ctr_7d", dtype=Float64),
+            Field(name="category_clicks_7d", dtype=Array(Float32)),
+            Field(name="category_exposure_7d", dtype=Array(Float32)),
+        ],
+        source=user_feedback_source,
+        description="The user's answers to logged recommendations over 7 days, overall and per category",
+    )
+
+    item_feedback = FeatureView(
+        name="item_feedback",
+        entities=[item],
+        ttl=timedelta(days=8),
+        schema=[
+            Field(name="item_impressions_7d", dtype=Int32),
+            Field(name="item_clicks_7d", dtype=Int32),
+            Field(name="item_purchases_7d", dtype=Int32),
+            Field(name="item_ctr_7d", dtype=Float64),
+            Field(name="item_cvr_7d", dtype=Float64),
+            Field(name="item_exposure_7d", dtype=Float32),
+            Field(name="item_debiased_ctr_7d", dtype=Float64),
+        ],
+        source=item_feedback_source,
+        description="How shoppers answered the item in logged recommendations over 7 days",
+    )

@@ -47,7 +47,9 @@ class PolicyRegistry:
         staging.mkdir(parents=True)
         policy.bandit.save(staging)
         checksums = {path.name: _sha256(path) for path in sorted(staging.iterdir())}
-        version = f"p{created:%Y%m%d-%H%M%S}-{hashlib.sha256(''.join(checksums.values()).encode()).hexdigest()[:8]}"
+        # The creation time enters the hash: two saves of the same statistics in one second get two versions.
+        digest = hashlib.sha256((created.isoformat() + "".join(checksums.values())).encode()).hexdigest()[:8]
+        version = f"p{created:%Y%m%d-%H%M%S}-{digest}"
         manifest = {
             "version": version, "created_at": created.isoformat(), "policy": policy.name, "config": policy.config,
             "context_columns": context_columns, "observations": policy.bandit.observations, "checksums": checksums,

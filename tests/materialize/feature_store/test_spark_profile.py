@@ -84,7 +84,9 @@ def test_training_frames_equal(applied):
 def test_spark_engine_materializes_the_same_online_values(applied):
     end = dt.datetime(2026, 10, 2, tzinfo=dt.timezone.utc)  # after the shop's last day; fixed so that ttl windows agree
     reports = {name: profile.materialize(end) for name, profile in (("postgres", applied.postgres), ("spark", applied.spark))}
-    assert reports["spark"].online_rows == reports["postgres"].online_rows
+    postgres_only = set(reports["postgres"].online_rows) - set(reports["spark"].online_rows)
+    assert postgres_only <= {"user_feedback", "item_feedback"}  # issue 13's feedback views: PostgreSQL profile only
+    assert reports["spark"].online_rows == {v: n for v, n in reports["postgres"].online_rows.items() if v not in postgres_only}
     assert reports["spark"].online_rows["user_activity"] > 300
     conn = applied.postgres.conn
     users = [{"user_id": int(u)} for u in fetch_frame(conn, "SELECT DISTINCT user_id FROM interest.events").user_id]
