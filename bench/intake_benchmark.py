@@ -369,10 +369,16 @@ def main(argv=None) -> None:
         if args.before:
             subprocess.run(["git", "-C", str(PROJECT_DIR), "worktree", "add", "--detach", str(worktree), args.before],
                            check=True, capture_output=True)
-            with serve(args, {**env, "PYTHONPATH": str(worktree)}, worktree) as server:
-                wait_ready(args.port, server)
-                results["before"] = {"ref": args.before, **intake_phase(args, shop, pgdata, home, 1, with_ids=False,
-                                                                       freshness=False)}
+            (home / "feature_repo").unlink()  # REF's service reads REF's repo (its yaml keys), the same registries
+            (home / "feature_repo").symlink_to(worktree / "feature_repo")
+            try:
+                with serve(args, {**env, "PYTHONPATH": str(worktree)}, worktree) as server:
+                    wait_ready(args.port, server)
+                    results["before"] = {"ref": args.before, **intake_phase(args, shop, pgdata, home, 1, with_ids=False,
+                                                                           freshness=False)}
+            finally:
+                (home / "feature_repo").unlink()
+                (home / "feature_repo").symlink_to(PROJECT_DIR / "feature_repo")
         with serve(args, env, PROJECT_DIR) as server:
             wait_ready(args.port, server)
             results["load_average_before"] = load_average()
