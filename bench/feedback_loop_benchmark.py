@@ -57,15 +57,12 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     silence_known_warnings()
-    import numpy as np
     import pandas as pd
     import psycopg
     import torch
 
     from interest_models.config import load_config
-    from interest_models.evaluation.replay import off_policy_table
     from interest_models.feedback.impression_log import read_feedback
-    from interest_models.policies.learning import logged_requests
     from interest_models.policies.reranking import BanditPolicy, GreedyPolicy
     from interest_models.registry.model_registry import ModelRegistry
     from interest_models.serving.recommender import Recommender

@@ -284,6 +284,26 @@ def server_process(command: list[str], **popen_kwargs) -> Iterator[ServerProcess
             stop_process_group(process)
 
 
+def wait_ready(port: int, path: str, server: ServerProcess, timeout_s: float = 180) -> None:
+    """Poll ``GET path`` on loopback ``port`` until it answers 200; raise with the server's
+    log when the server exits or ``timeout_s`` passes."""
+    import http.client
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"the server exited: {server.log_tail()}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", path)
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the server on port {port} was not ready after {timeout_s} s: {server.log_tail()}")
+
+
 # ----------------------------------------------------------------------------- database
 
 

@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import (PROJECT_DIR, ServerProcess, fmt, load_average, machine_info, progress, server_process, stop_on_sigterm,
-                     table)
+from harness import (PROJECT_DIR, fmt, load_average, machine_info, progress, server_process, stop_on_sigterm, table,
+                     wait_ready)
 
 KEY = "benchmark-key"
 PROBE_USERS = 40          # shop users only the probe writes for
@@ -213,22 +213,6 @@ def probe(port: int, pgdata: str, home: str, users: list[int], items: list[int],
 # ----------------------------------------------------------------------------- phases
 
 
-def wait_ready(port: int, server: ServerProcess, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"the service exited: {server.log_tail()}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/ready")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the service was not ready after {timeout_s} s: {server.log_tail()}")
-
-
 def intake_phase(args, shop: dict, pgdata: Path, home: Path, batch: int, rate: float | None = None, with_ids: bool = True,
                  freshness: bool = True) -> dict:
     """Intake in batches of ``batch`` from ``args.clients`` clients, closed loop or at
@@ -373,14 +357,14 @@ def main(argv=None) -> None:
             (home / "feature_repo").symlink_to(worktree / "feature_repo")
             try:
                 with serve(args, {**env, "PYTHONPATH": str(worktree)}, worktree) as server:
-                    wait_ready(args.port, server)
+                    wait_ready(args.port, "/ready", server, timeout_s=300)
                     results["before"] = {"ref": args.before, **intake_phase(args, shop, pgdata, home, 1, with_ids=False,
                                                                            freshness=False)}
             finally:
                 (home / "feature_repo").unlink()
                 (home / "feature_repo").symlink_to(PROJECT_DIR / "feature_repo")
         with serve(args, env, PROJECT_DIR) as server:
-            wait_ready(args.port, server)
+            wait_ready(args.port, "/ready", server, timeout_s=300)
             results["load_average_before"] = load_average()
             results["intake"] = [intake_phase(args, shop, pgdata, home, batch, freshness=False) for batch in (1, 100)]
             results["freshness"] = [intake_phase(args, shop, pgdata, home, batch, rate)

@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from harness import ServerProcess, embedded_server_stopped_if_started, load_average, machine_info, server_process, stop_on_sigterm
+from harness import (ServerProcess, embedded_server_stopped_if_started, load_average, machine_info, server_process, stop_on_sigterm,
+                     wait_ready)
 
 KEY = "benchmark-key"
 SERVICE_PACKAGES = ("feast", "fastapi", "uvicorn", "gunicorn", "torch", "xgboost")
@@ -97,22 +98,6 @@ def client_for_duration(port: int, path: str, headers: dict[str, str], bodies: l
         samples.append((wall - start_at, time.perf_counter() - t))
         sent += 1
     return samples
-
-
-def wait_ready(port: int, path: str, server: ServerProcess, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"the server exited: {server.log_tail()}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", path)
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the server on port {port} was not ready after {timeout_s} s")
 
 
 def process_cpu_s(server: ServerProcess) -> float:

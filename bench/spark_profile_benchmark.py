@@ -108,7 +108,6 @@ def main() -> None:
     stop_on_sigterm()
     silence_known_warnings()
 
-    import numpy as np
     import pandas as pd
     import yaml
 
