@@ -17,7 +17,6 @@ from interest_models.config import load_config
 from interest_models.evaluation.replay import off_policy_table
 from interest_models.feedback.features import latest_feedback, refresh_feedback_features
 from interest_models.feedback.impression_log import ImpressionLogger, prune, read_feedback, write
-from interest_models.policies.learning import learn_from_log
 from interest_models.policies.reranking import BanditPolicy, GreedyPolicy
 from interest_models.registry.model_registry import ModelRegistry
 from interest_models.registry.policy_registry import PolicyRegistry

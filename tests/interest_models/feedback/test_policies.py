@@ -8,7 +8,7 @@ from interest_models.config import load_config
 from interest_models.evaluation.off_policy import ReplayedLists, estimate, fit_position_bias
 from interest_models.feedback.drift import DriftMonitor, js_divergence
 from interest_models.policies.context import UserState, build_context, context_columns
-from interest_models.policies.linear_bandit import LinearUCB, position_bias
+from interest_models.policies.linear_bandit import position_bias
 from interest_models.policies.reranking import BanditPolicy, GreedyPolicy, PolicyRequest, check_bounds
 from interest_models.policies.slate import diversified_order, draw, marginal_probabilities
 from interest_models.registry.model_registry import RegistryError
