@@ -198,9 +198,9 @@ def test_simulated_days_learn_log_and_evaluate_off_policy(shop_models, log_db, t
     assert 0.3 < exponent < 1.5  # the shoppers' examination is j ** -0.8
     # Whether the intervals cover the truth (the greedy blend's expected CTR on the same
     # logged requests) is the benchmark's figure, not a test: on 320 lists the estimates
-    # sit far above the truth with intervals that only just reach it, so coverage in one
-    # small sample is a coin toss (it failed once in CI). Here: every estimate is finite,
-    # inside its interval, and the intervals are ordered around the truth's scale.
+    # sit far above the truth (0.16 to 0.32 against 0.10 in one run here) with intervals
+    # that only just reach it, and the benchmark's intervals covered it in 4 to 9 of 9
+    # cases. Here: every estimate is finite, inside its interval, on the truth's scale.
     truth = _expected_ctr(recommender, shop, recommendations, GreedyPolicy())
     ctr = table[(table.policy == "greedy") & (table.metric == "CTR")].set_index(["weighting", "estimator"])
     for weighting in ("item-position", "position-based"):
@@ -212,7 +212,10 @@ def test_simulated_days_learn_log_and_evaluate_off_policy(shop_models, log_db, t
     # The same log through the command line: learn a bandit version, then evaluate it.
     (tmp_path / "feature_repo").symlink_to(shop_settings.feature_repo_dir)
     monkeypatch.setenv("INTEREST_HOME", str(tmp_path))
-    monkeypatch.setenv("INTEREST_PG_DB", log_db.info.dbname)
+    server = shop_settings.postgres  # the test's server (embedded or external), named explicitly: the
+    for name, value in {"HOST": server.host, "PORT": server.port, "DB": log_db.info.dbname, "USER": server.user,  # project
+                        "PASSWORD": server.password, "SSLMODE": server.sslmode}.items():  # folder has no server
+        monkeypatch.setenv(f"INTEREST_PG_{name}", str(value))
     runner = CliRunner()
     updated = runner.invoke(commands, ["policy", "update", "--days", "7", "--serve"])
     assert updated.exit_code == 0, updated.output
