@@ -77,8 +77,9 @@ def registry_for(project_dir: Path) -> "ModelRegistry":
     return ModelRegistry(Path(project_dir) / "models" / "registry")
 
 
-class ModelRegistry:
-    """Versions under ``root`` (default ``<project>/models/registry``)."""
+class VersionFolders:
+    """Version folders (each with a ``manifest.json``) under ``root``, and the ``SERVING``
+    pointer naming the one services load."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
@@ -92,12 +93,20 @@ class ModelRegistry:
         pointer = self.root / SERVING_POINTER
         return pointer.read_text().strip() if pointer.exists() else None
 
-    def set_serving(self, version: str) -> None:
-        """Mark ``version`` as the one services load (it must verify first)."""
-        self.verify_files(version)
+    def _point_serving_to(self, version: str) -> None:
+        """Replace the pointer atomically (a reader sees the old or the new version)."""
         tmp = self.root / f".{SERVING_POINTER}.tmp"
         tmp.write_text(version + "\n")
         tmp.replace(self.root / SERVING_POINTER)
+
+
+class ModelRegistry(VersionFolders):
+    """Versions under ``root`` (default ``<project>/models/registry``)."""
+
+    def set_serving(self, version: str) -> None:
+        """Mark ``version`` as the one services load (it must verify first)."""
+        self.verify_files(version)
+        self._point_serving_to(version)
 
     def listing(self) -> pd.DataFrame:
         rows = []

@@ -10,35 +10,18 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from pathlib import Path
 
 from interest_models.policies.linear_bandit import LinearUCB
 from interest_models.policies.reranking import BanditPolicy
-from interest_models.registry.model_registry import RegistryError, _sha256
-
-SERVING_POINTER = "SERVING"
+from interest_models.registry.model_registry import RegistryError, VersionFolders, _sha256
 
 
-class PolicyRegistry:
+class PolicyRegistry(VersionFolders):
     """Policy versions under ``root`` (``<model registry root>/policies``)."""
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
-
-    def versions(self) -> list[str]:
-        if not self.root.exists():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "manifest.json").exists())
-
-    def serving_version(self) -> str | None:
-        pointer = self.root / SERVING_POINTER
-        return pointer.read_text().strip() if pointer.exists() else None
-
     def set_serving(self, version: str) -> None:
-        self.manifest(version)
-        tmp = self.root / f".{SERVING_POINTER}.tmp"
-        tmp.write_text(version + "\n")
-        tmp.replace(self.root / SERVING_POINTER)
+        self.manifest(version)  # it must exist and verify
+        self._point_serving_to(version)
 
     def register(self, policy: BanditPolicy, context_columns: list[str], extra: dict | None = None) -> str:
         """Save the bandit's statistics and config as a new version; returns its name."""
