@@ -77,8 +77,8 @@ def _copy_frame(cur: psycopg.Cursor, table: str, frame: pd.DataFrame) -> None:
 def _quarantine(cur: psycopg.Cursor, report: IngestReport, sha: str, rejections: list[Rejection], unit: str) -> None:
     if not rejections:
         return
-    cur.execute("CREATE TEMP TABLE IF NOT EXISTS stage_quarantine (line bigint, field text, reason text, raw jsonb)")
-    cur.execute("TRUNCATE stage_quarantine")
+    cur.execute("CREATE TEMP TABLE IF NOT EXISTS stage_quarantine (line bigint, field text, reason text, raw jsonb); "
+                "TRUNCATE stage_quarantine")  # one round trip: no parameters, so one simple query
     with cur.copy("COPY stage_quarantine (line, field, reason, raw) FROM STDIN") as copy:
         for r in rejections:
             copy.write_row((r.line, r.field, r.reason, raw_json(r.raw)))
@@ -96,11 +96,20 @@ def _quarantine(cur: psycopg.Cursor, report: IngestReport, sha: str, rejections:
 
 
 # queues each user with a stored event for the online refresh; the lines stored
+# The endings of the insert statement: rows (kind, line, item_id), kind "unknown" for a
+# line naming an unknown item, "stored" for each stored line (online) or once with the
+# number stored in ``line`` (files).
 _STORED_LINES = """, queued AS (
             INSERT INTO interest.online_refresh_queue (user_id, first_event_at)
             SELECT user_id, min(event_timestamp) FROM stored GROUP BY user_id)
-        SELECT min(s.line) FROM stored JOIN stage_events s USING (user_id, event_timestamp, item_id, event_type)
+        SELECT 'unknown', line, item_id FROM unknown
+        UNION ALL
+        SELECT 'stored', min(s.line), NULL FROM stored JOIN stage_events s USING (user_id, event_timestamp, item_id, event_type)
         GROUP BY user_id, event_timestamp, item_id, event_type"""
+_STORED_COUNT = """
+        SELECT 'unknown', line, item_id FROM unknown
+        UNION ALL
+        SELECT 'stored', count(*), NULL FROM stored"""
 
 
 def _load_events_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clean: pd.DataFrame, chunk: RawChunk,
@@ -112,21 +121,38 @@ def _load_events_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clea
         """
         CREATE TEMP TABLE IF NOT EXISTS stage_events (
             line bigint, user_id bigint, item_id bigint, event_type smallint,
-            event_timestamp timestamptz, price numeric(14, 2), session_id text, event_id text, recommendation_id text)
-        """
+            event_timestamp timestamptz, price numeric(14, 2), session_id text, event_id text, recommendation_id text);
+        TRUNCATE stage_events
+        """  # one round trip: no parameters, so one simple query
     )
-    cur.execute("TRUNCATE stage_events")
     _copy_frame(cur, "stage_events", clean)
-    unknown = cur.execute(
-        """
-        DELETE FROM stage_events s
-        WHERE NOT EXISTS (SELECT 1 FROM interest.items i WHERE i.item_id = s.item_id)
-        RETURNING s.line, s.item_id
-        """
+    # One statement: the lines naming an unknown item, and the insert of the others. Rows
+    # go in line order: the first line of a natural key or an event_id is the one stored; a
+    # row repeating a stored key or event_id is a duplicate (DO NOTHING covers the primary
+    # key and the event_id index).
+    rows = cur.execute(
+        sql.SQL("""
+        WITH unknown AS (
+            SELECT line, item_id FROM stage_events s
+            WHERE NOT EXISTS (SELECT 1 FROM interest.items i WHERE i.item_id = s.item_id)
+        ), stored AS (
+            INSERT INTO interest.events (user_id, item_id, event_type, event_timestamp, price, session_id, event_id,
+                                         recommendation_id, run_id)
+            SELECT user_id, item_id, event_type, event_timestamp, price, session_id, event_id, recommendation_id, %(run)s
+            FROM (SELECT DISTINCT ON (user_id, event_timestamp, item_id, event_type) *
+                  FROM stage_events s
+                  WHERE EXISTS (SELECT 1 FROM interest.items i WHERE i.item_id = s.item_id)
+                  ORDER BY user_id, event_timestamp, item_id, event_type, line) first_of_each_key
+            ORDER BY line
+            ON CONFLICT DO NOTHING
+            RETURNING user_id, event_timestamp, item_id, event_type
+        ){result}
+        """).format(result=sql.SQL(_STORED_LINES if online else _STORED_COUNT)),
+        {"run": report.run_id},
     ).fetchall()
+    unknown = sorted((line, item_id) for kind, line, item_id in rows if kind == "unknown")
     rejections = []
     if unknown:
-        unknown.sort()
         positions = np.searchsorted(chunk.lines, [line for line, _ in unknown])
         rejections = [
             Rejection(line=line, field="item_id", reason=f"item_id: unknown item {item_id} (not in the catalogue)", raw=raw)
@@ -134,29 +160,11 @@ def _load_events_chunk(cur: psycopg.Cursor, report: IngestReport, sha: str, clea
         ]
         _quarantine(cur, report, sha, rejections, chunk.unit)
     staged = len(clean) - len(unknown)
-    # A row that repeats a stored key (or an earlier line's) is a duplicate: DO NOTHING
-    # covers both the primary key and the event_id index.
-    # Rows go in line order: the first line of a natural key or an event_id is the one
-    # stored; a row repeating a stored key or event_id is a duplicate (DO NOTHING covers
-    # the primary key and the event_id index).
-    stored = cur.execute(
-        sql.SQL("""
-        WITH stored AS (
-            INSERT INTO interest.events (user_id, item_id, event_type, event_timestamp, price, session_id, event_id,
-                                         recommendation_id, run_id)
-            SELECT user_id, item_id, event_type, event_timestamp, price, session_id, event_id, recommendation_id, %(run)s
-            FROM (SELECT DISTINCT ON (user_id, event_timestamp, item_id, event_type) *
-                  FROM stage_events ORDER BY user_id, event_timestamp, item_id, event_type, line) first_of_each_key
-            ORDER BY line
-            ON CONFLICT DO NOTHING
-            RETURNING user_id, event_timestamp, item_id, event_type
-        ){result}
-        """).format(result=sql.SQL(_STORED_LINES if online else "SELECT count(*) FROM stored")),
-        {"run": report.run_id},
-    ).fetchall()
-    n_stored = len(stored) if online else stored[0][0]
     if online:
-        report.stored_lines.extend(line for (line,) in stored)
+        report.stored_lines.extend(line for kind, line, _ in rows if kind == "stored")
+        n_stored = sum(kind == "stored" for kind, _, _ in rows)
+    else:
+        n_stored = next(line for kind, line, _ in rows if kind == "stored")
     report.loaded += n_stored
     report.duplicate += staged - n_stored
     return rejections
