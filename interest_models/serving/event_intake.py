@@ -86,7 +86,9 @@ class EventWriter:
 
     ``submit`` returns a future: its result is the request's ``RequestOutcome`` once the
     transaction committed; its exception the database error when it did not (an outage:
-    nothing of the request is acknowledged, and a retry stores each event once).
+    nothing of the request is acknowledged, and a retry stores each event once). The
+    writer keeps one pooled connection while requests keep coming and gives it back when
+    the queue runs dry or the connection fails.
     """
 
     def __init__(self, connection: Connection, pipeline: PipelineConfig, max_events: int, counters: IntakeCounters):
@@ -105,40 +107,60 @@ class EventWriter:
         self._pending.put(None)
         self._thread.join(timeout=30)
 
-    def _run(self) -> None:
-        while True:
-            first = self._pending.get()
-            if first is None:
-                return
-            batch, rows, closing = [first], len(first.events), False
-            while rows < self.max_events:
-                try:
-                    more = self._pending.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    closing = True
-                    break
-                batch.append(more)
-                rows += len(more.events)
-            self._store(batch)
-            if closing:
-                return
-
-    def _store(self, batch: list[_Pending]) -> None:
+    def _next_batch(self, wait: bool) -> tuple[list[_Pending], bool]:
+        """The requests queued now, up to ``max_events`` events (waiting for one when
+        ``wait``), and whether ``close`` was called."""
         try:
-            report = self._commit(batch)
+            first = self._pending.get() if wait else self._pending.get_nowait()
+        except queue.Empty:
+            return [], False
+        if first is None:
+            return [], True
+        batch, rows = [first], len(first.events)
+        while rows < self.max_events:
+            try:
+                more = self._pending.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                return batch, True
+            batch.append(more)
+            rows += len(more.events)
+        return batch, False
+
+    def _run(self) -> None:
+        closing = False
+        while not closing:
+            batch, closing = self._next_batch(wait=True)
+            try:
+                with self.connection() as conn:
+                    while batch:
+                        self._store(conn, batch)
+                        if closing:
+                            break
+                        batch, closing = self._next_batch(wait=False)
+            except BaseException as error:  # noqa: BLE001 - no connection, or it broke: the waiting requests hear of it
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(error)
+
+    def _store(self, conn: psycopg.Connection, batch: list[_Pending]) -> None:
+        """Store ``batch`` in one transaction and answer its requests. Raises (after
+        answering them) when the connection may be unusable."""
+        try:
+            report = self._commit(conn, batch)
         except (psycopg.DataError, psycopg.IntegrityError) as error:
+            conn.rollback()
             if len(batch) > 1:  # the database refused a value: find whose, and store the others
                 for pending in batch:
-                    self._store([pending])
+                    self._store(conn, [pending])
             else:
                 batch[0].future.set_exception(error)
             return
-        except BaseException as error:  # noqa: BLE001 - an outage or a bug: every waiting request hears of it
+        except BaseException as error:  # an outage or a bug: every waiting request hears of it
             for pending in batch:
                 pending.future.set_exception(error)
-            return
+            raise
         stored = set(report.stored_lines)
         rejected = {r.line: r.reason for r in report.rejections}
         first_line = 1
@@ -153,14 +175,13 @@ class EventWriter:
             self.counters.rejected += outcome.count("rejected")
             pending.future.set_result(outcome)
 
-    def _commit(self, batch: list[_Pending]) -> IngestReport:
+    def _commit(self, conn: psycopg.Connection, batch: list[_Pending]) -> IngestReport:
         frame = pd.DataFrame([event for pending in batch for event in pending.events])
         clients = ",".join(sorted({pending.client for pending in batch}))
-        with self.connection() as conn:
-            report = store_events(conn, frame, source=f"api:{clients[:200]}:{uuid.uuid4()}",
-                                  future_tolerance_s=self.pipeline.future_tolerance_seconds,
-                                  min_event_time=self.pipeline.min_event_time)
-            conn.commit()
+        report = store_events(conn, frame, source=f"api:{clients[:200]}:{uuid.uuid4()}",
+                              future_tolerance_s=self.pipeline.future_tolerance_seconds,
+                              min_event_time=self.pipeline.min_event_time)
+        conn.commit()
         self.counters.commits += 1
         return report
 
