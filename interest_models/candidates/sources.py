@@ -1,10 +1,11 @@
 """Candidate items for each decision point.
 
 Sources (sizes in ``config/training.yaml``): the LSTM's top items, popular items, popular
-items of the user's current category, text-embedding neighbours of the user's last item,
+items of the user's current category and of the LSTM's most likely next categories,
+text-embedding neighbours of the user's last item and of the user's interest embedding,
 and random items. The true next item is never added: the ranker trains on what the
-sources retrieve. Serving draws from these sources and a few more (``config/serving.yaml``,
-``Recommender.candidate_items``).
+sources retrieve. Serving draws from the same sources (``config/serving.yaml``), without
+random items and with trending items (``Recommender.candidate_items``).
 """
 from __future__ import annotations
 
@@ -52,7 +53,9 @@ def _popular_lists(vocabulary: Vocabulary, popularity: np.ndarray, n_popular: in
 
 
 def generate(index: CandidateIndex, lstm_scores: np.ndarray, last_items: np.ndarray, last_categories: np.ndarray,
-             sizes: dict[str, int], rng: np.random.Generator, exclude: list[np.ndarray] | None = None) -> list[np.ndarray]:
+             sizes: dict[str, int], rng: np.random.Generator, exclude: list[np.ndarray] | None = None,
+             category_probabilities: np.ndarray | None = None, predicted_categories: int = 2,
+             interest_neighbours: list[np.ndarray] | None = None) -> list[np.ndarray]:
     """Candidate item indices per decision point (unique, no padding).
 
     Args:
@@ -60,6 +63,12 @@ def generate(index: CandidateIndex, lstm_scores: np.ndarray, last_items: np.ndar
         last_items, last_categories: (n,) the user's newest item index and its category.
         sizes: candidates per source (keys of ``candidates`` in training.yaml).
         exclude: per point, items never to propose (e.g. already seen).
+        category_probabilities: (n, n_categories + 1) the sequence model's next-category
+            probabilities; the ``predicted_categories`` likeliest give
+            ``predicted_category_popular`` popular items each.
+        interest_neighbours: per point, items nearest to the user's interest embedding,
+            nearest first (a ``NeighbourSearch``'s answer); the first
+            ``interest_neighbours`` are taken.
     """
     n_items = lstm_scores.shape[1] - 1
     scores = lstm_scores.copy()
@@ -78,6 +87,12 @@ def generate(index: CandidateIndex, lstm_scores: np.ndarray, last_items: np.ndar
             parts.append(same[: sizes["same_category"]])
         if sizes.get("embedding_neighbours") and last_items[row] > 0:
             parts.append(index.neighbours[last_items[row], : sizes["embedding_neighbours"]])
+        if sizes.get("interest_neighbours") and interest_neighbours is not None:
+            parts.append(interest_neighbours[row][: sizes["interest_neighbours"]])
+        if sizes.get("predicted_category_popular") and category_probabilities is not None:
+            likeliest = np.argsort(-category_probabilities[row, 1:], kind="stable")[:predicted_categories] + 1
+            parts.extend(index.popular_by_category.get(int(c), np.empty(0, np.int64))[: sizes["predicted_category_popular"]]
+                         for c in likeliest)
         if sizes.get("random"):
             parts.append(rng.integers(1, n_items + 1, sizes["random"]))
         candidates = np.unique(np.concatenate(parts).astype(np.int64))

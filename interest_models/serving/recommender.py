@@ -341,10 +341,10 @@ class Recommender:
         sizes, (lstm_scores, categories, _), index = self.config["candidates"], outputs, self.candidate_index()
         last = recent[-1] if len(recent) else 0
         parts = list(generate(index, lstm_scores, np.array([last]), self.vocabulary.item_category[[last]],
-                              {**sizes, "random": 0}, np.random.default_rng(0), exclude=[seen]))
-        parts.append(self.neighbours.nearest(user["interest_embedding"][0], sizes["interest_neighbours"], seen))
-        for category in np.argsort(-categories[0, 1:], kind="stable")[: self.config["predicted_categories"]] + 1:
-            parts.append(index.popular_by_category.get(int(category), np.empty(0, np.int64))[: sizes["predicted_category_popular"]])
+                              {**sizes, "random": 0}, np.random.default_rng(0), exclude=[seen],
+                              category_probabilities=categories, predicted_categories=self.config["predicted_categories"],
+                              interest_neighbours=[self.neighbours.nearest(user["interest_embedding"][0],
+                                                                          sizes["interest_neighbours"], seen)]))
         parts.append(self._trending(sizes["trending"]))
         items = np.unique(np.concatenate(parts).astype(np.int64))
         return items[(items > 0) & ~np.isin(items, seen)]

@@ -24,6 +24,7 @@ import psycopg
 import torch
 
 from interest_models.candidates import sources as candidate_sources
+from interest_models.candidates.neighbour_search import InProcessSearch
 from interest_models.config import load_config
 from interest_models.data.decision_points import SPLITS, decision_points, seen_items
 from interest_models.data.sequences import encode_sequences
@@ -353,8 +354,7 @@ class _Trainer:
 
     def _candidates(self, outputs: dict[str, SplitOutputs], baselines: dict[str, dict]) -> dict[str, pd.DataFrame]:
         sizes = self.training_config["candidates"]
-        eval_sizes = {"lstm_top": self.training_config["eval_candidates"], "popular": sizes["popular"],
-                      "same_category": sizes["same_category"], "embedding_neighbours": sizes["embedding_neighbours"], "random": 0}
+        eval_sizes = {**sizes, "lstm_top": self.training_config["eval_candidates"], "random": 0}
         # The ranker learns on the candidates the sources really retrieve: decision points
         # whose true item was not retrieved are dropped (``retrieved_only``), so training
         # and serving see the same candidate distribution.
@@ -371,12 +371,14 @@ class _Trainer:
             recent = _recent_lists(out.users, self.vocabulary)
             last_items = np.array([r[-1] if len(r) else 0 for r in recent])
             targets = self.vocabulary.index_of(out.points.label_item_id)
+            point_sources = self._point_sources(out, plan_sizes)
             lists = candidate_sources.generate(
                 index, out.lstm_scores, last_items, self.vocabulary.item_category[last_items], plan_sizes, self.rng,
-                exclude=out.exclude,
+                exclude=out.exclude, **point_sources,
             )
             if name == "test":
-                self.candidate_recall = self._candidate_recall(index, out, last_items, targets, plan_sizes, lists)
+                self.candidate_recall = self._candidate_recall(index, out, last_items, targets, plan_sizes, lists,
+                                                               point_sources)
             if retrieved_only:
                 lists = [c if targets[i] in c else np.empty(0, np.int64) for i, c in enumerate(lists)]
             counts = np.array([len(c) for c in lists])
@@ -408,15 +410,27 @@ class _Trainer:
             result[name] = pd.concat([frame[["point", "item_index", "item_id", "relevance"]], matrix], axis=1)
         return result
 
+    def _point_sources(self, out: SplitOutputs, sizes: dict[str, int]) -> dict:
+        """The per-point inputs of the sources that follow the user's predicted interest:
+        the LSTM's category probabilities, and the items nearest to the user's interest
+        embedding as of the point (exact search over the item texts, as serving's default)."""
+        search = InProcessSearch(self.text_matrix)
+        exclude = out.exclude or [np.empty(0, np.int64)] * len(out.points)
+        return {"category_probabilities": out.category_probabilities,
+                "predicted_categories": self.training_config["predicted_categories"],
+                "interest_neighbours": [search.nearest(embedding if isinstance(embedding, (list, np.ndarray)) else None,
+                                                       sizes.get("interest_neighbours", 0), seen)
+                                        for embedding, seen in zip(out.users.interest_embedding, exclude)]}
+
     def _candidate_recall(self, index, out: SplitOutputs, last_items: np.ndarray, targets: np.ndarray,
-                          sizes: dict[str, int], union: list[np.ndarray]) -> pd.DataFrame:
+                          sizes: dict[str, int], union: list[np.ndarray], point_sources: dict) -> pd.DataFrame:
         """Recall of each candidate source alone and of their union (what the ranker
         re-orders) on test: the share of points whose true next item the source retrieved."""
         rows = {}
         for source in [s for s, size in sizes.items() if size]:
             alone = {s: (size if s == source else 0) for s, size in sizes.items()}
             lists = candidate_sources.generate(index, out.lstm_scores, last_items, self.vocabulary.item_category[last_items],
-                                               alone, np.random.default_rng(self.seed), exclude=out.exclude)
+                                               alone, np.random.default_rng(self.seed), exclude=out.exclude, **point_sources)
             rows[source] = {"candidates per point": np.mean([len(c) for c in lists]),
                             "recall": np.mean([t in c for t, c in zip(targets, lists)])}
         rows["union"] = {"candidates per point": np.mean([len(c) for c in union]),

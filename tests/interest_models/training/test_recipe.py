@@ -129,7 +129,10 @@ def test_models_learn_and_beat_popularity(trained):
 def test_candidate_recall_comparisons_and_horizon_shift(trained):
     recall = trained.candidate_recall.recall
     assert recall.between(0, 1).all() and recall["lstm_top"] > 0
-    deterministic = [s for s in ("lstm_top", "same_category", "embedding_neighbours") if s in recall.index]
+    # the ranker trains and is evaluated on serving's sources (trending aside)
+    assert {"interest_neighbours", "predicted_category_popular"} <= set(recall.index)
+    assert recall["interest_neighbours"] > 0 and recall["predicted_category_popular"] > 0
+    deterministic = ["lstm_top", "same_category", "embedding_neighbours", "interest_neighbours", "predicted_category_popular"]
     assert recall["union"] >= recall[deterministic].max()  # "popular" draws at random, differently in the union
     blend, best = trained.comparisons.index[0].split(" - ")
     assert blend == "blend (LSTM + XGBoost)" and best in trained.metrics.index and best not in (blend, "XGBoost ranker")
