@@ -1,28 +1,38 @@
 """The feedback loop over simulated days: greedy blend vs bandit, with and without a planted
-population shift, off-policy estimates against the on-policy truth, and the CPU the bandit
-adds per request.
+population shift, with and without drift-triggered retraining, off-policy estimates against
+the on-policy truth, and the CPU the bandit adds per request.
 
 Builds a synthetic shop in a throw-away database (load, embed, features, Feast, training,
 as ``interest run`` does), then runs each arm of the simulation (``interest_models/simulation``)
-on its own throw-away log database with the same users on the same days:
+with the same users on the same days (and the same users' own browsing):
 
     greedy, bandit                    no shift
+    bandit, constant exploration      the bandit without the exploration schedule
     greedy + shift, bandit + shift    ``--shift-fraction`` of the users change their dominant
                                       category, all to the same one, at ``--shift-day``
+    greedy + shift + refresh          at the end of the first day the drift monitor flags, the
+                                      feature tables are rebuilt from the simulated events and
+                                      materialized: the same model serves with fresh features
+    greedy + shift + retrain          the same, through ``retrain(if_drift=True)`` (what
+                                      ``interest retrain --if-drift`` runs): features rebuilt, a
+                                      challenger trained, compared with the serving model on the
+                                      same test points, promoted only if better
 
-and prints per arm: CTR (clicks per impression), CVR (purchases per impression and per
-click), catalogue coverage, intra-list distance (mean pairwise 1 - cosine of item text
+The first five run on a log database (schema and catalogue); the last two on a copy of the
+shop (built again from the same seed) that receives the simulated events, with a copy of the
+model registry. Printed per arm: CTR (clicks per impression), CVR (purchases per impression
+and per click), catalogue coverage, intra-list distance (mean pairwise 1 - cosine of item text
 embeddings), cumulative regret against the oracle (the best k of the same candidates by the
-true click probabilities) by thirds of the run, and the drift monitor's first alarm. Then
+true click probabilities) by thirds of the run, split into the part the exploration costs
+(the deterministic lists' expected clicks minus the shown ones') and the part the
+deterministic lists miss against the oracle, the drift monitor's alarms (false ones: days
+without a shift), the CTR lost to the shift and the share of it retraining recovers. Then
 off-policy: from the bandit arm's log, IPS / SNIPS / DR estimates with 95 % intervals of
 the greedy blend's CTR and of the bandit without exploration, against each one's true
 expected CTR on the same logged requests. Last, in process, the CPU per ``recommend`` call
 of greedy and bandit on the same users (alternating), with the feedback views materialized.
 
     python bench/feedback_loop_benchmark.py [--users 2000] [--items 1000] [--days 30] [--users-per-day 400]
-
-Not simulated: retraining the blend on the simulated events (the arms' blend is the model
-trained before day 0, with the shop's features as of then).
 """
 from __future__ import annotations
 
@@ -49,6 +59,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--shift-day", type=int, default=15)
     parser.add_argument("--shift-fraction", type=float, default=0.5)
     parser.add_argument("--latency-requests", type=int, default=400)
+    parser.add_argument("--organic-views", type=int, default=4, help="each served user's own views per day")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--fast", action="store_true", help="the test suite's small model settings")
     return parser.parse_args()
@@ -76,6 +87,7 @@ def main() -> None:
     from materialize.pipeline import Pipeline
     from materialize.settings import load_settings
     import dataclasses
+    import shutil
     import tempfile
 
     from threadpoolctl import threadpool_limits
@@ -111,19 +123,21 @@ def main() -> None:
             prepared = prepare_users(recommender, range(1, args.users + 1))
             progress(f"{len(prepared)} warm users' candidates scored in {time.perf_counter() - began:.1f} s")
             policy_config = load_config("policy")
-            arms = [("greedy", None), ("bandit", None), ("greedy + shift", args.shift_day), ("bandit + shift", args.shift_day)]
-            days, logs = {}, {}
-            for label, shift_day in arms:
+            constant = {**policy_config, "exploration_decay_days": 0}
+            arms = [("greedy", None, None), ("bandit", None, policy_config), ("bandit, constant exploration", None, constant),
+                    ("greedy + shift", args.shift_day, None), ("bandit + shift", args.shift_day, policy_config)]
+            days, logs, retraining = {}, {}, {}
+            for label, shift_day, bandit_config in arms:
                 with throwaway_database(prefix="wt13_fblog") as log_pg:
                     ensure_database(log_pg)
                     conn = psycopg.connect(log_pg.conninfo())
                     create_schema(conn)
                     load_frames(conn, "items", [shop.items()], source="catalogue")
-                    policy = GreedyPolicy() if label.startswith("greedy") else BanditPolicy.untrained(recommender.context_columns, policy_config)
+                    policy = GreedyPolicy() if bandit_config is None else BanditPolicy.untrained(recommender.context_columns, bandit_config)
                     loop = FeedbackLoop(conn, recommender, SimulatedShoppers(shop, pd.Timestamp(start), seed=args.seed), prepared, start)
                     began = time.perf_counter()
                     config = LoopConfig(days=args.days, users_per_day=args.users_per_day, k=args.k, shift_day=shift_day,
-                                        shift_fraction=args.shift_fraction, seed=args.seed)
+                                        shift_fraction=args.shift_fraction, organic_views=args.organic_views, seed=args.seed)
                     days[label] = loop.run(policy, config, label)
                     progress(f"arm {label}: {args.days} days in {time.perf_counter() - began:.0f} s")
                     if label == "bandit":
@@ -136,29 +150,99 @@ def main() -> None:
                                                "event_timestamp <= %s ORDER BY item_id, event_timestamp DESC", (last,)).fetchall()
                         conn.commit()
                     conn.close()
+            for mode in ("refresh", "retrain"):
+                label = f"greedy + shift + {mode}"
+                with throwaway_database(prefix="wt13_fbarm") as arm_pg, tempfile.TemporaryDirectory() as project:
+                    project = Path(project)
+                    (project / "feature_repo").symlink_to(settings.feature_repo_dir)
+                    shutil.copytree(registry.root, project / "models" / "registry")
+                    with Pipeline(dataclasses.replace(settings, postgres=arm_pg, project_dir=project), progress=False) as arm:
+                        began = time.perf_counter()
+                        arm.run(lambda p: p.load_synthetic(shop_config))
+                        progress(f"arm {label}: a copy of the shop built in {time.perf_counter() - began:.0f} s")
+                        conn = psycopg.connect(arm_pg.conninfo())
+                        arm_recommender = Recommender.from_registry(project / "models" / "registry", arm.store, names)
+                        loop = FeedbackLoop(conn, arm_recommender, SimulatedShoppers(shop, pd.Timestamp(start), seed=args.seed),
+                                            prepared, start)
+                        loop.on_drift = on_drift_handler(loop, arm, mode, project, names, args, fast, retraining.setdefault(label, []))
+                        began = time.perf_counter()
+                        config = LoopConfig(days=args.days, users_per_day=args.users_per_day, k=args.k, shift_day=args.shift_day,
+                                            shift_fraction=args.shift_fraction, organic_views=args.organic_views, seed=args.seed)
+                        days[label] = loop.run(GreedyPolicy(), config, label)
+                        progress(f"arm {label}: {args.days} days in {time.perf_counter() - began:.0f} s")
+                        conn.close()
             report_arms(days, args)
+            report_retraining(days, retraining, args)
             report_off_policy(logs["bandit"], recommender, shop, start, policy_config, learned, args)
             report_latency(pipeline, recommender, user_fb, item_fb, prepared, args)
     print(f"load at end {load_average()}")
 
 
+def on_drift_handler(loop, arm, mode: str, project: Path, names: dict, args, fast, log: list):
+    """What runs at the end of the first day of a drift episode in the refresh and retrain
+    arms: features rebuilt (and a challenger trained, compared, promoted if better), the
+    online store refreshed, the users' candidates scored again by the serving model."""
+    from interest_models.serving.recommender import Recommender
+    from interest_models.simulation.feedback_loop import prepare_users
+    from interest_models.training.retraining import retrain
+
+    def handler(day: int) -> None:
+        began = time.perf_counter()
+        entry = {"day": day}
+        if mode == "retrain":
+            outcome = retrain(arm, if_drift=True, days=1, overrides=fast, device="cpu", say=lambda line: progress(f"  {line}"))
+            entry.update(action=outcome.action, reason=outcome.reason, challenger=outcome.challenger,
+                         comparison=outcome.comparison)
+        else:
+            arm.build()
+            entry.update(action="features refreshed")
+        # The simulated days lie in the past: incremental materialization (from the last run's
+        # wall-clock end) would skip their rows, so the days since the simulation's start are
+        # materialized again.
+        arm.store.materialize(start_date=loop.start, end_date=dt.datetime.now(dt.timezone.utc))
+        recommender = Recommender.from_registry(project / "models" / "registry", arm.store, names)
+        loop.recommender = recommender
+        loop.prepared = {**loop.prepared, **prepare_users(recommender, range(1, args.users + 1))}
+        entry["seconds"] = time.perf_counter() - began
+        entry["serving"] = recommender.registered.version
+        log.append(entry)
+        progress(f"  day {day}: {entry['action']} in {entry['seconds']:.0f} s; serving {entry['serving']}")
+
+    return handler
+
+
 def report_arms(days: dict, args) -> None:
     import numpy as np
 
-    rows = []
+    rows, regret_rows = [], []
     for label, frame in days.items():
         thirds = np.array_split(frame.regret.to_numpy(), 3)
         alarms = frame.day[frame.drifted].tolist()
+        shifted = "shift" in label
+        false_alarms = [d for d in alarms if not shifted or d < args.shift_day]
+        first = [d for d in alarms if shifted and d >= args.shift_day]
         after = frame[frame.day >= args.shift_day]
         rows.append([label, *[f"{x:.4f}" for x in (frame.clicks.sum() / frame.impressions.sum(),
                                                    frame.purchases.sum() / frame.impressions.sum(),
                                                    frame.purchases.sum() / max(1, frame.clicks.sum()),
                                                    after.clicks.sum() / after.impressions.sum(), frame.coverage.iloc[-1],
-                                                   frame.intra_list_distance.mean())], frame.regret.sum(),
-                     " / ".join(f"{t.sum():.0f}" for t in thirds), ", ".join(map(str, alarms)) or "none"])
-    print("\nArms (same users on the same days):")
+                                                   frame.intra_list_distance.mean())], f"{frame.regret.sum():.0f}",
+                     " / ".join(f"{t.sum():.0f}" for t in thirds),
+                     (f"day {first[0]} (+{first[0] - args.shift_day})" if first else "none") if shifted else "-",
+                     f"{len(false_alarms)} of {len(frame[frame.day >= 7]) if not shifted else max(0, args.shift_day - 7)}"
+                     + (f" ({', '.join(map(str, false_alarms))})" if false_alarms else "")])
+        exploring = np.array_split((frame.exploiting_clicks - frame.expected_clicks).to_numpy(), 3)
+        missing = np.array_split((frame.oracle_clicks - frame.exploiting_clicks).to_numpy(), 3)
+        regret_rows.append([label, " / ".join(f"{t.sum():.0f}" for t in thirds), " / ".join(f"{t.sum():.0f}" for t in exploring),
+                            " / ".join(f"{t.sum():.0f}" for t in missing),
+                            f"{frame.exploration.iloc[0]:.3f} -> {frame.exploration.iloc[-1]:.3f}"])
+    print("\nArms (same users on the same days; drift alarms from day 7, when the monitor's 7-day window is full):")
     print(table(["arm", "CTR", "CVR/impr", "CVR/click", f"CTR days >= {args.shift_day}", "coverage", "intra-list dist.",
-                 "cum. regret (clicks)", "regret by thirds", "drift alarms (day)"], rows))
+                 "cum. regret (clicks)", "regret by thirds", "shift detected", "false alarms (days)"], rows))
+    print("\nRegret by thirds of the run (clicks), split: exploration's cost (deterministic lists' expected clicks - shown "
+          "lists') and the deterministic lists' gap to the oracle:")
+    print(table(["arm", "regret", "exploration's part", "deterministic lists vs oracle", "exploration first -> last day"],
+                regret_rows))
     base, bandit = days["greedy"], days["bandit"]
     ctr = lambda f: f.clicks.sum() / f.impressions.sum()  # noqa: E731
     print(f"bandit vs greedy, cumulative CTR: {ctr(bandit) / ctr(base) - 1:+.1%}; expected clicks (policy's own "
@@ -171,8 +255,35 @@ def report_arms(days: dict, args) -> None:
     import pandas as pd
     with pd.option_context("display.width", 250, "display.max_rows", 500, "display.float_format", "{:.4f}".format):
         print(pd.concat(days.values())[["policy", "day", "impressions", "clicks", "purchases", "expected_clicks",
-                                         "oracle_clicks", "regret", "coverage", "intra_list_distance", "drift_p_value",
-                                         "drifted"]].to_string(index=False))
+                                         "exploiting_clicks", "oracle_clicks", "regret", "exploration", "coverage",
+                                         "intra_list_distance", "drift_divergence", "drift_p_value", "drift_reasons",
+                                         "model_version"]].to_string(index=False))
+
+
+def report_retraining(days: dict, retraining: dict, args) -> None:
+    """The CTR lost to the shift after the refresh, and the share the refresh and the retraining recover."""
+    ctr = lambda f: f.clicks.sum() / f.impressions.sum()  # noqa: E731
+    for label, entries in retraining.items():
+        for entry in entries:
+            line = f"{label}: day {entry['day']}: {entry['action']} ({entry['seconds']:.0f} s), serving {entry['serving']}"
+            if entry.get("reason"):
+                line += f"; {entry['reason']}"
+            print(line)
+    refreshed = [e["day"] for entries in retraining.values() for e in entries]
+    if not refreshed:
+        print("no arm refreshed or retrained: the monitor never flagged the shift")
+        return
+    since = max(refreshed) + 1  # the days served after every arm's refresh
+    after = {label: frame[frame.day >= since] for label, frame in days.items()}
+    expected = lambda f: f.expected_clicks.sum() / f.impressions.sum()  # noqa: E731
+    for name, rate in (("clicks", ctr), ("expected clicks (true click probabilities, no answer noise)", expected)):
+        base, shifted = rate(after["greedy"]), rate(after["greedy + shift"])
+        lost = base - shifted
+        print(f"\nCTR by {name}, days {since}-{args.days - 1} (after the refresh): greedy without shift {base:.4f}, "
+              f"with shift {shifted:.4f} (lost {lost:.4f})")
+        for label in ("greedy + shift + refresh", "greedy + shift + retrain"):
+            value = rate(after[label])
+            print(f"  {label}: {value:.4f}" + (f", recovers {(value - shifted) / lost:.1%} of the CTR lost" if lost > 0 else ""))
 
 
 def report_off_policy(log, recommender, shop, start, policy_config, learned, args) -> None:
@@ -189,7 +300,7 @@ def report_off_policy(log, recommender, shop, start, policy_config, learned, arg
     embeddings = lambda ids: recommender.unit_text[recommender.vocabulary.index_of(ids)]  # noqa: E731
     # Deterministic targets replayed on every logged request: the blend, the bandit's prior
     # (the blend's order with the diversity term) and the bandit as learned by the last day.
-    no_exploration = {**policy_config, "exploration": 0.0}
+    no_exploration = {**policy_config, "exploration": 0.0, "exploration_min": 0.0}
     targets = {"greedy": GreedyPolicy(),
                "bandit prior, no exploration": BanditPolicy(recommender.policies["bandit"].bandit, no_exploration),
                "bandit learned, no exploration": BanditPolicy(learned.bandit, no_exploration)}

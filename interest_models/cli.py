@@ -1,4 +1,4 @@
-"""The model commands of ``interest``: train, models (list, serve), serve, policy (update, evaluate, drift).
+"""The model commands of ``interest``: train, retrain, models (list, serve), serve, policy (update, evaluate, drift).
 
 ``commands`` is a click group whose commands the root ``interest`` command line
 (``interest_shift.cli``) mounts at its top level. Heavy modules are imported inside
@@ -46,6 +46,44 @@ def train(protocol, device, serve) -> None:
     """Train, evaluate and register the LSTM, the ranker and their blend."""
     with open_pipeline() as pipeline:
         print_training(train_and_report(pipeline, protocol, device, serve))
+
+
+EXIT_PROMOTED, EXIT_NOT_PROMOTED, EXIT_NOTHING_TO_DO = 0, 3, 99
+
+
+@commands.command(epilog="Exit status: 0 a new version was promoted (restart `interest serve` to load it); "
+                         "3 retrained but not promoted (the serving model stays); 99 nothing to do (no drift, or the "
+                         "drift was already retrained on; Airflow's BashOperator marks the task skipped); "
+                         "1 an error; 2 a usage error.")
+@click.option("--if-drift", is_flag=True, help="Retrain only when the drift monitor flags one of the last --days days "
+                                               "(once per drift episode). Without it: retrain now.")
+@click.option("--days", default=1, show_default=True, type=click.IntRange(1), help="Days, up to the newest event, whose "
+                                                                                   "drift triggers a retraining.")
+@click.option("--window", default=7, show_default=True, type=click.IntRange(2), help="Days each day is compared with.")
+@click.option("--min-gain", default=0.0, show_default=True, type=float,
+              help="Test NDCG@10 the new version must gain over the serving one to be promoted.")
+@click.option("--no-build", is_flag=True, help="Skip the incremental feature build (already run by the pipeline).")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+def retrain(if_drift, days, window, min_gain, no_build, device) -> None:
+    """Retrain on drift (or now), compare with the serving model on the same recent test points, promote if better."""
+    from interest_models.training.retraining import RetrainingError, retrain as run_retraining
+
+    with open_pipeline() as pipeline:
+        try:
+            outcome = run_retraining(pipeline, if_drift, days, window, min_gain, build=not no_build, device=device,
+                                     say=lambda line: click.echo(line, err=True))
+        except RetrainingError as error:
+            raise click.ClickException(str(error))
+    if outcome.challenger is None:
+        click.echo(f"{outcome.action}: {outcome.reason}; nothing retrained")
+        click.get_current_context().exit(EXIT_NOTHING_TO_DO)
+    click.echo(f"new version {outcome.challenger} ({outcome.action}): {outcome.reason}")
+    if outcome.promoted:
+        click.echo(f"now serving {outcome.challenger} (was {outcome.serving or 'none'}); restart `interest serve` to load it")
+    else:
+        click.echo(f"still serving {outcome.serving}")
+    click.echo(f"report: {outcome.report}")
+    click.get_current_context().exit(EXIT_PROMOTED if outcome.promoted else EXIT_NOT_PROMOTED)
 
 
 @commands.group()
@@ -166,7 +204,7 @@ def policy_evaluate(days, policy_version, boot) -> None:
                       else BanditPolicy.untrained(columns, config))
         except RegistryError as error:
             raise click.ClickException(str(error))
-        exploit = BanditPolicy(bandit.bandit, {**bandit.config, "exploration": 0.0}, bandit.version)
+        exploit = BanditPolicy(bandit.bandit, {**bandit.config, "exploration": 0.0, "exploration_min": 0.0}, bandit.version)
         targets = {"greedy": GreedyPolicy(), f"bandit {bandit.version or '(prior)'}": bandit,
                    f"bandit {bandit.version or '(prior)'}, no exploration": exploit}
         try:
@@ -226,7 +264,7 @@ def policy_update(days, serve) -> None:
 @click.option("--days", default=7, show_default=True, type=click.IntRange(1), help="Days to report, up to the newest event.")
 @click.option("--window", default=7, show_default=True, type=click.IntRange(1), help="Days each day is compared with.")
 def policy_drift(days, window) -> None:
-    """Drift of the population's click mix by category and of the logged CTR, day by day."""
+    """Drift of the population's category mix (events answering no recommendation), the logged CTR and the shift rate, day by day."""
     from interest_models.feedback.drift import daily_signals
     from materialize.database.server import connect
 
@@ -234,7 +272,8 @@ def policy_drift(days, window) -> None:
         signals = daily_signals(conn, days, window)
     if not signals:
         raise click.ClickException("no events to monitor")
-    click.echo(f"{'day':<10}  {'JS div.':>8}  {'p-value':>9}  {'CTR':>7}  {f'CTR {window}d':>7}  drift")
+    click.echo(f"{'day':<10}  {'JS div.':>8}  {'p-value':>9}  {'CTR':>7}  {f'CTR {window}d':>7}  {'shift':>6}  "
+               f"{f'sh. {window}d':>6}  drift")
     for s in signals:
         click.echo(f"{s.day!s:<10}  {s.divergence:8.4f}  {s.p_value:9.2e}  {s.ctr:7.4f}  {s.baseline_ctr:7.4f}  "
-                   f"{'DRIFT' if s.drifted else '-'}")
+                   f"{s.shift_rate:6.3f}  {s.baseline_shift_rate:6.3f}  " + (f"DRIFT: {', '.join(s.reasons)}" if s.drifted else "-"))

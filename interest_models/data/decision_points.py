@@ -8,7 +8,11 @@ anything after it cannot leak into the features.
 Two protocols:
   * ``time_split``: decision points are the first events of sessions; time is cut into
     warm-up | LSTM training | ranker training | validation | test periods, in order and
-    without overlap, each holding its configured share of the events.
+    without overlap, each holding its configured share of the events. A session that
+    starts with an event answering a recommendation (it carries the list's
+    ``recommendation_id``) is no decision point unless ``recommended_labels``: its label is
+    what the serving model chose to show, which would teach the next model its
+    predecessor's lists and favour the serving model when the two are compared.
   * ``leave_one_out``: the sequential-recommendation protocol (e.g. MovieLens): each
     user's last event is the test point, the one before it validation, the one before
     that the ranker's training point, and all earlier events train the LSTM.
@@ -70,7 +74,7 @@ def split_boundaries(conn: psycopg.Connection, config: dict) -> SplitBoundaries:
 _SESSION_STARTS = """
 SELECT user_id, event_timestamp, item_id, category_id
 FROM (
-    SELECT e.user_id, e.event_timestamp, e.item_id, i.category_id, e.session_id,
+    SELECT e.user_id, e.event_timestamp, e.item_id, i.category_id, e.session_id, e.recommendation_id,
            lag(e.event_timestamp) OVER w AS previous_timestamp,
            lag(e.session_id) OVER w AS previous_session_id,
            row_number() OVER w AS position
@@ -80,6 +84,7 @@ FROM (
 WHERE position > %(min_history)s
   AND (session_id IS DISTINCT FROM previous_session_id OR event_timestamp - previous_timestamp > %(gap)s)
   AND event_timestamp >= %(from)s
+  AND (%(recommended)s OR recommendation_id IS NULL)
 """
 
 _LAST_EVENTS = """
@@ -105,7 +110,8 @@ def decision_points(conn: psycopg.Connection, config: dict, session_gap: dt.time
         bounds = split_boundaries(conn, config)
         events = fetch_frame(
             conn, _SESSION_STARTS,
-            {"min_history": config["min_history_events"], "gap": session_gap, "from": bounds.train_sequence.to_pydatetime()},
+            {"min_history": config["min_history_events"], "gap": session_gap, "from": bounds.train_sequence.to_pydatetime(),
+             "recommended": bool(config["recommended_labels"])},
         )
         events["as_of"] = pd.to_datetime(events.event_timestamp, utc=True) - AS_OF_OFFSET
         events["split"] = bounds.split_of(events.as_of)

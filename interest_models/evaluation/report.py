@@ -197,6 +197,21 @@ def write_report(result, out_dir: Path, version: str, title: str, category_names
     ]
     if references is not None:
         lines += ["Published results on the same protocol, for comparison:", "", _table(references), ""]
+    if result.champion is not None:
+        c = result.champion
+        lines += [
+            "## Against the serving model, test",
+            "",
+            f"The serving version `{c['version']}` scored on the same {c['points']:,} test decision points "
+            f"({c['first_as_of']} to {c['last_as_of']}) with the same code (candidates, point-in-time features, "
+            "neighbour models fitted before test, ranking against all items):",
+            "",
+            _table(pd.DataFrame({"this version": {k[4:]: v for k, v in c.items() if k.startswith("new ")},
+                                 "serving version": {k[8:]: v for k, v in c.items() if k.startswith("serving ")}}).T),
+            f"NDCG@10 difference (this - serving): {c['NDCG@10 difference']:+.4f}, 95 % bootstrap interval over users "
+            f"{c['NDCG@10 difference 95% low']:+.4f} to {c['NDCG@10 difference 95% high']:+.4f}.",
+            "",
+        ]
     lines += [
         "## Validation (used for early stopping and the blend weight)",
         "",

@@ -41,6 +41,7 @@ class LinearUCB:
         self.A = ridge * np.eye(dim)
         self.b = ridge * self.prior  # the weights start at the prior mean
         self.observations = 0
+        self.days = 0  # days of feedback learned (``BanditPolicy.end_day``)
         self._solve()
 
     def _solve(self) -> None:
@@ -82,7 +83,8 @@ class LinearUCB:
     def save(self, folder: Path) -> list[Path]:
         folder = Path(folder)
         np.savez(folder / self.ARRAYS, A=self.A, b=self.b, prior=self.prior)
-        (folder / self.META).write_text(json.dumps({"dim": self.dim, "ridge": self.ridge, "observations": self.observations}))
+        (folder / self.META).write_text(json.dumps({"dim": self.dim, "ridge": self.ridge, "observations": self.observations,
+                                                "days": self.days}))
         return [folder / self.ARRAYS, folder / self.META]
 
     @classmethod
@@ -95,5 +97,6 @@ class LinearUCB:
         if bandit.A.shape != (bandit.dim, bandit.dim) or bandit.b.shape != (bandit.dim,):
             raise ValueError(f"{folder}: bandit arrays do not match dim {bandit.dim}")
         bandit.observations = int(meta["observations"])
+        bandit.days = int(meta.get("days", 0))  # absent in versions saved before the exploration schedule
         bandit._solve()
         return bandit

@@ -67,8 +67,8 @@ class BanditPolicy(GreedyPolicy):
 
     Args:
         bandit: the learned statistics.
-        config: ``policy.yaml`` (``ucb_alpha``, ``exploration``, ``diversity``,
-            ``daily_discount``, ``position_bias`` and their bounds).
+        config: ``policy.yaml`` (``ucb_alpha``, ``exploration`` and its schedule,
+            ``diversity``, ``daily_discount``, ``position_bias`` and their bounds).
         version: the registry version (``""`` before the first save).
     """
 
@@ -77,9 +77,19 @@ class BanditPolicy(GreedyPolicy):
     def __init__(self, bandit: LinearUCB, config: dict, version: str = ""):
         check_bounds(config)
         self.bandit, self.config, self.version = bandit, config, version
-        self.exploration = float(config["exploration"])
         self.alpha = float(config["ucb_alpha"])
         self.diversity = float(config["diversity"])
+
+    @property
+    def exploration(self) -> float:
+        """The share of random lists now: ``exploration / sqrt(1 + days / exploration_decay_days)``
+        after ``days`` days of learning, never below ``exploration_min`` (versions saved
+        before the schedule existed keep their constant ``exploration``)."""
+        start = float(self.config["exploration"])
+        decay_days = float(self.config.get("exploration_decay_days", 0))
+        if decay_days <= 0:
+            return start
+        return max(float(self.config.get("exploration_min", start)), start / np.sqrt(1.0 + self.bandit.days / decay_days))
 
     @classmethod
     def untrained(cls, columns: list[str], config: dict) -> "BanditPolicy":
@@ -107,8 +117,9 @@ class BanditPolicy(GreedyPolicy):
         self.bandit.update(context, position_bias(positions, self.config["position_bias"]), clicks)
 
     def end_day(self) -> None:
-        """Forget a share of the past (``daily_discount``)."""
+        """Forget a share of the past (``daily_discount``); one more day learned."""
         self.bandit.discount(self.config["daily_discount"])
+        self.bandit.days += 1
 
 
 def check_bounds(config: dict) -> None:
@@ -116,6 +127,11 @@ def check_bounds(config: dict) -> None:
     for key, bound in (("exploration", "exploration_max"), ("ucb_alpha", "ucb_alpha_max")):
         if not 0 <= config[key] <= config[bound]:
             raise ValueError(f"policy config: {key} = {config[key]} is outside [0, {bound} = {config[bound]}]")
+    if not 0 <= config.get("exploration_min", 0) <= config["exploration"]:
+        raise ValueError(f"policy config: exploration_min = {config['exploration_min']} is outside [0, exploration = "
+                         f"{config['exploration']}]")
+    if config.get("exploration_decay_days", 0) < 0:
+        raise ValueError(f"policy config: exploration_decay_days must be >= 0, got {config['exploration_decay_days']}")
     if not 0 <= config["exploration_max"] <= 1:
         raise ValueError(f"policy config: exploration_max must be in [0, 1], got {config['exploration_max']}")
     if config["diversity"] < 0:

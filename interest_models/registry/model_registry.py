@@ -145,6 +145,7 @@ class ModelRegistry(VersionFolders):
                 "valid": json.loads(result.valid_metrics.to_json(orient="index")),
                 "category": result.category_metrics,
                 "shift": result.shift_metrics,
+                **({"against_serving": result.champion} if result.champion is not None else {}),
             },
             "device": result.device,
             "libraries": _library_versions(),

@@ -3,22 +3,28 @@
 Each simulated day, a sample of users is served one list each by the policy under test,
 scored in process by the loaded models (``Recommender``: the blend's candidates and scores
 of each user, computed once, then the policy's context with that day's feedback features).
-Simulated shoppers answer (``SimulatedShoppers``); the lists go to the impression log and
-the answers to ``interest.events`` with their recommendation id, through the loader, in one
-batch per day; the day's feedback features are written from the log; the bandit learns from
-the day's log read back from Postgres (impressions joined to events). Each policy runs on its
-own log database (schema and catalogue only), so one policy's feedback never feeds another.
+Simulated shoppers answer (``SimulatedShoppers``) and also browse on their own
+(``organic_views`` views each, answering no recommendation); the lists go to the impression
+log and all events to ``interest.events`` (answers with their recommendation id), through the
+loader, in one batch per day; the day's feedback features are written from the log; the
+bandit learns from the day's log read back from Postgres (impressions joined to events). Each
+policy runs on its own database, so one policy's feedback never feeds another.
 
 Per day it records the realised impressions, clicks and purchases, the expected clicks of
-the policy's lists (over its own randomness, from the true click probabilities), those of the
-oracle (the best k of the same candidates by the true click probabilities, best first), the
-items shown (coverage) and the intra-list distance (mean pairwise 1 - cosine of the item text
-embeddings), and the drift monitor's signal on the day's clicks.
+the policy's lists (over its own randomness, from the true click probabilities), of its
+deterministic lists (what it shows when not exploring), those of the oracle (the best k of
+the same candidates by the true click probabilities, best first), the items shown
+(coverage), the intra-list distance (mean pairwise 1 - cosine of the item text embeddings),
+and the drift monitor's signal on the population's own views and the lists' CTR. When the
+first day of a drift episode ends, ``on_drift(day)`` runs (when set): it may replace
+``recommender`` and ``prepared`` (features refreshed, a model retrained), which serve from the
+next day on.
 """
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -43,6 +49,8 @@ class LoopConfig:
         shift_day: the day a population shift is planted (None: no shift).
         shift_fraction: the share of users whose dominant category changes then.
         learn: whether a bandit learns from the log (False: it keeps its prior).
+        organic_views: each served user's own views that day (their own random stream, the
+            same in every arm).
         seed: seeds the users drawn (their own stream), the policy's exploration and the answers.
     """
 
@@ -52,6 +60,7 @@ class LoopConfig:
     shift_day: int | None = None
     shift_fraction: float = 0.5
     learn: bool = True
+    organic_views: int = 4
     seed: int = 0
 
 
@@ -96,6 +105,7 @@ class FeedbackLoop:
         self.start, self.load_kwargs = start, load_kwargs or {}
         self.n_categories = recommender.n_categories
         self.shop_category = shoppers.item_category  # item id -> the shop's category code
+        self.on_drift: Callable[[int], None] | None = None
 
     def run(self, policy, config: LoopConfig, label: str = "") -> pd.DataFrame:
         """Run ``config.days`` days of ``policy``; one row of figures per day. The users
@@ -103,11 +113,12 @@ class FeedbackLoop:
         same seed serve the same users on the same days."""
         users_rng = np.random.default_rng([config.seed, 0])
         rng = np.random.default_rng([config.seed, 1])
+        organic_rng = np.random.default_rng([config.seed, 2])
         pool = np.array(sorted(self.prepared))
         monitor = DriftMonitor()
         shown_ever: set[int] = set()
-        vocabulary = self.recommender.vocabulary
         rows = []
+        previous_drifted = False
         for day in range(config.days):
             day_start = self.start + dt.timedelta(days=day)
             if config.shift_day is not None and day == config.shift_day:
@@ -115,8 +126,8 @@ class FeedbackLoop:
             users, item_feedback = self._day_inputs(day_start, pool, config, users_rng)
             times = day_start + pd.to_timedelta(np.round(np.sort(rng.random(len(users))) * 82_800_000), unit="ms")
             records, events = [], []
-            expected = oracle = distance = 0.0
-            clicks_by_category = np.zeros(len(self.shoppers.shop.categories))
+            expected = exploiting = oracle = distance = 0.0
+            views_by_category = np.zeros(len(self.shoppers.shop.categories))
             clicked_total = purchased_total = impressions = 0
             for user_id, served_at in zip(users, times):
                 user, outputs, scored = self.prepared[int(user_id)]
@@ -129,6 +140,7 @@ class FeedbackLoop:
                 theta = self.shoppers.examination(np.arange(1, k + 1))
                 attraction = self.shoppers.attraction(int(user_id), candidate_ids)
                 expected += float((attraction @ marginal_probabilities(slate.order, request.n, policy.exploration)) @ theta)
+                exploiting += float(attraction[slate.order] @ theta)
                 oracle += float(np.sort(attraction)[::-1][:k] @ theta)
                 distance += intra_list_distance(request.embeddings[slate.rows])
                 answers = self.shoppers.answer(int(user_id), shown_ids, rng)
@@ -143,7 +155,10 @@ class FeedbackLoop:
                 impressions += k
                 clicked_total += int(answers.clicked.sum())
                 purchased_total += int(answers.purchased.sum())
-                np.add.at(clicks_by_category, self.shop_category[shown_ids[answers.clicked]], 1)
+                browsed, funnels = self.shoppers.browse(int(user_id), config.organic_views, organic_rng)
+                events.extend(_organic_events(int(user_id), browsed, funnels,
+                                              day_start + dt.timedelta(seconds=float(organic_rng.random()) * 82_800)))
+                np.add.at(views_by_category, self.shop_category[browsed], 1)
             write(self.conn, records)
             if events:
                 report = ingest.load_frames(self.conn, "events", [pd.DataFrame(events)], source=f"simulation {label} day {day}",
@@ -156,14 +171,20 @@ class FeedbackLoop:
                 recommendations, shown = read_feedback(self.conn, day_start, day_start + dt.timedelta(days=1))
                 learned = learn_from_log(policy, recommendations, shown)
                 policy.end_day()
-            signal = monitor.observe(day, clicks_by_category, impressions, clicked_total)
+            signal = monitor.observe(day, views_by_category, impressions, clicked_total)
             rows.append({
                 "policy": label or policy.name, "day": day, "lists": len(records), "impressions": impressions,
                 "clicks": clicked_total, "purchases": purchased_total, "expected_clicks": expected,
-                "oracle_clicks": oracle, "regret": oracle - expected, "coverage": len(shown_ever) / vocabulary.n_items,
+                "exploiting_clicks": exploiting, "oracle_clicks": oracle, "regret": oracle - expected,
+                "coverage": len(shown_ever) / self.recommender.vocabulary.n_items,
                 "intra_list_distance": distance / max(1, len(records)), "learned_impressions": learned,
+                "exploration": policy.exploration, "model_version": self.recommender.registered.version,
                 "drift_divergence": signal.divergence, "drift_p_value": signal.p_value, "drifted": signal.drifted,
+                "drift_reasons": ", ".join(signal.reasons),
             })
+            if signal.drifted and not previous_drifted and self.on_drift is not None and day < config.days - 1:
+                self.on_drift(day)
+            previous_drifted = signal.drifted
         return pd.DataFrame(rows)
 
     def _day_inputs(self, day_start: dt.datetime, pool: np.ndarray, config: LoopConfig, rng: np.random.Generator):
@@ -181,6 +202,16 @@ class FeedbackLoop:
             values = np.array([items_fb[i] for i in ids.tolist()])
             item_feedback[self.recommender.vocabulary.index_of(ids)] = values
         return users, item_feedback
+
+
+def _organic_events(user_id: int, item_ids: np.ndarray, funnels: list[list[str]], at: dt.datetime) -> list[dict]:
+    """A user's own browsing as events, a minute per viewed item, the funnel's steps seconds apart."""
+    out = []
+    for n, (item_id, stages) in enumerate(zip(item_ids.tolist(), funnels)):
+        for step, stage in enumerate(stages):
+            out.append({"user_id": user_id, "item_id": item_id, "event_type": stage,
+                        "event_timestamp": pd.Timestamp(at) + pd.Timedelta(seconds=60 * n + 2 * step), "recommendation_id": None})
+    return out
 
 
 def _events(user_id: int, item_ids: np.ndarray, answers, served_at: pd.Timestamp, recommendation_id: str) -> list[dict]:

@@ -7,7 +7,9 @@ is clicked with probability ``base + scale * preference(user, item's category) *
 (quality: a fixed draw per item in [0.5, 1]); a click leads to the cart and the cart to a
 purchase with the generator's funnel probabilities. Examination, click and funnel draws are
 independent per position, so a position's answer does not depend on the rest of the list
-(what the off-policy estimators assume).
+(what the off-policy estimators assume). Shoppers also browse on their own (``browse``):
+views of items drawn by their true preference and the shop's popularity within a category,
+answering no recommendation: the population's own behaviour, which a policy does not choose.
 """
 from __future__ import annotations
 
@@ -69,6 +71,18 @@ class SimulatedShoppers:
         carted = clicked & (rng.random(k) < FUNNEL_STEP_PROBABILITY[1])
         purchased = carted & (rng.random(k) < FUNNEL_STEP_PROBABILITY[2])
         return Answers(clicked, carted, purchased)
+
+    def browse(self, user_id: int, n_views: int, rng: np.random.Generator) -> tuple[np.ndarray, list[list[str]]]:
+        """One user's own browsing: ``n_views`` item ids (categories by the user's true
+        preference, items by popularity within the category) and each view's funnel
+        (``["view"]``, ``["view", "click"]``, ... by the generator's step probabilities)."""
+        preference = self.preference[user_id - 1]
+        categories = rng.choice(len(preference), size=n_views, p=preference / preference.sum())
+        item_ids = self.shop._sample_items(categories, rng.random(n_views)) + 1
+        steps = rng.random((n_views, 3)) < np.asarray(FUNNEL_STEP_PROBABILITY)
+        depth = np.cumprod(steps, axis=1).sum(axis=1)  # 0: view only, 3: up to the purchase
+        stages = ["view", "click", "cart", "purchase"]
+        return item_ids.astype(np.int64), [stages[: d + 1] for d in depth]
 
     def shift_population(self, fraction: float) -> np.ndarray:
         """Plant a population shift: ``fraction`` of the users swap the weight of their

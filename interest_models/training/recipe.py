@@ -111,6 +111,7 @@ class TrainingResult:
     sizes: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
+    champion: dict | None = None         # ``champion_comparison``'s answer when a serving model was given
 
 
 def _popularity_before(conn: psycopg.Connection, vocabulary: Vocabulary, before: pd.Timestamp) -> np.ndarray:
@@ -193,9 +194,9 @@ class _Trainer:
 
     def __init__(self, store, conn: psycopg.Connection, session_gap: dt.timedelta,
                  overrides: dict[str, dict] | None, config_dir, device: str | None, progress: bool | Stages,
-                 distributed=None):
+                 distributed=None, champion=None):
         overrides = overrides or {}
-        self.store, self.conn, self.distributed = store, conn, distributed
+        self.store, self.conn, self.distributed, self.champion = store, conn, distributed, champion
         self.stages = progress if isinstance(progress, Stages) else Stages(STAGES, enabled=progress)
         self.training_config = load_config("training", overrides.get("training"), config_dir)
         self.lstm_config = load_config("lstm", overrides.get("lstm"), config_dir)
@@ -347,6 +348,10 @@ class _Trainer:
             stage.summary = (f"{len(metrics)} models ranked all {self.vocabulary.n_items:,} items for "
                              f"{len(outputs['valid'].points):,} valid and {len(outputs['test'].points):,} test points; "
                              f"test NDCG@10 of the blend {metrics.loc[BLEND, 'NDCG@10']:.4f}")
+            if self.champion is not None:
+                result.champion = self._champion_comparison(outputs["test"], sequences["test"], baselines["test"])
+                stage.summary += (f"; the serving model {result.champion['version']} on the same points "
+                                  f"{result.champion['serving NDCG@10']:.4f}")
         result.seconds = dict(stages.seconds)
         return result
 
@@ -354,7 +359,7 @@ class _Trainer:
 
     def _candidates(self, outputs: dict[str, SplitOutputs], baselines: dict[str, dict]) -> dict[str, pd.DataFrame]:
         sizes = self.training_config["candidates"]
-        eval_sizes = {**sizes, "lstm_top": self.training_config["eval_candidates"], "random": 0}
+        eval_sizes = self._eval_sizes()
         # The ranker learns on the candidates the sources really retrieve: decision points
         # whose true item was not retrieved are dropped (``retrieved_only``), so training
         # and serving see the same candidate distribution.
@@ -421,6 +426,66 @@ class _Trainer:
                 "interest_neighbours": [search.nearest(embedding if isinstance(embedding, (list, np.ndarray)) else None,
                                                        sizes.get("interest_neighbours", 0), seen)
                                         for embedding, seen in zip(out.users.interest_embedding, exclude)]}
+
+    def _eval_sizes(self) -> dict[str, int]:
+        """The candidate sources of validation and test points (and of the serving model
+        scored on them): every training source, the LSTM's top ``eval_candidates``, no
+        random items."""
+        return {**self.training_config["candidates"], "lstm_top": self.training_config["eval_candidates"], "random": 0}
+
+    def _champion_comparison(self, out: SplitOutputs, sequences, baselines: dict) -> dict:
+        """The serving model (``self.champion``, a ``RegisteredModel``) scored on the test
+        points exactly as the new blend was: its LSTM on the same sequences, candidates from
+        the same sources (popularity before test), the same point-in-time Feast features,
+        neighbour scores from the baselines fitted before test (its own were fitted on every
+        event up to its training, test labels included), its ranker and blend, ranked
+        against all items; then the paired NDCG@10 difference (new - serving) with a 95 %
+        bootstrap interval over users."""
+        champion = self.champion
+        same = (np.array_equal(champion.vocabulary.item_ids, self.vocabulary.item_ids)
+                and np.array_equal(champion.vocabulary.item_category, self.vocabulary.item_category))
+        if not same:
+            raise ValueError(f"the serving model {champion.version} was trained on another catalogue: "
+                             "it cannot be scored on the same decision points")
+        scores, categories, shift, interest, _ = predict_all(champion.model.to(self.device), sequences, self.device)
+        champion.model.cpu()
+        served = SplitOutputs(out.points, out.users, scores, categories, shift, interest, out.exclude)
+        popularity = _popularity_before(self.conn, self.vocabulary, out.points.as_of.min())
+        index = candidate_sources.CandidateIndex.build(self.vocabulary, popularity, self.text_matrix)
+        sizes = self._eval_sizes()
+        recent = _recent_lists(out.users, self.vocabulary)
+        last_items = np.array([r[-1] if len(r) else 0 for r in recent])
+        lists = candidate_sources.generate(index, scores, last_items, self.vocabulary.item_category[last_items], sizes,
+                                           np.random.default_rng(self.seed), exclude=out.exclude,
+                                           **self._point_sources(served, sizes))
+        point = np.repeat(np.arange(len(lists)), [len(c) for c in lists])
+        item_index = np.concatenate(lists)
+        frame = pd.DataFrame({"point": point, "item_index": item_index, "item_id": self.vocabulary.item_ids[item_index],
+                              "category_id": self.vocabulary.item_category[item_index],
+                              "as_of": out.points.as_of.to_numpy()[point], "row": np.arange(len(point))})
+        retrieved = candidate_features(self.store, frame, self.features)
+        item_columns = [c for c in retrieved.columns if c not in ("row", "item_id", "category_id", "event_timestamp")]
+        frame = frame.join(retrieved.set_index("row")[item_columns], on="row")
+        frame["interest_item_cosine"] = affinity(affinity_transformation(self.store),
+                                                 list(out.users.interest_embedding.to_numpy()[point]),
+                                                 list(self.text_matrix[item_index]))
+        frame = frame.assign(**neighbour_scores(baselines, recent, point, item_index))
+        matrix = build_matrix(out.users, frame, scores, categories, shift)
+        candidates = pd.concat([frame[["point", "item_index"]], matrix], axis=1)
+        candidates["ranker_score"] = champion.ranker.score(candidates)
+        candidates["blend_score"] = champion.blend.score(candidates.lstm_item_score.to_numpy(),
+                                                         candidates.ranker_score.to_numpy(), point)
+        targets = self.vocabulary.index_of(out.points.label_item_id)
+        ranks = target_ranks(_full_ranking(scores, candidates, "blend_score"), targets, out.exclude)
+        serving = ranking_metrics(ranks, ks=(10,))
+        new = ranking_metrics(self.ranks["test"][BLEND], ks=(10,))
+        difference = paired_bootstrap(ndcg_per_row(self.ranks["test"][BLEND], 10), ndcg_per_row(ranks, 10),
+                                      out.points.user_id.to_numpy(), seed=self.seed)
+        return {"version": champion.version, "points": int(len(out.points)),
+                "first_as_of": str(out.points.as_of.min()), "last_as_of": str(out.points.as_of.max()),
+                **{f"new {k}": float(v) for k, v in new.items()}, **{f"serving {k}": float(v) for k, v in serving.items()},
+                "NDCG@10 difference": float(difference["difference"]), "NDCG@10 difference 95% low": float(difference["low"]),
+                "NDCG@10 difference 95% high": float(difference["high"])}
 
     def _candidate_recall(self, index, out: SplitOutputs, last_items: np.ndarray, targets: np.ndarray,
                           sizes: dict[str, int], union: list[np.ndarray], point_sources: dict) -> pd.DataFrame:
@@ -568,7 +633,7 @@ class _Trainer:
 
 def train_models(store, conn: psycopg.Connection, session_gap: dt.timedelta,
                  overrides: dict[str, dict] | None = None, device: str | None = None, progress: bool | Stages = False,
-                 config_dir: Path | None = None, distributed=None) -> TrainingResult:
+                 config_dir: Path | None = None, distributed=None, champion=None) -> TrainingResult:
     """Train and evaluate everything; see the module docstring.
 
     Args:
@@ -585,5 +650,8 @@ def train_models(store, conn: psycopg.Connection, session_gap: dt.timedelta,
         distributed: an ``interest_models.training.distributed.Distributed`` (the spark
             profile): the LSTM on DDP processes launched by Spark and the rankers with
             ``xgboost.spark``; None fits both in this process.
+        champion: a loaded ``RegisteredModel`` (the serving one) to score on the same test
+            points with the same code (``TrainingResult.champion``); its catalogue must be
+            this training's.
     """
-    return _Trainer(store, conn, session_gap, overrides, config_dir, device, progress, distributed).run()
+    return _Trainer(store, conn, session_gap, overrides, config_dir, device, progress, distributed, champion).run()

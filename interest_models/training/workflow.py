@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -34,13 +35,18 @@ class TrainingRun:
 
 
 def train_register_report(pipeline, protocol: str = "time_split", device: str | None = None,
-                          overrides: dict[str, dict] | None = None, register: bool = True, serve: bool = False) -> TrainingRun:
+                          overrides: dict[str, dict] | None = None, register: bool = True, serve: bool = False,
+                          champion=None, decide: Callable[[TrainingResult], tuple[bool, dict]] | None = None) -> TrainingRun:
     """Train on everything the store holds, register the version and write its report.
 
     Args:
         pipeline: a ``materialize.pipeline.Pipeline`` whose repo is applied and built.
         protocol: "time_split" or "leave_one_out" (MovieLens' standard protocol).
         serve: also mark the new version as the serving one.
+        champion: the serving ``RegisteredModel``, scored on the same test points
+            (``train_models``); its figures go into the manifest and the report.
+        decide: called with the result before registering: (serve it, extra manifest
+            entries); replaces ``serve``.
     """
     overrides = {k: dict(v) for k, v in (overrides or {}).items()}
     training = overrides.setdefault("training", {})
@@ -51,11 +57,15 @@ def train_register_report(pipeline, protocol: str = "time_split", device: str | 
     stages = Stages(STAGES | WORKFLOW_STAGES, enabled=pipeline.progress)
     result = train_models(
         pipeline.store, pipeline.conn, dt.timedelta(minutes=settings.pipeline.session_gap_minutes),
-        overrides=overrides, device=device, progress=stages, config_dir=settings.config_dir,
+        overrides=overrides, device=device, progress=stages, config_dir=settings.config_dir, champion=champion,
     )
+    extra = {"database": settings.postgres.database}
+    if decide is not None:
+        serve, decision = decide(result)
+        extra |= decision
     with stages.stage("registry") as stage:
         registry = registry_for(settings.project_dir)
-        version = registry.register(result, extra={"database": settings.postgres.database}) if register else None
+        version = registry.register(result, extra=extra) if register else None
         if version and serve:
             registry.set_serving(version)
         stage.summary = "not registered" if version is None else f"version {version}" + (" (now serving)" if serve else "")

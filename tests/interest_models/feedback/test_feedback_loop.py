@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+import shutil
 
 import numpy as np
 import pandas as pd
 import psycopg
 import pytest
+import yaml
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
 from interest_models.cli import commands
 from interest_models.config import load_config
+from interest_models.data.decision_points import decision_points
 from interest_models.evaluation.replay import off_policy_table
 from interest_models.feedback.features import latest_feedback, refresh_feedback_features
 from interest_models.feedback.impression_log import ImpressionLogger, prune, read_feedback, write
@@ -191,6 +195,14 @@ def test_simulated_days_learn_log_and_evaluate_off_policy(shop_models, log_db, t
     assert days.coverage.is_monotonic_increasing and 0 < days.coverage.iloc[-1] <= 1
     recommendations, impressions = read_feedback(log_db, START, START + dt.timedelta(days=4))
     assert impressions.clicked.sum() == days.clicks.sum() and impressions.purchased.sum() == days.purchases.sum()
+    own_views = log_db.execute("SELECT count(*) FROM interest.events WHERE recommendation_id IS NULL AND event_type = 0").fetchone()[0]
+    assert own_views == 4 * 80 * config.organic_views  # the shoppers' own browsing, beside their answers
+    answers = {(u, t) for u, t in log_db.execute(
+        "SELECT user_id, event_timestamp FROM interest.events WHERE recommendation_id IS NOT NULL").fetchall()}
+    for recommended, expected in ((False, False), (True, True)):  # training labels: the shoppers' own choices only
+        points = decision_points(log_db, load_config("training", {"recommended_labels": recommended}), GAP)
+        labelled_by_answers = {(u, t.to_pydatetime()) for u, t in zip(points.user_id, points.label_time)} & answers
+        assert len(points) > 50 and bool(labelled_by_answers) == expected
 
     # Off-policy: the greedy blend's CTR from the bandit's log vs the greedy blend run on the same days.
     table, exponent = off_policy_table(recommendations, impressions, {"greedy": GreedyPolicy()},
@@ -211,11 +223,7 @@ def test_simulated_days_learn_log_and_evaluate_off_policy(shop_models, log_db, t
 
     # The same log through the command line: learn a bandit version, then evaluate it.
     (tmp_path / "feature_repo").symlink_to(shop_settings.feature_repo_dir)
-    monkeypatch.setenv("INTEREST_HOME", str(tmp_path))
-    server = shop_settings.postgres  # the test's server (embedded or external), named explicitly: the
-    for name, value in {"HOST": server.host, "PORT": server.port, "DB": log_db.info.dbname, "USER": server.user,  # project
-                        "PASSWORD": server.password, "SSLMODE": server.sslmode}.items():  # folder has no server
-        monkeypatch.setenv(f"INTEREST_PG_{name}", str(value))
+    _point_the_cli_at(monkeypatch, tmp_path, shop_settings.postgres, log_db.info.dbname)
     runner = CliRunner()
     updated = runner.invoke(commands, ["policy", "update", "--days", "7", "--serve"])
     assert updated.exit_code == 0, updated.output
@@ -234,6 +242,63 @@ def test_simulated_days_learn_log_and_evaluate_off_policy(shop_models, log_db, t
     assert len(lines) == 3 and lines[-1].startswith(f"{START.date() + dt.timedelta(days=3)}")
     ctr_day_4 = days.clicks.iloc[3] / days.impressions.iloc[3]
     assert f"{ctr_day_4:7.4f}" in lines[-1]
+
+
+def _point_the_cli_at(monkeypatch, project, server, database: str) -> None:
+    """INTEREST_HOME and the test's server (embedded or external), named explicitly: the
+    project folder has no server of its own."""
+    monkeypatch.setenv("INTEREST_HOME", str(project))
+    for name, value in {"HOST": server.host, "PORT": server.port, "DB": database, "USER": server.user,
+                        "PASSWORD": server.password, "SSLMODE": server.sslmode}.items():
+        monkeypatch.setenv(f"INTEREST_PG_{name}", str(value))
+
+
+def test_retrain_if_drift_waits_for_drift_then_retrains_once_compares_and_records(shop_models, pg_server, tmp_path,
+                                                                                monkeypatch):
+    shop_settings, _, registry, recommender = shop_models
+    (tmp_path / "feature_repo").symlink_to(shop_settings.feature_repo_dir)
+    (tmp_path / "config").mkdir()
+    for name, values in FAST.items():  # the test's small models, through the project's config files
+        (tmp_path / "config" / f"{name}.yaml").write_text(yaml.safe_dump(values))
+    projects = ModelRegistry(tmp_path / "models" / "registry")
+    shutil.copytree(registry.root, projects.root)
+    serving = projects.serving_version()
+    runner = CliRunner()
+    with new_database(pg_server) as pg:
+        _point_the_cli_at(monkeypatch, tmp_path, shop_settings.postgres, pg.database)
+        empty = runner.invoke(commands, ["retrain", "--if-drift"])
+        assert empty.exit_code == 1 and "no events to monitor" in empty.output and "Traceback" not in empty.output
+        with Pipeline(settings_for(shop_settings, pg), progress=False) as copy:
+            copy.run(lambda p: p.load_synthetic(SHOP))  # the shop the serving model was trained on, again
+        quiet = runner.invoke(commands, ["retrain", "--if-drift", "--no-build"])
+        assert quiet.exit_code == 99 and "nothing retrained" in quiet.output, quiet.output
+        assert projects.versions() == [serving]
+
+        # One day after the shop's history: 60 % of the users move to one category, and browse.
+        with psycopg.connect(pg.conninfo()) as conn:
+            loop = FeedbackLoop(conn, recommender, SimulatedShoppers(SyntheticShop(SHOP), pd.Timestamp(START)),
+                                prepare_users(recommender, range(1, 301)), START)
+            loop.run(GreedyPolicy(), LoopConfig(days=1, users_per_day=300, k=5, shift_day=0, shift_fraction=0.6,
+                                                organic_views=6, seed=2))
+        retrained = runner.invoke(commands, ["retrain", "--if-drift"])
+        assert retrained.exit_code in (0, 3), retrained.output
+        assert f"drift since {START.date()}: retraining" in retrained.output and "new version" in retrained.output
+        (new,) = set(projects.versions()) - {serving}
+        manifest = json.loads((projects.root / new / "manifest.json").read_text())
+        record, compared = manifest["retraining"], manifest["metrics"]["against_serving"]
+        assert record["trigger"] == f"drift since {START.date()}" and record["serving_before"] == serving
+        assert record["signals"][-1]["drifted"] and record["promoted"] == (retrained.exit_code == 0)
+        assert compared["version"] == serving and compared["points"] == manifest["sizes"]["points_test"]
+        # The new model's figure in the comparison is its own test figure: the same points, the same code.
+        assert compared["new NDCG@10"] == pytest.approx(manifest["metrics"]["test"]["blend (LSTM + XGBoost)"]["NDCG@10"])
+        assert 0 < compared["serving NDCG@10"] < 1 and compared["serving NDCG@10"] != compared["new NDCG@10"]
+        assert compared["NDCG@10 difference 95% low"] <= compared["NDCG@10 difference"] <= compared["NDCG@10 difference 95% high"]
+        assert projects.serving_version() == (new if retrained.exit_code == 0 else serving)
+        report = (tmp_path / "reports" / new / "report.md").read_text()
+        assert "## Against the serving model, test" in report and "## Retraining" in report
+
+        again = runner.invoke(commands, ["retrain", "--if-drift", "--no-build"])  # the same episode: done already
+        assert again.exit_code == 99 and f"{new} was trained on data up to" in again.output, again.output
 
 
 def _expected_ctr(recommender, shop, recommendations, policy) -> float:

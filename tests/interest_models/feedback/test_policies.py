@@ -6,13 +6,14 @@ import pytest
 
 from interest_models.config import load_config
 from interest_models.evaluation.off_policy import ReplayedLists, estimate, fit_position_bias
-from interest_models.feedback.drift import DriftMonitor, js_divergence
+from interest_models.feedback.drift import DriftMonitor, DriftSignal, episode_start, js_divergence
 from interest_models.policies.context import UserState, build_context, context_columns
 from interest_models.policies.linear_bandit import position_bias
 from interest_models.policies.reranking import BanditPolicy, GreedyPolicy, PolicyRequest, check_bounds
 from interest_models.policies.slate import diversified_order, draw, marginal_probabilities
 from interest_models.registry.model_registry import RegistryError
 from interest_models.registry.policy_registry import PolicyRegistry
+from interest_models.training.retraining import decide
 
 N_CATEGORIES = 4
 
@@ -73,18 +74,39 @@ def test_exploration_and_bonus_are_bounded():
         BanditPolicy.untrained(context_columns(N_CATEGORIES), load_config("policy", {"prior_weights": {"nope": 1.0}}))
 
 
+def test_exploration_decays_by_days_learned_to_its_floor_and_the_logged_propensities_follow():
+    config = load_config("policy", {"exploration": 0.08, "exploration_decay_days": 1, "exploration_min": 0.02})
+    policy = BanditPolicy.untrained(context_columns(N_CATEGORIES), config)
+    schedule = []
+    for _ in range(40):
+        schedule.append(policy.exploration)
+        policy.end_day()
+    assert schedule[0] == 0.08 and schedule[1] == pytest.approx(0.08 / np.sqrt(2)) and schedule[3] == pytest.approx(0.04)
+    assert all(a >= b for a, b in zip(schedule, schedule[1:])) and schedule[-1] == 0.02  # 0.08 / sqrt(1 + 39) < 0.02
+    slate, _ = policy.choose(_request(np.random.default_rng(7), n=10), 4, np.random.default_rng(8))
+    assert set(np.round(slate.propensity, 12)) <= {round(0.98 + 0.002, 12), round(0.002, 12)}
+    constant = BanditPolicy.untrained(context_columns(N_CATEGORIES), {**config, "exploration_decay_days": 0})
+    for _ in range(10):
+        constant.end_day()
+    assert constant.exploration == 0.08
+    with pytest.raises(ValueError, match="exploration_min"):
+        check_bounds({**config, "exploration_min": 0.1})
+
+
 def test_policy_registry_round_trip_without_pickle(tmp_path):
     columns = context_columns(N_CATEGORIES)
     rng = np.random.default_rng(3)
     request = _request(rng)
     policy = BanditPolicy.untrained(columns, load_config("policy"))
     policy.learn(request.context, np.arange(1, request.n + 1), rng.random(request.n) < 0.3)
+    policy.end_day()
     registry = PolicyRegistry(tmp_path / "policies")
     version = registry.register(policy, columns, {"learned_until": "2026-10-01"})
     registry.set_serving(version)
     loaded = registry.load(context_columns=columns)
     np.testing.assert_allclose(loaded.scores(request), policy.scores(request))
     assert loaded.version == version and loaded.bandit.observations == request.n
+    assert loaded.bandit.days == 1 and loaded.exploration == policy.exploration < load_config("policy")["exploration"]
     with pytest.raises(RegistryError, match="other context columns"):
         registry.load(context_columns=columns[:-1])
     (tmp_path / "policies" / version / "bandit.npz").write_bytes(b"changed")
@@ -149,6 +171,40 @@ def test_drift_monitor_flags_a_changed_click_mix_and_not_user_noise():
     assert not any(flags)
     assert monitor.observe(40, _day_of_clicks(rng, after), 4000, 400).drifted
     assert js_divergence(before, before) == pytest.approx(0.0)
+
+
+def test_drift_monitor_flags_a_rise_of_the_shift_rate_not_its_noise():
+    rng = np.random.default_rng(9)
+    monitor = DriftMonitor(window_days=7)
+    mix = np.array([0.4, 0.3, 0.2, 0.1])
+    signals = [monitor.observe(day, _day_of_clicks(rng, mix), 0, 0, 800, rng.binomial(800, 0.25)) for day in range(30)]
+    assert not any(s.drifted for s in signals) and signals[-1].baseline_shift_rate == pytest.approx(0.25, abs=0.02)
+    risen = monitor.observe(30, _day_of_clicks(rng, mix), 0, 0, 800, rng.binomial(800, 0.4))
+    assert risen.drifted and risen.reasons == ("shift rate",)
+    few = DriftMonitor(window_days=2)
+    for day in range(3):
+        few.observe(day, _day_of_clicks(rng, mix), 0, 0, 50, 10)
+    assert not few.observe(3, _day_of_clicks(rng, mix), 0, 0, 50, 40).drifted  # under min_users active users
+
+
+def test_a_drift_episode_starts_at_its_first_flagged_day():
+    flags = [False, True, True, False, True, True, True]
+    signals = [DriftSignal(day, 0.0, 1.0, 0.1, 0.1, drifted) for day, drifted in enumerate(flags)]
+    assert episode_start(signals, days=1) == 4
+    assert episode_start(signals[:3], days=1) == 1
+    assert episode_start(signals[:4], days=1) is None  # the newest day did not drift
+    assert episode_start(signals[:4], days=2) == 1
+
+
+def test_a_challenger_is_promoted_only_when_it_beats_the_serving_model_by_the_margin():
+    comparison = {"new NDCG@10": 0.31, "serving NDCG@10": 0.30, "NDCG@10 difference": 0.01,
+                  "NDCG@10 difference 95% low": -0.002, "NDCG@10 difference 95% high": 0.022}
+    assert decide(comparison, "v1", None, 0.0)[0]
+    promote, reason = decide(comparison, "v1", None, 0.01)
+    assert not promote and "not above" in reason
+    assert decide(None, None, None, 0.0) == (True, "no model was serving")
+    promote, reason = decide(None, "v1", "checksum mismatch", 0.0)
+    assert not promote and "checksum mismatch" in reason
 
 
 def test_the_position_bias_fit_finds_the_exponent_of_random_lists():
