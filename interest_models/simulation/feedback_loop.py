@@ -15,8 +15,8 @@ the policy's lists (over its own randomness, from the true click probabilities),
 deterministic lists (what it shows when not exploring), those of the oracle (the best k of
 the same candidates by the true click probabilities, best first), the items shown
 (coverage), the intra-list distance (mean pairwise 1 - cosine of the item text embeddings),
-and the drift monitor's signal on the population's own views and the lists' CTR. When the
-first day of a drift episode ends, ``on_drift(day)`` runs (when set): it may replace
+and the drift monitor's signal on the population's own views and the lists' CTR. At the end
+of every day but the last, ``after_day(day, signal)`` runs (when set): it may replace
 ``recommender`` and ``prepared`` (features refreshed, a model retrained), which serve from the
 next day on.
 """
@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 
-from interest_models.feedback.drift import DriftMonitor
+from interest_models.feedback.drift import DriftMonitor, DriftSignal
 from interest_models.feedback.features import latest_feedback, refresh_feedback_features
 from interest_models.feedback.impression_log import LoggedRecommendation, new_recommendation_id, read_feedback, write
 from interest_models.policies.learning import learn_from_log
@@ -105,7 +105,7 @@ class FeedbackLoop:
         self.start, self.load_kwargs = start, load_kwargs or {}
         self.n_categories = recommender.n_categories
         self.shop_category = shoppers.item_category  # item id -> the shop's category code
-        self.on_drift: Callable[[int], None] | None = None
+        self.after_day: Callable[[int, DriftSignal], None] | None = None
 
     def run(self, policy, config: LoopConfig, label: str = "") -> pd.DataFrame:
         """Run ``config.days`` days of ``policy``; one row of figures per day. The users
@@ -118,7 +118,6 @@ class FeedbackLoop:
         monitor = DriftMonitor()
         shown_ever: set[int] = set()
         rows = []
-        previous_drifted = False
         for day in range(config.days):
             day_start = self.start + dt.timedelta(days=day)
             if config.shift_day is not None and day == config.shift_day:
@@ -182,9 +181,8 @@ class FeedbackLoop:
                 "drift_divergence": signal.divergence, "drift_p_value": signal.p_value, "drifted": signal.drifted,
                 "drift_reasons": ", ".join(signal.reasons),
             })
-            if signal.drifted and not previous_drifted and self.on_drift is not None and day < config.days - 1:
-                self.on_drift(day)
-            previous_drifted = signal.drifted
+            if self.after_day is not None and day < config.days - 1:
+                self.after_day(day, signal)
         return pd.DataFrame(rows)
 
     def _day_inputs(self, day_start: dt.datetime, pool: np.ndarray, config: LoopConfig, rng: np.random.Generator):
