@@ -128,6 +128,7 @@ class FeedbackLoop:
             expected = exploiting = oracle = distance = 0.0
             views_by_category = np.zeros(len(self.shoppers.shop.categories))
             clicked_total = purchased_total = impressions = 0
+            exploration = policy.exploration  # the day's, before it learns
             for user_id, served_at in zip(users, times):
                 user, outputs, scored = self.prepared[int(user_id)]
                 user = {**user, **users[int(user_id)]}
@@ -177,7 +178,7 @@ class FeedbackLoop:
                 "exploiting_clicks": exploiting, "oracle_clicks": oracle, "regret": oracle - expected,
                 "coverage": len(shown_ever) / self.recommender.vocabulary.n_items,
                 "intra_list_distance": distance / max(1, len(records)), "learned_impressions": learned,
-                "exploration": policy.exploration, "model_version": self.recommender.registered.version,
+                "exploration": exploration, "model_version": self.recommender.registered.version,
                 "drift_divergence": signal.divergence, "drift_p_value": signal.p_value, "drifted": signal.drifted,
                 "drift_reasons": ", ".join(signal.reasons),
             })
