@@ -10,18 +10,26 @@ Stages (each timed in both profiles, on the same generated frames):
    events: user, item, category, time) for the ranker's Feast views (user activity and
    interest shift, item popularity and catalogue, category trends: the service's
    point-in-time columns without the 50-event sequence arrays and the on-demand cosine),
-   through this project's LATERAL offline store plugin vs Feast's Spark offline store.
+   through this project's LATERAL offline store plugin (``to_df()``, a pandas frame) vs
+   Feast's Spark offline store, whose executors write the frame as Parquet into the staging
+   folder (``to_remote_storage()``; nothing is collected into the driver). Then, untimed
+   for Spark's side but timed on its own row, the staged frame read back in batches
+   (``frame_staging.iter_batches``, what the recipe does) and compared value by value with
+   the plugin's frame.
 4. materialize: every view into the PostgreSQL online store, through the project's Arrow
    engine vs Feast's Spark compute engine (``spark.engine``).
 5. ranker training: XGBoost LambdaMART (``ranker.yaml``, ``--ranker-trees`` trees) on the
-   retrieved frame's numeric columns in query groups of 50 rows (one relevant row each,
-   drawn at random: a timing workload, not a model), ``ItemRanker.fit`` vs
-   ``xgboost.spark.SparkXGBRanker`` with 2 workers (``fit_ranker_spark``).
+   frame's numeric columns in query groups of 50 consecutive entity rows (one relevant row
+   each, at a position drawn from the query id: a timing workload, not a model; the last
+   10 % of groups validate), ``ItemRanker.fit`` on the plugin's pandas frame vs
+   ``xgboost.spark.SparkXGBRanker`` with 2 workers on the staged Parquet frame read by
+   Spark (``fit_ranker_spark_frame``; labels and groups computed in Spark).
 
 Besides wall seconds, the Spark side reports the CPU seconds of this process and all its
 children (the JVM, its Python workers, XGBoost's and torch's processes), from psutil,
 sampled before and after each stage; the PostgreSQL side reports wall seconds only (its
-server is shared with other sessions, its CPU cannot be attributed to this run).
+server is shared with other sessions, its CPU cannot be attributed to this run). Each row
+carries the 1-minute load average at its end.
 
 Usage (from the project root)::
 
@@ -77,19 +85,56 @@ class Stage:
         self.cpu = round(tree_cpu_seconds() - self.cpu0, 2)
 
 
-def ranker_rows(frame, seed: int):
-    import numpy as np
+KEYS = ("row", "user_id", "item_id", "category_id", "event_timestamp")
+GROUP = 50  # rows per query
 
-    keys = {"user_id", "item_id", "category_id", "event_timestamp"}
-    columns = [c for c in frame.columns if c not in keys and (frame[c].dtype.kind in "fiub")]
-    rows = frame[columns].astype("float64").reset_index(drop=True)
-    n_groups = len(rows) // 50
-    rows = rows.iloc[: n_groups * 50]
-    query = np.repeat(np.arange(n_groups), 50)
-    relevance = np.zeros(len(rows))
-    relevance[np.arange(n_groups) * 50 + np.random.default_rng(seed).integers(0, 50, n_groups)] = 1
-    split = int(n_groups * 0.9) * 50
-    return columns, (rows.iloc[:split], relevance[:split], query[:split]), (rows.iloc[split:], relevance[split:], query[split:])
+
+def ranker_columns(frame) -> list[str]:
+    return [c for c in frame.columns if c not in KEYS and frame[c].dtype.kind in "fiub"]
+
+
+def ranker_rows(frame, columns: list[str], seed: int):
+    """The local ranker's rows: groups of ``GROUP`` consecutive entity rows (by ``row``),
+    relevant at position (qid * 7 + seed) % GROUP, the last 10 % of groups for validation."""
+    frame = frame.sort_values("row")
+    n_groups = len(frame) // GROUP
+    row = frame.row.to_numpy()[: n_groups * GROUP]
+    rows = frame[columns].astype("float64").iloc[: n_groups * GROUP].reset_index(drop=True)
+    query = row // GROUP
+    relevance = (row % GROUP == (query * 7 + seed) % GROUP).astype("float64")
+    split = int(n_groups * 0.9) * GROUP
+    return (rows.iloc[:split], relevance[:split], query[:split]), (rows.iloc[split:], relevance[split:], query[split:])
+
+
+def spark_ranker_frame(frame, n_rows: int, seed: int):
+    """The same rows, labels and groups as ``ranker_rows``, computed by Spark."""
+    from pyspark.sql import functions as F
+
+    n_groups = n_rows // GROUP
+    qid = (F.col("row") / GROUP).cast("long")
+    return (frame.where(F.col("row") < n_groups * GROUP)
+            .withColumn("qid", qid)
+            .withColumn("label", (F.col("row") % GROUP == (qid * 7 + seed) % GROUP).cast("double"))
+            .withColumn("is_valid", qid >= int(n_groups * 0.9)))
+
+
+def frames_equal(expected, files: list[str], columns: list[str]) -> tuple[int, int]:
+    """(rows, mismatching cells) of the staged frame against the plugin's, by ``row``;
+    floats within 1e-9 relative, missing = missing."""
+    import numpy as np
+    import pandas as pd
+
+    from interest_models.data.frame_staging import iter_batches
+
+    actual = pd.concat(list(iter_batches(files)), ignore_index=True).sort_values("row").reset_index(drop=True)
+    expected = expected.sort_values("row").reset_index(drop=True)
+    if len(actual) != len(expected):
+        return len(actual), -1
+    bad = 0
+    for column in columns:
+        want, got = (pd.to_numeric(f[column], errors="coerce").to_numpy("float64") for f in (expected, actual))
+        bad += int((~np.isclose(got, want, rtol=1e-9, atol=1e-12, equal_nan=True)).sum())
+    return len(actual), bad
 
 
 def main() -> None:
@@ -101,7 +146,7 @@ def main() -> None:
     parser.add_argument("--ranker-trees", type=int, default=100)
     parser.add_argument("--spark-master", default="local[2]")
     parser.add_argument("--shuffle-partitions", type=int, default=8)
-    parser.add_argument("--driver-memory", default="6g")
+    parser.add_argument("--driver-memory", default="6g", help="spark.driver.memory (local mode: executors too)")
     parser.add_argument("--warehouse", default=None, help="Parquet warehouse folder (default: a temporary one)")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
@@ -111,8 +156,9 @@ def main() -> None:
     import pandas as pd
     import yaml
 
+    from interest_models.data.frame_staging import iter_batches
     from interest_models.models.item_ranker import ItemRanker
-    from interest_models.training.distributed import fit_ranker_spark
+    from interest_models.training.distributed import fit_ranker_spark_frame
     from materialize.database.tables import fetch_frame
     from materialize.features.spark_builder import build_features_spark
     from materialize.ingest import loader
@@ -125,7 +171,7 @@ def main() -> None:
     config = shop_config(args)
     warehouse = Path(args.warehouse or tempfile.mkdtemp(prefix="interest-spark-bench-"))
     spark_settings = SparkSettings(warehouse=str(warehouse), master=args.spark_master,
-                                   shuffle_partitions=args.shuffle_partitions)
+                                   shuffle_partitions=args.shuffle_partitions, driver_memory=args.driver_memory)
     results: dict = {"events_requested": args.events, "frame_rows": args.frame_rows, "load_before": load_average()}
     rows: list[list] = []
     base = load_settings()
@@ -152,7 +198,7 @@ def main() -> None:
             sp_ingest_s = round(sp_ingest.seconds - frames.seconds, 2)
             events = report_pg.loaded
             progress(f"ingest: postgres {pg_ingest_s} s, parquet {sp_ingest_s} s ({report_sp.summary()})")
-            rows.append(["ingest (validate + write)", pg_ingest_s, sp_ingest_s, None])
+            rows.append(["ingest (validate + write)", pg_ingest_s, sp_ingest_s, None, load_average()[0]])
             results["events"] = events
             results["users"] = int(postgres.conn.execute("SELECT count(DISTINCT user_id) FROM interest.events").fetchone()[0])
             results["parquet_bytes"] = sum(p.stat().st_size for p in (warehouse / "events").rglob("*.parquet"))
@@ -163,13 +209,13 @@ def main() -> None:
             # 2. feature build
             with Stage() as pg_build:
                 build_pg = postgres.build(full=True)
-            spark = get_spark(spark_settings, {"spark.driver.memory": args.driver_memory})
+            spark = get_spark(spark_settings)
             spark.sparkContext.setLogLevel("ERROR")
             with Stage() as sp_build:
                 export_catalogue(sp.conn, str(warehouse))
                 build_sp = build_features_spark(spark, str(warehouse), base.pipeline)
             progress(f"build: postgres {pg_build.seconds} s, spark {sp_build.seconds} s (cpu {sp_build.cpu} s) {build_sp.seconds}")
-            rows.append(["feature build (full)", pg_build.seconds, sp_build.seconds, sp_build.cpu])
+            rows.append(["feature build (full)", pg_build.seconds, sp_build.seconds, sp_build.cpu, load_average()[0]])
             results["feature_rows"] = build_pg.rows
             results["spark_build_seconds"] = build_sp.seconds
             assert build_sp.rows["user_daily_features"] == build_pg.rows["user_daily_features"], "the two builds differ"
@@ -188,18 +234,33 @@ def main() -> None:
                 extra = extra.assign(event_timestamp=extra.event_timestamp + pd.Timedelta(hours=12))
                 entity = pd.concat([entity, extra], ignore_index=True)
             entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
+            entity.insert(0, "row", range(len(entity)))
             del sample
             features = [f"{v.name}:{f.name}" for v in postgres.store.list_feature_views() if v.name in RANKER_VIEWS
                         for f in v.features]
             with Stage() as pg_frame:
                 frame_pg = postgres.store.get_historical_features(entity_df=entity, features=features).to_df()
-            with Stage() as sp_frame:
-                frame_sp = sp.store.get_historical_features(entity_df=entity, features=features).to_df()
-            progress(f"frame of {len(frame_pg):,} rows x {len(features)} features: postgres {pg_frame.seconds} s, "
-                     f"spark {sp_frame.seconds} s (cpu {sp_frame.cpu} s)")
-            rows.append([f"training frame ({len(frame_pg):,} rows)", pg_frame.seconds, sp_frame.seconds, sp_frame.cpu])
+            progress(f"frame of {len(frame_pg):,} rows x {len(features)} features: postgres {pg_frame.seconds} s")
+            with Stage() as sp_plan:  # entity upload to Spark, time range, query text
+                job = sp.store.get_historical_features(entity_df=entity.copy(), features=features)
+            with Stage() as sp_frame:  # the join, written to Parquet by the executors
+                files = [f for f in job.to_remote_storage() if f.endswith(".parquet")]
+            results["frame_parquet_bytes"] = sum(Path(f).stat().st_size for f in files)
+            progress(f"spark frame: plan {sp_plan.seconds} s, join + write {sp_frame.seconds} s (cpu {sp_frame.cpu} s), "
+                     f"{len(files)} files, {results['frame_parquet_bytes'] / 2**20:.1f} MiB")
+            rows.append([f"training frame ({len(frame_pg):,} rows)", pg_frame.seconds,
+                         round(sp_plan.seconds + sp_frame.seconds, 2), round(sp_plan.cpu + sp_frame.cpu, 2),
+                         load_average()[0]])
+            columns = ranker_columns(frame_pg)
+            with Stage() as sp_read:
+                read_rows = sum(len(batch) for batch in iter_batches(files))
+            rows.append([f"staged frame read back in batches ({read_rows:,} rows)", None, sp_read.seconds, sp_read.cpu,
+                         load_average()[0]])
+            results["frame_rows_read"], results["frame_cells_differing"] = frames_equal(frame_pg, files, columns)
+            progress(f"staged frame read back in {sp_read.seconds} s; equal to the plugin's: "
+                     f"{results['frame_rows_read']:,} rows, {results['frame_cells_differing']} cells differ")
             results["frame_features"] = len(features)
-            del frame_sp
+            results["frame_spark_plan_s"], results["frame_spark_join_write_s"] = sp_plan.seconds, sp_frame.seconds
 
             # 4. materialize
             end = dt.datetime.now(dt.timezone.utc)
@@ -209,7 +270,7 @@ def main() -> None:
                 mat_sp = sp.materialize(end)
             progress(f"materialize: postgres {pg_mat.seconds} s, spark {sp_mat.seconds} s (cpu {sp_mat.cpu} s); "
                      f"{mat_sp.online_rows}")
-            rows.append(["materialize (all views)", pg_mat.seconds, sp_mat.seconds, sp_mat.cpu])
+            rows.append(["materialize (all views)", pg_mat.seconds, sp_mat.seconds, sp_mat.cpu, load_average()[0]])
             results["online_rows"] = mat_pg.online_rows
             results["online_rows_equal"] = mat_pg.online_rows == mat_sp.online_rows
             results["online_bytes"] = int(postgres.conn.execute(
@@ -218,17 +279,19 @@ def main() -> None:
             postgres.conn.commit()
 
             # 5. ranker training
-            columns, train, valid = ranker_rows(frame_pg, args.seed)
+            train, valid = ranker_rows(frame_pg, columns, args.seed)
+            del frame_pg
             ranker_config = yaml.safe_load((Path(__file__).resolve().parents[1] / "interest_models/config/ranker.yaml").read_text())
             ranker_config |= {"n_estimators": args.ranker_trees, "early_stopping_rounds": args.ranker_trees}
             with Stage() as pg_rank:
                 ItemRanker(ranker_config, args.seed, "cpu", columns=columns).fit(*train, valid)
             with Stage() as sp_rank:
-                fit_ranker_spark(ItemRanker(ranker_config, args.seed, "cpu", columns=columns), spark, *train, valid, num_workers=2)
+                staged = spark_ranker_frame(spark.read.parquet(str(Path(files[0]).parent)), len(entity), args.seed)
+                fit_ranker_spark_frame(ItemRanker(ranker_config, args.seed, "cpu", columns=columns), staged, num_workers=2)
             progress(f"ranker on {len(train[0]):,} rows x {len(columns)}: local {pg_rank.seconds} s, "
                      f"spark {sp_rank.seconds} s (cpu {sp_rank.cpu} s)")
             rows.append([f"ranker ({len(train[0]):,} rows, {args.ranker_trees} trees)", pg_rank.seconds, sp_rank.seconds,
-                         sp_rank.cpu])
+                         sp_rank.cpu, load_average()[0]])
             results["ranker_rows"], results["ranker_columns"] = len(train[0]), len(columns)
             postgres.close()
             sp.close()
@@ -237,14 +300,14 @@ def main() -> None:
             spark.stop()
         if not args.warehouse:
             shutil.rmtree(warehouse, ignore_errors=True)
-    results["stages"] = {r[0]: {"postgres_s": r[1], "spark_s": r[2], "spark_cpu_s": r[3]} for r in rows}
+    results["stages"] = {r[0]: {"postgres_s": r[1], "spark_s": r[2], "spark_cpu_s": r[3], "load_1m": r[4]} for r in rows}
     results["load_after"] = load_average()
     print()
     print(json.dumps(results["machine"], indent=1, default=str))
     print(f"\n{results['events']:,} events of {results['users']:,} users, {args.items:,} items; "
           f"Parquet {results['parquet_bytes'] / 2**20:.1f} MiB; Spark {args.spark_master}, "
           f"{args.shuffle_partitions} shuffle partitions; load {results['load_before']} -> {results['load_after']}")
-    print(table(["stage", "postgres s", "spark s", "spark cpu s"], rows))
+    print(table(["stage", "postgres s", "spark s", "spark cpu s", "load 1m"], rows))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
 

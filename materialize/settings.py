@@ -31,10 +31,13 @@ in PostgreSQL). The spark profile reads:
                                      ``<project>/.warehouse``; ``s3a://bucket/path`` on a cluster)
     INTEREST_SPARK_MASTER            ``spark.master`` (default ``local[2]``)
     INTEREST_SPARK_SHUFFLE_PARTITIONS ``spark.sql.shuffle.partitions`` (default 8)
+    INTEREST_SPARK_DRIVER_MEMORY     ``spark.driver.memory`` of a session this process starts
+                                     (default ``4g``; in ``local[N]`` the executors live in it too)
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -166,6 +169,15 @@ class SparkSettings:
     warehouse: str
     master: str = "local[2]"
     shuffle_partitions: int = 8
+    driver_memory: str = "4g"
+
+    @property
+    def staging(self) -> str:
+        """Where Feast's Spark offline store writes retrieval results (``staging_location``):
+        ``<warehouse>/staging``, as ``s3://`` where the warehouse is ``s3a://`` (Feast lists
+        and reads it with the AWS SDK and pyarrow, and hands Spark the ``s3a://`` form)."""
+        staging = f"{self.warehouse.rstrip('/')}/staging"
+        return "s3://" + staging[len("s3a://"):] if staging.startswith("s3a://") else staging
 
     def feast_environment(self) -> dict[str, str]:
         """Variables that ``feature_store.spark.yaml`` and ``data_sources.py`` read."""
@@ -174,6 +186,8 @@ class SparkSettings:
             "INTEREST_WAREHOUSE": self.warehouse,
             "INTEREST_SPARK_MASTER": self.master,
             "INTEREST_SPARK_SHUFFLE_PARTITIONS": str(self.shuffle_partitions),
+            "INTEREST_SPARK_DRIVER_MEMORY": self.driver_memory,
+            "INTEREST_SPARK_STAGING": self.staging,
         }
 
 
@@ -264,8 +278,11 @@ def _spark(env: Mapping[str, str], project_dir: Path) -> SparkSettings | None:
     warehouse = env.get("INTEREST_WAREHOUSE") or str(project_dir / ".warehouse")
     if "://" not in warehouse:
         warehouse = str(Path(warehouse).resolve())
+    driver_memory = env.get("INTEREST_SPARK_DRIVER_MEMORY", "4g")
+    if not re.fullmatch(r"[1-9][0-9]*[kmgt]", driver_memory.lower()):
+        raise SettingsError(f"INTEREST_SPARK_DRIVER_MEMORY must be a JVM size such as 4g or 512m, not {driver_memory!r}")
     return SparkSettings(warehouse=warehouse, master=env.get("INTEREST_SPARK_MASTER", "local[2]"),
-                         shuffle_partitions=int(partitions))
+                         shuffle_partitions=int(partitions), driver_memory=driver_memory)
 
 
 def _utc_time(value: object, key: str) -> datetime:

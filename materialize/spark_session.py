@@ -7,6 +7,15 @@ imported inside the functions: the postgres profile never loads it.
 Settings that the results depend on are fixed here, not left to a cluster's defaults:
 the session time zone is UTC (days are UTC days, as in the PostgreSQL SQL) and Parquet
 timestamps are written as microseconds (what pandas, pyarrow and Feast read back alike).
+
+Driver memory: nothing of the training frames is collected into the driver (Feast writes
+them to Parquet from the executors, ``interest_models.data.frame_staging``), so the driver
+holds plans, small aggregates and the entity frames the recipe uploads. ``spark.driver.memory``
+(``INTEREST_SPARK_DRIVER_MEMORY``, default 4g) applies to a JVM this process starts; in
+``local[N]`` the executors' tasks run inside it, so it also bounds the joins' in-memory
+state. ``spark.driver.maxResultSize`` stays at Spark's 1g, written out: a result collected
+by mistake fails fast with Spark's error naming that setting instead of an
+``OutOfMemoryError`` after minutes.
 """
 from __future__ import annotations
 
@@ -32,6 +41,8 @@ def spark_conf(spark: SparkSettings) -> dict[str, str]:
         "spark.master": spark.master,
         "spark.app.name": "interest-shift",
         "spark.sql.shuffle.partitions": str(spark.shuffle_partitions),
+        "spark.driver.memory": spark.driver_memory,
+        "spark.driver.maxResultSize": "1g",
         **_FIXED_CONF,
     }
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from interest_models.data.frame_staging import remove_staged, write_staged
 from interest_models.models.item_ranker import ItemRanker
 
 
@@ -38,6 +40,8 @@ class Distributed:
         lstm_processes: DDP processes (``TorchDistributor(num_processes=...)``).
         local_mode: run the DDP processes on the driver (``local[*]`` masters) or in Spark tasks.
         threads_per_process: torch threads of each DDP process.
+        staging: a folder or URI that the driver and the executors both reach, for the
+            ranker's rows; None: a local temporary folder (local masters only).
     """
 
     spark: object
@@ -45,42 +49,42 @@ class Distributed:
     lstm_processes: int = 2
     local_mode: bool = True
     threads_per_process: int = 1
+    staging: str | None = None
 
 
 # ------------------------------------------------------------------------- ranker
 
 
-def fit_ranker_spark(ranker: ItemRanker, spark, features: pd.DataFrame, relevance: np.ndarray, query: np.ndarray,
-                     valid: tuple[pd.DataFrame, np.ndarray, np.ndarray], num_workers: int = 2) -> ItemRanker:
-    """``ItemRanker.fit`` with ``xgboost.spark.SparkXGBRanker``: the same hyper-parameters,
-    early stopping on the validation rows (``validation_indicator_col``), and the booster
-    loaded into ``ranker.model`` so that ``save`` writes the usual ``ranker.json``.
+def fit_ranker_spark_frame(ranker: ItemRanker, frame, feature_columns: list[str] | None = None,
+                           label_col: str = "label", qid_col: str = "qid", valid_col: str = "is_valid",
+                           num_workers: int = 2) -> ItemRanker:
+    """``SparkXGBRanker`` on a Spark DataFrame: no row passes through the driver.
+
+    The hyper-parameters are the ranker's (``ranker.yaml``), early stopping runs on the
+    validation rows, and the booster is loaded into ``ranker.model`` so that ``save`` writes
+    the usual ``ranker.json``.
 
     Args:
-        features, relevance, query, valid: as ``ItemRanker.fit``.
+        frame: one row per (query, candidate): the features, the relevance, the query id
+            and a boolean marking validation rows. Query ids of training and validation
+            rows must not overlap.
+        feature_columns: the frame's columns in ``ranker.columns`` order (default: those
+            names); numeric, null or NaN = missing.
         num_workers: XGBoost workers (Spark tasks); the rows are repartitioned by query id
             and sorted within partitions, so no query group is split between workers.
     """
     from pyspark.ml.feature import VectorAssembler
+    from pyspark.sql import functions as F
     from xgboost.spark import SparkXGBRanker
 
-    columns = ranker.columns
-    valid_features, valid_relevance, valid_query = valid
-
-    def rows(frame: pd.DataFrame, label: np.ndarray, qid: np.ndarray, is_valid: bool) -> pd.DataFrame:
-        out = frame[columns].astype("float64").reset_index(drop=True)
-        out.columns = [f"f{i}" for i in range(len(columns))]  # plain names for Spark
-        return out.assign(label=np.asarray(label, dtype="float64"), qid=np.asarray(qid, dtype="int64"), is_valid=is_valid)
-
-    both = pd.concat([rows(features, relevance, query, False), rows(valid_features, valid_relevance, valid_query, True)],
-                     ignore_index=True)
-    # One query id space for both sets: the validation ids follow the training ones.
-    offset = int(both.loc[~both.is_valid, "qid"].max()) + 1
-    both.loc[both.is_valid, "qid"] += offset - int(both.loc[both.is_valid, "qid"].min())
-    names = [f"f{i}" for i in range(len(columns))]
+    names = [f"f{i}" for i in range(len(ranker.columns))]  # plain names for the assembler
+    rows = frame.select(
+        *[F.col(f"`{c}`").cast("double").alias(n) for c, n in zip(feature_columns or ranker.columns, names)],
+        F.col(label_col).cast("double").alias("label"), F.col(qid_col).cast("long").alias("qid"),
+        F.col(valid_col).cast("boolean").alias("is_valid"))
     assembled = VectorAssembler(inputCols=names, outputCol="features", handleInvalid="keep").transform(
-        spark.createDataFrame(both)).select("features", "label", "qid", "is_valid")  # NaN stays missing
-    frame = assembled.repartition(num_workers, "qid").sortWithinPartitions("qid")
+        rows).select("features", "label", "qid", "is_valid")  # null and NaN stay missing
+    grouped = assembled.repartition(num_workers, "qid").sortWithinPartitions("qid")
     # the hyper-parameters set on the ranker (ranker.yaml), not the wrapper's own settings
     params = {k: v for k, v in ranker.model.get_params().items()
               if v is not None and k not in ("n_jobs", "callbacks", "missing", "device", "random_state", "kwargs",
@@ -90,11 +94,44 @@ def fit_ranker_spark(ranker: ItemRanker, spark, features: pd.DataFrame, relevanc
         validation_indicator_col="is_valid", num_workers=num_workers, device="cpu",
         random_state=ranker.model.get_params()["random_state"], **params,
     )
-    model = estimator.fit(frame)
-    booster = model.get_booster()
-    booster.feature_names = list(columns)
+    booster = estimator.fit(grouped).get_booster()
+    booster.feature_names = list(ranker.columns)
     ranker.model.load_model(bytearray(booster.save_raw("json")))
     return ranker
+
+
+def fit_ranker_spark(ranker: ItemRanker, spark, features: pd.DataFrame, relevance: np.ndarray, query: np.ndarray,
+                     valid: tuple[pd.DataFrame, np.ndarray, np.ndarray], num_workers: int = 2,
+                     staging: str | None = None) -> ItemRanker:
+    """``ItemRanker.fit`` with ``xgboost.spark.SparkXGBRanker`` (``fit_ranker_spark_frame``)
+    on rows held by this process: they are written to Parquet in row groups and read by
+    the executors, not shipped through the driver JVM (``spark.createDataFrame`` would hold
+    all of them there).
+
+    Args:
+        features, relevance, query, valid: as ``ItemRanker.fit``.
+        num_workers: XGBoost workers (Spark tasks).
+        staging: a folder or URI that this process and the executors both reach; None: a
+            local temporary folder (local masters only). The file is removed afterwards.
+    """
+    columns = ranker.columns
+    valid_features, valid_relevance, valid_query = valid
+    offset = int(np.max(query)) + 1 - int(np.min(valid_query))  # validation query ids follow the training ones
+
+    def rows(frame: pd.DataFrame, label: np.ndarray, qid: np.ndarray, is_valid: bool) -> pd.DataFrame:
+        out = frame[columns].astype("float64").reset_index(drop=True)
+        out.columns = [f"f{i}" for i in range(len(columns))]  # plain names for Parquet and Spark
+        return out.assign(label=np.asarray(label, dtype="float64"), qid=np.asarray(qid, dtype="int64"), is_valid=is_valid)
+
+    with tempfile.TemporaryDirectory(prefix="interest-ranker-") as local:
+        folder = f"{(staging or local).rstrip('/')}/ranker-rows-{uuid.uuid4().hex}"
+        file = write_staged([rows(features, relevance, query, False),
+                             rows(valid_features, valid_relevance, np.asarray(valid_query) + offset, True)], folder)
+        try:
+            return fit_ranker_spark_frame(ranker, spark.read.parquet(file), [f"f{i}" for i in range(len(columns))],
+                                          num_workers=num_workers)
+        finally:
+            remove_staged([file])
 
 
 # ------------------------------------------------------------------------- LSTM

@@ -292,7 +292,8 @@ class _Trainer:
                 # Feast-features-only ranker (a comparison in the report, never served) stays local
                 from interest_models.training.distributed import fit_ranker_spark
 
-                fit_ranker_spark(self.ranker, self.distributed.spark, *fit_rows, num_workers=self.distributed.ranker_workers)
+                fit_ranker_spark(self.ranker, self.distributed.spark, *fit_rows, num_workers=self.distributed.ranker_workers,
+                                 staging=self.distributed.staging)
                 feature_ranker.fit(*fit_rows)
             for split in ("valid", "test"):
                 frame = candidate_frames[split]
