@@ -26,8 +26,8 @@ SHOP = SyntheticConfig(n_users=1000, n_items=120, n_categories=6, days=60, sessi
 
 
 def spark_settings(warehouse: Path) -> SparkSettings:
-    """``local[2]``, few shuffle partitions: small data, a shared 2-core machine."""
-    return SparkSettings(warehouse=str(warehouse), master="local[2]", shuffle_partitions=4)
+    """``local[2]``, few shuffle partitions, 1 GB driver: small data, a shared 2-core machine."""
+    return SparkSettings(warehouse=str(warehouse), master="local[2]", shuffle_partitions=4, driver_memory="1g")
 
 
 def start_spark(warehouse: Path):
@@ -38,7 +38,7 @@ def start_spark(warehouse: Path):
         pytest.importorskip("pyspark", reason="the spark extra is not installed (pip install -e '.[spark]')")
     from materialize.spark_session import get_spark
 
-    spark = get_spark(spark_settings(warehouse), {"spark.driver.memory": "1g"})
+    spark = get_spark(spark_settings(warehouse))
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

@@ -16,6 +16,9 @@ Two protocols:
   * ``leave_one_out``: the sequential-recommendation protocol (e.g. MovieLens): each
     user's last event is the test point, the one before it validation, the one before
     that the ranker's training point, and all earlier events train the LSTM.
+
+The events come from ``interest.events`` or, in the spark profile, from the Parquet events
+through Spark (``event_history``): the functions take a psycopg connection or an event history.
 """
 from __future__ import annotations
 
@@ -24,10 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import psycopg
 
+from interest_models.data.event_history import event_history
 from interest_models.data.vocabulary import Vocabulary
-from materialize.database.tables import fetch_frame
 
 SPLITS = ("train_sequence", "train_ranker", "valid", "test")
 AS_OF_OFFSET = pd.Timedelta(milliseconds=1)
@@ -53,70 +55,38 @@ class SplitBoundaries:
         return {k: v.isoformat() for k, v in self.__dict__.items()}
 
 
-def split_boundaries(conn: psycopg.Connection, config: dict) -> SplitBoundaries:
+def split_boundaries(events, config: dict) -> SplitBoundaries:
     """Period boundaries at quantiles of the event times, so that each period holds its
     share of the events even when traffic is uneven or has gaps."""
     cuts = np.cumsum([config["warmup_fraction"], 1 - config["warmup_fraction"] - config["ranker_fraction"]
                       - config["valid_fraction"] - config["test_fraction"], config["ranker_fraction"], config["valid_fraction"]])
     if not (0 < cuts[0] < cuts[1] < cuts[2] < cuts[3] < 1):
         raise ValueError("split fractions leave an empty period; check training.yaml")
-    row = conn.execute(
-        "SELECT min(event_timestamp), max(event_timestamp), "
-        "percentile_disc(%s::float8[]) WITHIN GROUP (ORDER BY event_timestamp) FROM interest.events",
-        ([float(c) for c in cuts],),
-    ).fetchone()
-    start, end, (warmup_end, ranker, valid, test) = pd.Timestamp(row[0]), pd.Timestamp(row[1]), map(pd.Timestamp, row[2])
+    start, end, (warmup_end, ranker, valid, test) = event_history(events).boundaries([float(c) for c in cuts])
     if not start < warmup_end < ranker < valid < test < end:
         raise ValueError("too few distinct event times to split into periods")
     return SplitBoundaries(start, warmup_end, ranker, valid, test, end)
 
 
-_SESSION_STARTS = """
-SELECT user_id, event_timestamp, item_id, category_id
-FROM (
-    SELECT e.user_id, e.event_timestamp, e.item_id, i.category_id, e.session_id, e.recommendation_id,
-           lag(e.event_timestamp) OVER w AS previous_timestamp,
-           lag(e.session_id) OVER w AS previous_session_id,
-           row_number() OVER w AS position
-    FROM interest.events e JOIN interest.items i USING (item_id)
-    WINDOW w AS (PARTITION BY e.user_id ORDER BY e.event_timestamp, e.item_id, e.event_type)
-) s
-WHERE position > %(min_history)s
-  AND (session_id IS DISTINCT FROM previous_session_id OR event_timestamp - previous_timestamp > %(gap)s)
-  AND event_timestamp >= %(from)s
-  AND (%(recommended)s OR recommendation_id IS NULL)
-"""
-
-_LAST_EVENTS = """
-SELECT user_id, event_timestamp, item_id, category_id, position, n_events
-FROM (
-    SELECT e.user_id, e.event_timestamp, e.item_id, i.category_id,
-           row_number() OVER w AS position, count(*) OVER (PARTITION BY e.user_id) AS n_events
-    FROM interest.events e JOIN interest.items i USING (item_id)
-    WINDOW w AS (PARTITION BY e.user_id ORDER BY e.event_timestamp, e.item_id, e.event_type)
-) s
-WHERE position > %(min_history)s
-"""
-
-
-def decision_points(conn: psycopg.Connection, config: dict, session_gap: dt.timedelta) -> pd.DataFrame:
+def decision_points(events, config: dict, session_gap: dt.timedelta) -> pd.DataFrame:
     """Decision points with labels and split, at most ``max_points_per_split`` each.
+
+    Args:
+        events: a psycopg connection or an ``event_history`` object.
 
     Returns:
         Columns user_id, as_of (UTC), label_item_id, label_category_id, label_time, split.
     """
     rng = np.random.default_rng(config["seed"])
+    history = event_history(events)
     if config["protocol"] == "time_split":
-        bounds = split_boundaries(conn, config)
-        events = fetch_frame(
-            conn, _SESSION_STARTS,
-            {"min_history": config["min_history_events"], "gap": session_gap, "from": bounds.train_sequence.to_pydatetime(),
-             "recommended": bool(config["recommended_labels"])},
-        )
+        bounds = split_boundaries(history, config)
+        events = history.session_starts(config["min_history_events"], session_gap, bounds.train_sequence.to_pydatetime(),
+                                        recommended=bool(config["recommended_labels"]))
         events["as_of"] = pd.to_datetime(events.event_timestamp, utc=True) - AS_OF_OFFSET
         events["split"] = bounds.split_of(events.as_of)
     elif config["protocol"] == "leave_one_out":
-        events = fetch_frame(conn, _LAST_EVENTS, {"min_history": config["min_history_events"]})
+        events = history.last_events(config["min_history_events"])
         from_end = events.n_events - events.position
         events["split"] = np.select(
             [from_end == 0, from_end == 1, from_end == 2], ["test", "valid", "train_ranker"], "train_sequence"
@@ -145,16 +115,11 @@ def decision_points(conn: psycopg.Connection, config: dict, session_gap: dt.time
     )
 
 
-def seen_items(conn: psycopg.Connection, points: pd.DataFrame, vocabulary: Vocabulary) -> list[np.ndarray]:
+def seen_items(events, points: pd.DataFrame, vocabulary: Vocabulary) -> list[np.ndarray]:
     """Per decision point, the indices of the items the user interacted with before it,
     except the point's own label item (from the raw events: used to exclude them from
     rankings, never as a feature)."""
-    history = fetch_frame(
-        conn,
-        "SELECT user_id, item_id, min(event_timestamp) AS first_seen FROM interest.events "
-        "WHERE user_id = ANY(%s) GROUP BY user_id, item_id",
-        (points.user_id.unique().tolist(),),
-    )
+    history = event_history(events).first_seen([int(u) for u in points.user_id.unique()])
     history["first_seen"] = pd.to_datetime(history.first_seen, utc=True)
     history["index"] = vocabulary.index_of(history.item_id)
     by_user = {user: frame for user, frame in history.groupby("user_id")}

@@ -7,6 +7,7 @@ executors write the result as Parquet files into the offline store's ``staging_l
 (``RetrievalJob.to_remote_storage()``); ``retrieve`` does that and reads the files back
 with pyarrow, ``batch_rows`` rows at a time, so the JVM never holds the frame and this
 process holds the decoded frame plus one batch (not an Arrow copy of all of it as well).
+``collect`` does the same for any Spark DataFrame (the spark profile's raw-event queries),
 ``write_staged`` is the way back: a pandas frame written in row groups to a folder that
 Spark's executors read (the ranker's rows for ``xgboost.spark``).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import posixpath
 import shutil
+import uuid
 from collections.abc import Iterator
 
 import pandas as pd
@@ -82,6 +84,30 @@ def retrieve(job, batch_rows: int = BATCH_ROWS) -> pd.DataFrame:
     if not batches:
         return pd.DataFrame()
     return pd.concat(batches, ignore_index=True)
+
+
+def collect(frame, staging: str, batch_rows: int = BATCH_ROWS) -> pd.DataFrame:
+    """A Spark DataFrame's rows as pandas, written by the executors into a folder of its own
+    under ``staging`` and read back in batches (the folder is removed); row order is lost.
+
+    Args:
+        staging: a folder or URI that this process and the executors reach (``s3://``
+            URIs are handed to Spark as ``s3a://``).
+    """
+    from pyarrow import fs
+
+    folder = f"{staging.rstrip('/')}/{uuid.uuid4().hex}"
+    frame.write.parquet("s3a://" + folder[len("s3://"):] if folder.startswith("s3://") else folder)
+    filesystem, path = _filesystem(folder)
+    files = sorted(info.path for info in filesystem.get_file_info(fs.FileSelector(path))
+                   if info.path.endswith(".parquet"))
+    if "://" in folder and not folder.startswith("file://"):
+        files = [f"{folder.split('://')[0]}://{f}" for f in files]
+    try:
+        batches = list(iter_batches(files, batch_rows))
+    finally:
+        remove_staged([f"{folder}/_SUCCESS"])
+    return pd.concat(batches, ignore_index=True) if batches else pd.DataFrame()
 
 
 def write_staged(frames: list[pd.DataFrame], folder: str, batch_rows: int = BATCH_ROWS) -> str:

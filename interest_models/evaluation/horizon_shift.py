@@ -11,16 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import psycopg
 
-from materialize.database.tables import fetch_frame
-
-_EVENTS = """
-SELECT user_id, event_timestamp, category_id
-FROM interest.events e JOIN interest.items i USING (item_id)
-WHERE user_id = ANY(%(users)s) AND event_timestamp >= %(start)s AND event_timestamp <= %(end)s
-ORDER BY user_id, event_timestamp
-"""
+from interest_models.data.event_history import event_history
 
 
 def jensen_shannon(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -34,19 +26,19 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.clip((kl(p) + kl(q)) / 2, 0.0, 1.0)
 
 
-def horizon_divergence(conn: psycopg.Connection, points: pd.DataFrame, n_categories: int,
+def horizon_divergence(events, points: pd.DataFrame, n_categories: int,
                        past_days: int = 30, future_days: int = 7) -> np.ndarray:
     """(n,) Jensen-Shannon divergence between each point's future and past category shares
     (NaN without events on either side).
 
     Args:
+        events: a psycopg connection or an ``event_history`` object.
         points: columns user_id and as_of (tz-aware); events at ``as_of`` count as future.
     """
     past, future = pd.Timedelta(days=past_days), pd.Timedelta(days=future_days)
-    events = fetch_frame(conn, _EVENTS, {
-        "users": points.user_id.unique().tolist(), "start": (points.as_of.min() - past).to_pydatetime(),
-        "end": (points.as_of.max() + future).to_pydatetime(),
-    })
+    events = event_history(events).category_events(
+        [int(u) for u in points.user_id.unique()], (points.as_of.min() - past).to_pydatetime(),
+        (points.as_of.max() + future).to_pydatetime())
     out = np.full(len(points), np.nan)
     if events.empty:
         return out

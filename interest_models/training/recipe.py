@@ -27,6 +27,7 @@ from interest_models.candidates import sources as candidate_sources
 from interest_models.candidates.neighbour_search import InProcessSearch
 from interest_models.config import load_config
 from interest_models.data.decision_points import SPLITS, decision_points, seen_items
+from interest_models.data.event_history import event_history
 from interest_models.data.sequences import encode_sequences
 from interest_models.data.vocabulary import Vocabulary, load_vocabulary
 from interest_models.models.blend import Blend
@@ -114,47 +115,15 @@ class TrainingResult:
     champion: dict | None = None         # ``champion_comparison``'s answer when a serving model was given
 
 
-def _popularity_before(conn: psycopg.Connection, vocabulary: Vocabulary, before: pd.Timestamp) -> np.ndarray:
-    counts = fetch_frame(
-        conn, "SELECT item_id, count(*) AS n FROM interest.events WHERE event_timestamp < %s GROUP BY item_id",
-        (before.to_pydatetime(),),
-    )
+def _popularity_before(events, vocabulary: Vocabulary, before: pd.Timestamp) -> np.ndarray:
+    counts = event_history(events).item_counts(before.to_pydatetime())
     popularity = np.zeros(vocabulary.n_items + 1)
     popularity[vocabulary.index_of(counts.item_id)] = counts.n.to_numpy()
     popularity[0] = 0
     return popularity
 
 
-# A new session starts at a user's first event, a new session_id or a gap over the
-# session gap (as for the decision points); lag() looks back only, so events cut off at the
-# end (the period boundary, the held-out last events) cannot move a session boundary.
-_EVENTS_BEFORE = """
-SELECT user_id, item_id,
-       (lag(event_timestamp) OVER w IS NULL
-        OR session_id IS DISTINCT FROM lag(session_id) OVER w
-        OR event_timestamp - lag(event_timestamp) OVER w > %(session_gap)s) AS new_session
-FROM interest.events
-WHERE event_timestamp < %(before)s
-WINDOW w AS (PARTITION BY user_id ORDER BY event_timestamp, item_id, event_type)
-ORDER BY user_id, event_timestamp, item_id, event_type
-"""
-
-_EVENTS_BUT_LAST_TWO = """
-SELECT user_id, item_id, new_session FROM (
-    SELECT user_id, item_id, event_timestamp, event_type,
-           row_number() OVER (PARTITION BY user_id ORDER BY event_timestamp DESC, item_id DESC, event_type DESC) AS from_end,
-           (lag(event_timestamp) OVER w IS NULL
-            OR session_id IS DISTINCT FROM lag(session_id) OVER w
-            OR event_timestamp - lag(event_timestamp) OVER w > %(session_gap)s) AS new_session
-    FROM interest.events
-    WINDOW w AS (PARTITION BY user_id ORDER BY event_timestamp, item_id, event_type)
-) e
-WHERE from_end > 2
-ORDER BY user_id, event_timestamp, item_id, event_type
-"""
-
-
-def _training_histories(conn: psycopg.Connection, vocabulary: Vocabulary, protocol: str, before: pd.Timestamp | None,
+def _training_histories(events, vocabulary: Vocabulary, protocol: str, before: pd.Timestamp | None,
                         session_gap: dt.timedelta) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The baselines' training data: every user's events before the evaluated period
     (time_split; ``before`` None: all events), or all but each user's last two events
@@ -165,10 +134,9 @@ def _training_histories(conn: psycopg.Connection, vocabulary: Vocabulary, protoc
         session of those events.
     """
     if protocol == "leave_one_out":
-        events = fetch_frame(conn, _EVENTS_BUT_LAST_TWO, {"session_gap": session_gap})
+        events = event_history(events).histories(session_gap, drop_last=2)
     else:
-        before = dt.datetime.max.replace(tzinfo=dt.timezone.utc) if before is None else before.to_pydatetime()
-        events = fetch_frame(conn, _EVENTS_BEFORE, {"session_gap": session_gap, "before": before})
+        events = event_history(events).histories(session_gap, None if before is None else before.to_pydatetime())
     if events.empty:
         return [], []
     items = vocabulary.index_of(events.item_id)
@@ -194,9 +162,10 @@ class _Trainer:
 
     def __init__(self, store, conn: psycopg.Connection, session_gap: dt.timedelta,
                  overrides: dict[str, dict] | None, config_dir, device: str | None, progress: bool | Stages,
-                 distributed=None, champion=None):
+                 distributed=None, champion=None, events=None):
         overrides = overrides or {}
         self.store, self.conn, self.distributed, self.champion = store, conn, distributed, champion
+        self.events = event_history(conn if events is None else events)
         self.stages = progress if isinstance(progress, Stages) else Stages(STAGES, enabled=progress)
         self.training_config = load_config("training", overrides.get("training"), config_dir)
         self.lstm_config = load_config("lstm", overrides.get("lstm"), config_dir)
@@ -212,7 +181,7 @@ class _Trainer:
         stages = self.stages
         with stages.stage("decision points") as stage:
             self.vocabulary = load_vocabulary(self.conn)
-            points = decision_points(self.conn, self.training_config, self.session_gap)
+            points = decision_points(self.events, self.training_config, self.session_gap)
             split_rows = {s: np.flatnonzero(points.split.to_numpy() == s) for s in SPLITS}
             stage.summary = (f"{len(points):,} points of {points.user_id.nunique():,} users ("
                              + ", ".join(f"{s} {len(r):,}" for s, r in split_rows.items())
@@ -264,7 +233,7 @@ class _Trainer:
                 outputs[split] = SplitOutputs(points.iloc[rows].reset_index(drop=True), users.iloc[rows].reset_index(drop=True),
                                               scores, categories, shift, interest)
                 if self.training_config["exclude_seen"]:
-                    outputs[split].exclude = seen_items(self.conn, outputs[split].points, self.vocabulary)
+                    outputs[split].exclude = seen_items(self.events, outputs[split].points, self.vocabulary)
             scored = sum(len(o.points) for o in outputs.values())
             stage.summary = f"{scored:,} points x {self.vocabulary.n_items:,} items"
 
@@ -371,7 +340,7 @@ class _Trainer:
         for name, split, plan_sizes, retrieved_only in plans:
             out = outputs[split]
             if split not in indexes:
-                popularity = _popularity_before(self.conn, self.vocabulary, out.points.as_of.min())
+                popularity = _popularity_before(self.events, self.vocabulary, out.points.as_of.min())
                 indexes[split] = candidate_sources.CandidateIndex.build(self.vocabulary, popularity, self.text_matrix)
             index = indexes[split]
             recent = _recent_lists(out.users, self.vocabulary)
@@ -451,7 +420,7 @@ class _Trainer:
         scores, categories, shift, interest, _ = predict_all(champion.model.to(self.device), sequences, self.device)
         champion.model.cpu()
         served = SplitOutputs(out.points, out.users, scores, categories, shift, interest, out.exclude)
-        popularity = _popularity_before(self.conn, self.vocabulary, out.points.as_of.min())
+        popularity = _popularity_before(self.events, self.vocabulary, out.points.as_of.min())
         index = candidate_sources.CandidateIndex.build(self.vocabulary, popularity, self.text_matrix)
         sizes = self._eval_sizes()
         recent = _recent_lists(out.users, self.vocabulary)
@@ -513,7 +482,7 @@ class _Trainer:
         for split in ("train_ranker", "valid", "test", SERVING):
             before = points[points.split == split].as_of.min() if split != SERVING else None
             histories, baskets = _training_histories(
-                self.conn, self.vocabulary, "time_split" if split == SERVING else self.training_config["protocol"], before,
+                self.events, self.vocabulary, "time_split" if split == SERVING else self.training_config["protocol"], before,
                 self.session_gap,
             )
             out[split], sizes[split] = {}, (len(histories), len(baskets))
@@ -582,7 +551,7 @@ class _Trainer:
                    "rate of such shifts (test)": float(labels.mean()) if len(labels) else float("nan")}
         test = outputs["test"]
         horizon = self.training_config["horizon_shift"]
-        divergence = horizon_divergence(self.conn, test.points, self.vocabulary.n_categories, horizon["past_days"], horizon["future_days"])
+        divergence = horizon_divergence(self.events, test.points, self.vocabulary.n_categories, horizon["past_days"], horizon["future_days"])
         known = ~np.isnan(divergence)
         shifted = (divergence[known] > horizon["threshold"]).astype(int)
         name = f"horizon shift, JSD(next {horizon['future_days']} d, past {horizon['past_days']} d) > {horizon['threshold']}"
@@ -634,12 +603,13 @@ class _Trainer:
 
 def train_models(store, conn: psycopg.Connection, session_gap: dt.timedelta,
                  overrides: dict[str, dict] | None = None, device: str | None = None, progress: bool | Stages = False,
-                 config_dir: Path | None = None, distributed=None, champion=None) -> TrainingResult:
+                 config_dir: Path | None = None, distributed=None, champion=None, events=None) -> TrainingResult:
     """Train and evaluate everything; see the module docstring.
 
     Args:
         store: the project's ``feast.FeatureStore`` (applied and built).
-        conn: a connection for the raw event history (decision points, labels, baselines).
+        conn: a connection to the project's database: the catalogue (vocabulary), the
+            synthetic shop's ground truth, and the raw events unless ``events`` is given.
         session_gap: the pipeline's session gap (decision points are session starts).
         overrides: per config ("training", "lstm", "ranker") keys replacing the YAML's.
         config_dir: a project's config folder whose ``<name>.yaml`` files override the
@@ -654,5 +624,9 @@ def train_models(store, conn: psycopg.Connection, session_gap: dt.timedelta,
         champion: a loaded ``RegisteredModel`` (the serving one) to score on the same test
             points with the same code (``TrainingResult.champion``); its catalogue must be
             this training's.
+        events: where decision points, labels, seen items, popularity and the baselines'
+            histories are read: an ``event_history.SparkEvents`` (the spark profile's Parquet
+            events); None: ``interest.events`` through ``conn``.
     """
-    return _Trainer(store, conn, session_gap, overrides, config_dir, device, progress, distributed, champion).run()
+    return _Trainer(store, conn, session_gap, overrides, config_dir, device, progress, distributed, champion,
+                    events).run()

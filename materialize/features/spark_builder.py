@@ -46,7 +46,8 @@ class SparkFeatureBuildReport:
 
 def register_inputs(spark, warehouse: str) -> dict:
     """Register the views the SQL reads: ``events`` (one row per key, the earliest loaded;
-    with the UTC ``day`` and the item's current ``category_id``), ``categories`` and
+    with the UTC ``day``, the item's current ``category_id`` and the ``recommendation_id``
+    that training's decision points read), ``categories`` and
     ``item_vectors``. Returns the event count, duplicates dropped and the first and last day."""
     raw = spark.read.parquet(f"{warehouse}/events").drop("day")
     raw.createOrReplaceTempView("raw_events")
@@ -56,7 +57,7 @@ def register_inputs(spark, warehouse: str) -> dict:
     events = spark.sql(
         """
         SELECT e.user_id, e.item_id, CAST(e.event_type AS INT) AS event_type, e.event_timestamp, e.price,
-               e.session_id, to_date(e.event_timestamp) AS day, i.category_id
+               e.session_id, e.recommendation_id, to_date(e.event_timestamp) AS day, i.category_id
         FROM (
             SELECT *, row_number() OVER (PARTITION BY user_id, event_timestamp, item_id, event_type
                                          ORDER BY run_id, line) AS copy

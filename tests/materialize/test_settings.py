@@ -70,3 +70,14 @@ def test_min_event_time_from_the_pipeline_config(tmp_path):
     override.write_text("min_event_time: long ago\n")
     with pytest.raises(SettingsError, match="min_event_time: not an ISO 8601 date or time: 'long ago'"):
         load_settings({"INTEREST_CONFIG": str(override)})
+
+
+def test_spark_profile_driver_memory_and_staging():
+    spark = load_settings({"INTEREST_PROFILE": "spark", "INTEREST_WAREHOUSE": "s3a://bucket/shop/",
+                           "INTEREST_SPARK_DRIVER_MEMORY": "6g"}).spark
+    assert (spark.driver_memory, spark.staging) == ("6g", "s3://bucket/shop/staging")  # Feast lists s3://, not s3a://
+    assert spark.feast_environment()["INTEREST_SPARK_STAGING"] == "s3://bucket/shop/staging"
+    local = load_settings({"INTEREST_PROFILE": "spark", "INTEREST_WAREHOUSE": "/data/shop"}).spark
+    assert (local.driver_memory, local.staging) == ("4g", "/data/shop/staging")
+    with pytest.raises(SettingsError, match="INTEREST_SPARK_DRIVER_MEMORY must be a JVM size"):
+        load_settings({"INTEREST_PROFILE": "spark", "INTEREST_SPARK_DRIVER_MEMORY": "6 GB"})

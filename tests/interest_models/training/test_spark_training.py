@@ -2,10 +2,11 @@
 
 Both runs train on the same shop (tests/spark_shop.py) with the same settings and seed:
 the postgres profile in one process, the spark profile with features computed by Spark
-and retrieved through Feast's Spark offline store, the LSTM on two DDP processes launched
-by Spark's TorchDistributor and the rankers with xgboost.spark (two workers). Decision
-points, labels and baselines come from the raw events in PostgreSQL in both runs (the
-recipe's raw-event queries have no Spark path yet).
+and retrieved through Feast's Spark offline store (staged Parquet, read back in batches),
+the LSTM on two DDP processes launched by Spark's TorchDistributor and the rankers with
+xgboost.spark (two workers). The spark run reads decision points, labels, seen items and
+the baselines' histories from the Parquet events through Spark SQL (``SparkEvents``), and
+its PostgreSQL database (catalogue, registry, online store) holds no events at all.
 
 Tolerance: test NDCG@10 of the LSTM, the ranker and the blend within 0.03 absolute of the
 postgres profile's (DDP splits each batch between processes with their own dropout draws,
@@ -18,6 +19,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
+from interest_models.data.event_history import SparkEvents
 from interest_models.registry.model_registry import ModelRegistry
 from interest_models.serving.recommender import Recommender
 from interest_models.training.distributed import Distributed
@@ -37,10 +39,13 @@ MODELS = ("LSTM", "XGBoost ranker", "blend (LSTM + XGBoost)")
 def trained(two_profiles, spark):
     two_profiles.postgres.apply()
     two_profiles.spark.apply()
-    conn = two_profiles.postgres.conn  # raw events for decision points and labels, in both runs
-    single = train_models(two_profiles.postgres.store, conn, GAP, overrides=FAST, device="cpu")
+    single = train_models(two_profiles.postgres.store, two_profiles.postgres.conn, GAP, overrides=FAST, device="cpu")
+    conn = two_profiles.spark.conn
+    assert conn.execute("SELECT count(*) FROM interest.events").fetchone()[0] == 0  # the events are Parquet only
+    settings = two_profiles.spark.settings.spark
     distributed = train_models(two_profiles.spark.store, conn, GAP, overrides=FAST, device="cpu",
-                               distributed=Distributed(spark, ranker_workers=2, lstm_processes=2))
+                               distributed=Distributed(spark, ranker_workers=2, lstm_processes=2, staging=settings.staging),
+                               events=SparkEvents(spark, settings.warehouse, settings.staging))
     return single, distributed
 
 
@@ -70,5 +75,6 @@ def test_spark_trained_version_loads_and_serves(trained, two_profiles, tmp_path)
     names = dict(two_profiles.spark.conn.execute("SELECT category_id, category FROM interest.categories"))
     recommender = Recommender.from_registry(tmp_path / "registry", store, names)
     user = int(two_profiles.postgres.conn.execute("SELECT user_id FROM interest.events LIMIT 1").fetchone()[0])
+    assert not any((two_profiles.warehouse / "staging").iterdir())  # every staged frame was removed
     answer = recommender.recommend(user, k=5)
     assert len(answer.items) == 5
