@@ -11,8 +11,9 @@ Stages (each timed in both profiles, on the same generated frames):
    interest shift, item popularity and catalogue, category trends: the service's
    point-in-time columns without the 50-event sequence arrays and the on-demand cosine),
    through this project's LATERAL offline store plugin (``to_df()``, a pandas frame) vs
-   Feast's Spark offline store, whose executors write the frame as Parquet into the staging
-   folder (``to_remote_storage()``; nothing is collected into the driver). Then, untimed
+   Feast's Spark offline store, given the entity rows as a Spark DataFrame over staged
+   Parquet, whose executors write the frame as Parquet into the staging folder
+   (``to_remote_storage()``; nothing is collected into the driver). Then, untimed
    for Spark's side but timed on its own row, the staged frame read back in batches
    (``frame_staging.iter_batches``, what the recipe does) and compared value by value with
    the plugin's frame.
@@ -156,7 +157,7 @@ def main() -> None:
     import pandas as pd
     import yaml
 
-    from interest_models.data.frame_staging import iter_batches
+    from interest_models.data.frame_staging import iter_batches, write_staged
     from interest_models.models.item_ranker import ItemRanker
     from interest_models.training.distributed import fit_ranker_spark_frame
     from materialize.database.tables import fetch_frame
@@ -241,8 +242,9 @@ def main() -> None:
             with Stage() as pg_frame:
                 frame_pg = postgres.store.get_historical_features(entity_df=entity, features=features).to_df()
             progress(f"frame of {len(frame_pg):,} rows x {len(features)} features: postgres {pg_frame.seconds} s")
-            with Stage() as sp_plan:  # entity upload to Spark, time range, query text
-                job = sp.store.get_historical_features(entity_df=entity.copy(), features=features)
+            with Stage() as sp_plan:  # entity rows staged as Parquet (no LocalRelation), time range, query text
+                entity_file = write_staged([entity], f"{spark_settings.staging}/entity")
+                job = sp.store.get_historical_features(entity_df=spark.read.parquet(entity_file), features=features)
             with Stage() as sp_frame:  # the join, written to Parquet by the executors
                 files = [f for f in job.to_remote_storage() if f.endswith(".parquet")]
             results["frame_parquet_bytes"] = sum(Path(f).stat().st_size for f in files)
@@ -295,11 +297,11 @@ def main() -> None:
             results["ranker_rows"], results["ranker_columns"] = len(train[0]), len(columns)
             postgres.close()
             sp.close()
-    finally:
-        if spark is not None:
-            spark.stop()
+    finally:  # the warehouse first: on SIGTERM the JVM may be gone and spark.stop() raise
         if not args.warehouse:
             shutil.rmtree(warehouse, ignore_errors=True)
+        if spark is not None:
+            spark.stop()
     results["stages"] = {r[0]: {"postgres_s": r[1], "spark_s": r[2], "spark_cpu_s": r[3], "load_1m": r[4]} for r in rows}
     results["load_after"] = load_average()
     print()

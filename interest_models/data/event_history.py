@@ -16,6 +16,7 @@ after reading, on the keys it returns besides).
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 import pandas as pd
 import psycopg
@@ -216,17 +217,25 @@ class SparkEvents:
         self.spark, self.staging = spark, staging
         register_inputs(spark, warehouse)
 
-    def _frame(self, query: str, args: dict, order: list[str], columns: list[str]) -> pd.DataFrame:
-        from interest_models.data.frame_staging import collect
+    def _frame(self, query: str, args: dict, order: list[str], columns: list[str],
+               users: list[int] | None = None) -> pd.DataFrame:
+        """The query's rows (staged, read back in batches), sorted by ``order``; ``users``
+        become the view ``asked_users``, staged as Parquet too (not a plan-held local relation)."""
+        from interest_models.data.frame_staging import collect, remove_staged, spark_uri, write_staged
 
-        frame = collect(self.spark.sql(query, args=args), self.staging)
+        asked = None
+        if users is not None:
+            asked = write_staged([pd.DataFrame({"user_id": pd.Series(users, dtype="int64")})],
+                                 f"{self.staging.rstrip('/')}/{uuid.uuid4().hex}-users")
+            self.spark.read.parquet(spark_uri(asked)).createOrReplaceTempView("asked_users")
+        try:
+            frame = collect(self.spark.sql(query, args=args), self.staging)
+        finally:
+            if asked is not None:
+                remove_staged([asked])
         if frame.empty:
             return pd.DataFrame(columns=columns)
         return frame.sort_values(order, kind="stable").reset_index(drop=True)[columns]
-
-    def _asked(self, users: list[int]) -> None:
-        self.spark.createDataFrame(pd.DataFrame({"user_id": pd.Series(users, dtype="int64")})).createOrReplaceTempView(
-            "asked_users")
 
     def boundaries(self, cuts: list[float]) -> tuple[pd.Timestamp, pd.Timestamp, list[pd.Timestamp]]:
         """The four quantiles of ``decision_points.split_boundaries``; see ``PostgresEvents``."""
@@ -246,8 +255,7 @@ class SparkEvents:
                            ["user_id", "event_timestamp", "item_id", "category_id", "position", "n_events"])
 
     def first_seen(self, users: list[int]) -> pd.DataFrame:
-        self._asked(users)
-        return self._frame(_FIRST_SEEN_SPARK, {}, ["user_id", "item_id"], ["user_id", "item_id", "first_seen"])
+        return self._frame(_FIRST_SEEN_SPARK, {}, ["user_id", "item_id"], ["user_id", "item_id", "first_seen"], users)
 
     def item_counts(self, before: dt.datetime) -> pd.DataFrame:
         return self._frame(_ITEM_COUNTS_SPARK, {"before": before}, ["item_id"], ["item_id", "n"])
@@ -257,10 +265,9 @@ class SparkEvents:
                            ["user_id", "event_timestamp", "item_id", "event_type"], ["user_id", "item_id", "new_session"])
 
     def category_events(self, users: list[int], start: dt.datetime, end: dt.datetime) -> pd.DataFrame:
-        self._asked(users)
         return self._frame(_CATEGORY_EVENTS_SPARK, {"start": start, "end": end},
                            ["user_id", "event_timestamp", "item_id", "event_type"],
-                           ["user_id", "event_timestamp", "category_id"])
+                           ["user_id", "event_timestamp", "category_id"], users)
 
 
 def event_history(source) -> PostgresEvents | SparkEvents:

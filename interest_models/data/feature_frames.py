@@ -5,8 +5,9 @@ sequence arrays) are fetched once per decision point and item/category features 
 candidate row, instead of repeating every user array on every candidate row. Both calls
 go through ``FeatureStore.get_historical_features`` (the project's offline store plugin,
 ``materialize.feature_store.offline_store``, or Feast's Spark offline store in the spark
-profile) with the entity timestamp ``as_of``; Spark's results come back through staged
-Parquet in batches (``frame_staging.retrieve``), never collected into the Spark driver.
+profile) with the entity timestamp ``as_of``; in the spark profile the entity rows go in
+and the results come back through staged Parquet (``frame_staging.historical_frame``),
+never held in the Spark driver.
 The on-demand user-item affinity is computed with the on-demand view's own transformation
 from its two point-in-time inputs.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from interest_models.data.frame_staging import retrieve
+from interest_models.data.frame_staging import historical_frame
 from interest_models.data.vocabulary import Vocabulary
 
 TRAINING_SERVICE = "user_item_training"
@@ -57,7 +58,7 @@ def service_features(store, service_name: str = TRAINING_SERVICE) -> ServiceFeat
 
 
 def _historical(store, entity: pd.DataFrame, refs: list[str]) -> pd.DataFrame:
-    return retrieve(store.get_historical_features(entity_df=entity, features=refs))
+    return historical_frame(store, entity, refs)
 
 
 def user_features(store, points: pd.DataFrame, features: ServiceFeatures) -> pd.DataFrame:

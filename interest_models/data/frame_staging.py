@@ -11,6 +11,14 @@ process holds the decoded frame plus one batch (not an Arrow copy of all of it a
 ``write_staged`` is the way back: a pandas frame written in row groups to a folder that
 Spark's executors read (the ranker's rows for ``xgboost.spark``).
 
+The entity rows go the same way in (``historical_frame``): written to Parquet and handed
+to Feast as a Spark DataFrame over that file. Feast's own upload of a pandas entity frame
+(``spark.createDataFrame``) makes a ``LocalRelation``, rows held inside the query plan on
+the driver, and Spark's optimizer then evaluates the point-in-time query's projections of
+it on the driver, in one thread: measured here, a 1M-row entity frame kept a 6 GB local[2]
+JVM in full garbage collection (old generation 100 %, 350 s of full GC) for 10 minutes
+without the join starting.
+
 Jobs of stores without a staging location (the postgres profile's plugin) go through
 ``to_df()`` unchanged.
 """
@@ -36,6 +44,11 @@ def _filesystem(uri: str):
     if "://" not in uri:
         return fs.LocalFileSystem(), uri
     return fs.FileSystem.from_uri("s3://" + uri[len("s3a://"):] if uri.startswith("s3a://") else uri)
+
+
+def spark_uri(uri: str) -> str:
+    """``uri`` as Spark's Hadoop file systems name it (``s3://`` -> ``s3a://``)."""
+    return "s3a://" + uri[len("s3://"):] if uri.startswith("s3://") else uri
 
 
 def iter_batches(files: list[str], batch_rows: int = BATCH_ROWS) -> Iterator[pd.DataFrame]:
@@ -97,7 +110,7 @@ def collect(frame, staging: str, batch_rows: int = BATCH_ROWS) -> pd.DataFrame:
     from pyarrow import fs
 
     folder = f"{staging.rstrip('/')}/{uuid.uuid4().hex}"
-    frame.write.parquet("s3a://" + folder[len("s3://"):] if folder.startswith("s3://") else folder)
+    frame.write.parquet(spark_uri(folder))
     filesystem, path = _filesystem(folder)
     files = sorted(info.path for info in filesystem.get_file_info(fs.FileSelector(path))
                    if info.path.endswith(".parquet"))
@@ -108,6 +121,37 @@ def collect(frame, staging: str, batch_rows: int = BATCH_ROWS) -> pd.DataFrame:
     finally:
         remove_staged([f"{folder}/_SUCCESS"])
     return pd.concat(batches, ignore_index=True) if batches else pd.DataFrame()
+
+
+def historical_frame(store, entity: pd.DataFrame, refs: list[str], batch_rows: int = BATCH_ROWS) -> pd.DataFrame:
+    """``store.get_historical_features(entity_df=entity, features=refs).to_df()``; in the
+    spark profile (an offline store with a ``staging_location``) with the entity rows read
+    by Spark from staged Parquet and the result staged by the executors (``retrieve``).
+
+    Args:
+        entity: the entity rows; ``event_timestamp`` tz-aware (kept to microseconds).
+
+    Raises:
+        ValueError: this process's local time zone is not UTC (Feast's Spark store takes
+            the entity time range from Spark as local wall-clock times).
+    """
+    import datetime as dt
+
+    staging = getattr(store.config.offline_store, "staging_location", None)
+    if staging is None:
+        return store.get_historical_features(entity_df=entity, features=refs).to_df()
+    if dt.datetime.now().astimezone().utcoffset():
+        raise ValueError("the spark profile's training driver must run in UTC (TZ=UTC): Feast's Spark store reads "
+                         "the entity rows' time range as local times")
+    from pyspark.sql import SparkSession
+
+    file = write_staged([entity], f"{staging.rstrip('/')}/{uuid.uuid4().hex}-entity", batch_rows)
+    try:
+        job = store.get_historical_features(entity_df=SparkSession.getActiveSession().read.parquet(spark_uri(file)),
+                                            features=refs)
+        return retrieve(job, batch_rows)
+    finally:
+        remove_staged([file])
 
 
 def write_staged(frames: list[pd.DataFrame], folder: str, batch_rows: int = BATCH_ROWS) -> str:
@@ -130,7 +174,8 @@ def write_staged(frames: list[pd.DataFrame], folder: str, batch_rows: int = BATC
         for frame in frames:
             for start in range(0, len(frame), batch_rows):
                 table = pa.Table.from_pandas(frame.iloc[start:start + batch_rows], preserve_index=False)
-                writer = writer or pq.ParquetWriter(sink, table.schema)
+                writer = writer or pq.ParquetWriter(sink, table.schema, coerce_timestamps="us",
+                                                    allow_truncated_timestamps=True)  # Spark reads no nanoseconds
                 writer.write_table(table)
         if writer is None:
             raise ValueError("write_staged: no rows to write")
