@@ -5,8 +5,9 @@ driver JVM as one Arrow stream and then into pandas: at 1M entity rows of the ra
 views that exhausted a 6 GB driver heap (docs/scale.md). Feast can instead have the
 executors write the result as Parquet files into the offline store's ``staging_location``
 (``RetrievalJob.to_remote_storage()``); ``retrieve`` does that and reads the files back
-with pyarrow, ``batch_rows`` rows at a time, so the JVM never holds the frame and this
-process holds the decoded frame plus one batch (not an Arrow copy of all of it as well).
+with pyarrow, ``batch_rows`` rows at a time, so the JVM never holds the frame; this
+process holds the decoded pandas batches and, for a moment, their concatenation (no Arrow
+table of the whole frame beside them).
 ``collect`` does the same for any Spark DataFrame (the spark profile's raw-event queries),
 ``write_staged`` is the way back: a pandas frame written in row groups to a folder that
 Spark's executors read (the ranker's rows for ``xgboost.spark``).
