@@ -126,7 +126,7 @@ def collect(frame, staging: str, batch_rows: int = BATCH_ROWS) -> pd.DataFrame:
 
 def historical_frame(store, entity: pd.DataFrame, refs: list[str], batch_rows: int = BATCH_ROWS) -> pd.DataFrame:
     """``store.get_historical_features(entity_df=entity, features=refs).to_df()``; in the
-    spark profile (an offline store with a ``staging_location``) with the entity rows read
+    spark profile (Feast's Spark offline store with a ``staging_location``) with the entity rows read
     by Spark from staged Parquet and the result staged by the executors (``retrieve``).
 
     Args:
@@ -138,8 +138,9 @@ def historical_frame(store, entity: pd.DataFrame, refs: list[str], batch_rows: i
     """
     import datetime as dt
 
-    staging = getattr(store.config.offline_store, "staging_location", None)
-    if staging is None:
+    offline = store.config.offline_store
+    staging = offline.staging_location if offline.type == "spark" else None
+    if not staging:
         return store.get_historical_features(entity_df=entity, features=refs).to_df()
     if dt.datetime.now().astimezone().utcoffset():
         raise ValueError("the spark profile's training driver must run in UTC (TZ=UTC): Feast's Spark store reads "
