@@ -15,6 +15,7 @@ other sources), which go first; every other item follows in LSTM order.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -385,11 +386,16 @@ class _Trainer:
             result[name] = pd.concat([frame[["point", "item_index", "item_id", "relevance"]], matrix], axis=1)
         return result
 
+    @functools.cached_property
+    def _text_search(self) -> InProcessSearch:
+        """Exact nearest-item search over ``text_matrix`` (serving's default), built once."""
+        return InProcessSearch(self.text_matrix)
+
     def _point_sources(self, out: SplitOutputs, sizes: dict[str, int]) -> dict:
         """The per-point inputs of the sources that follow the user's predicted interest:
         the LSTM's category probabilities, and the items nearest to the user's interest
-        embedding as of the point (exact search over the item texts, as serving's default)."""
-        search = InProcessSearch(self.text_matrix)
+        embedding as of the point."""
+        search = self._text_search
         exclude = out.exclude or [np.empty(0, np.int64)] * len(out.points)
         return {"category_probabilities": out.category_probabilities,
                 "predicted_categories": self.training_config["predicted_categories"],
