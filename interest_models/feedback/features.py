@@ -16,7 +16,7 @@ from importlib import resources
 import numpy as np
 import psycopg
 
-from materialize.database.tables import fetch_frame
+from materialize.database.tables import fetch_frame, share_offline_writes_lock
 
 
 def _sql(name: str) -> str:
@@ -30,6 +30,7 @@ def day_end(day: dt.date) -> dt.datetime:
 def refresh_feedback_features(conn: psycopg.Connection, days) -> None:
     """Write the user and item feedback snapshots stamped at the end of each day (commits)."""
     user_sql, item_sql = _sql("user_feedback_daily"), _sql("item_feedback_daily")
+    share_offline_writes_lock(conn)
     for day in sorted(set(days)):
         params = {"day_end": day_end(day)}
         conn.execute(user_sql, params)

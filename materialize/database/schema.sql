@@ -332,3 +332,16 @@ CREATE TABLE IF NOT EXISTS interest.item_feedback_daily (
     item_debiased_ctr_7d        double precision,
     PRIMARY KEY (item_id, event_timestamp)
 );
+
+-- The rows written since a time, per feature source: materialization starts each view at
+-- the oldest event_timestamp of the rows created since its last run (rows a build
+-- recomputed for past days after late events, an embedding of an older catalogue version,
+-- a feedback day written again). A build stamps all its rows alike, so these stay small.
+CREATE INDEX IF NOT EXISTS user_daily_features_created ON interest.user_daily_features (created_timestamp);
+CREATE INDEX IF NOT EXISTS user_recent_sequence_created ON interest.user_recent_sequence (created_timestamp);
+CREATE INDEX IF NOT EXISTS user_interest_embedding_created ON interest.user_interest_embedding (created_timestamp);
+CREATE INDEX IF NOT EXISTS item_daily_features_created ON interest.item_daily_features (created_timestamp);
+CREATE INDEX IF NOT EXISTS category_daily_features_created ON interest.category_daily_features (created_timestamp);
+CREATE INDEX IF NOT EXISTS item_embeddings_created ON interest.item_embeddings (created_timestamp);
+CREATE INDEX IF NOT EXISTS user_feedback_daily_created ON interest.user_feedback_daily (created_timestamp);
+CREATE INDEX IF NOT EXISTS item_feedback_daily_created ON interest.item_feedback_daily (created_timestamp);

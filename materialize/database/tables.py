@@ -20,3 +20,14 @@ def fetch_frame(conn: psycopg.Connection, query: str, params: tuple | dict | Non
         cur.execute(query, params)
         columns = [c.name for c in cur.description]
         return pd.DataFrame(cur.fetchall(), columns=columns)
+
+
+# Advisory lock: writers of feature-source rows hold it shared for their transaction;
+# materialization holds it exclusively while it reads where each view starts and loads it
+# (so no row is written between the two unseen).
+OFFLINE_WRITES_LOCK = "interest.offline_feature_writes"
+
+
+def share_offline_writes_lock(conn: psycopg.Connection) -> None:
+    """Take ``OFFLINE_WRITES_LOCK`` shared until the end of the current transaction."""
+    conn.execute("SELECT pg_advisory_xact_lock_shared(hashtext(%s))", (OFFLINE_WRITES_LOCK,))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import psycopg
 
+from materialize.database.tables import share_offline_writes_lock
 from materialize.embeddings.item_text import item_text
 
 
@@ -47,6 +48,7 @@ def embed_new_item_texts(conn: psycopg.Connection, embedder, progress: bool = Fa
     started = time.perf_counter()
     vectors = embedder.embed([item_text(title, description) for _, title, description in pending], progress=progress)
     seconds = time.perf_counter() - started
+    share_offline_writes_lock(conn)
     with conn.cursor() as cur:
         with cur.copy("COPY interest.text_embeddings (text_sha256, model_version, embedding) FROM STDIN") as copy:
             for (sha, _, _), vector in zip(pending, vectors.astype(np.float32)):
@@ -54,7 +56,7 @@ def embed_new_item_texts(conn: psycopg.Connection, embedder, progress: bool = Fa
         cur.execute(
             """
             INSERT INTO interest.item_embeddings (item_id, event_timestamp, created_timestamp, text_sha256, embedding)
-            SELECT i.item_id, i.valid_from, now(), i.text_sha256, t.embedding
+            SELECT i.item_id, i.valid_from, clock_timestamp(), i.text_sha256, t.embedding
             FROM interest.items i JOIN interest.text_embeddings t USING (text_sha256)
             ON CONFLICT (item_id, event_timestamp) DO NOTHING
             """

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from materialize.database.tables import OFFLINE_WRITES_LOCK
 from materialize.settings import PostgresSettings, SparkSettings
 
 FIRST_MATERIALIZATION_START = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -110,24 +111,73 @@ def materialize_online(store, end: dt.datetime | None = None) -> MaterializeRepo
 
     A view never materialized before, or whose online table is empty (a repo that has just
     switched online stores: the registry remembers the old store's runs), starts from 1970
-    (historical data such as MovieLens is older than any ttl); later runs continue where
-    the last one ended.
+    (historical data such as MovieLens is older than any ttl). A later run starts where the
+    last one ended, or earlier where rows were written since then for older times: the
+    days an incremental build recomputed after late events, an embedding of a catalogue
+    version loaded before the last run, a feedback day written again. Stock
+    ``feast materialize-incremental`` misses those: it reads only rows stamped after its
+    last run. While the starts are read and the views loaded, writers of feature rows
+    (``OFFLINE_WRITES_LOCK``) wait, so no row is written between the two unseen.
     """
     import time
 
-    end = end or dt.datetime.now(dt.timezone.utc)
     started = time.perf_counter()
     views = store.list_feature_views()
     empty = set(_empty_online_views(store))
-    fresh = [v.name for v in views if not v.materialization_intervals or v.name in empty]
-    known = [v.name for v in views if v.name not in fresh]
-    with _plain_unless_terminal():  # one pass per view: fresh views are not listed again, empty
-        if fresh:
-            store.materialize(start_date=FIRST_MATERIALIZATION_START, end_date=end, feature_views=fresh)
-        if known:
-            store.materialize_incremental(end_date=end, feature_views=known)
+    with offline_writes_excluded(store) as conn, _plain_unless_terminal():
+        end = end or dt.datetime.now(dt.timezone.utc)
+        starts = {v.name: FIRST_MATERIALIZATION_START if not v.materialization_intervals or v.name in empty
+                  else materialization_start(store, conn, v, v.most_recent_end_time) for v in views}
+        for start in sorted(set(starts.values())):  # one Feast run per start, each view listed once
+            store.materialize(start_date=start, end_date=end,
+                              feature_views=[name for name, s in starts.items() if s == start])
     seconds = time.perf_counter() - started
+    fresh = [name for name, start in starts.items() if start == FIRST_MATERIALIZATION_START]
     return MaterializeReport(len(views), fresh, end, online_entity_counts(store), seconds)
+
+
+@contextlib.contextmanager
+def offline_writes_excluded(store) -> Iterator:
+    """A connection to the PostgreSQL offline store holding ``OFFLINE_WRITES_LOCK``
+    exclusively for the block (writers hold it shared); None for another offline store."""
+    from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import PostgreSQLOfflineStoreConfig
+
+    offline = store.config.offline_store
+    if not isinstance(offline, PostgreSQLOfflineStoreConfig):
+        yield None
+        return
+    import psycopg
+
+    with psycopg.connect(host=offline.host, port=offline.port, dbname=offline.database, user=offline.user,
+                         password=offline.password, sslmode=offline.sslmode, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (OFFLINE_WRITES_LOCK,))
+        try:
+            yield conn
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (OFFLINE_WRITES_LOCK,))
+
+
+def materialization_start(store, conn, view, last_end: dt.datetime) -> dt.datetime:
+    """Where the next run of ``view`` starts: ``last_end``, or the oldest event timestamp of
+    a row of its source created after ``last_end`` when that is older."""
+    source = view.batch_source
+    event_ts, created = source.timestamp_field, source.created_timestamp_column
+    if not created:
+        return last_end
+    if conn is not None:
+        from psycopg import sql
+
+        oldest = conn.execute(sql.SQL("SELECT min({}) FROM {} AS s WHERE {} > %s").format(
+            sql.Identifier(event_ts), sql.SQL(source.get_table_query_string()), sql.Identifier(created)),
+            (last_end,)).fetchone()[0]
+    else:  # a file source of the spark profile (its build rewrites every row)
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        rows = ds.dataset(source.path, format="parquet", partitioning="hive").to_table(
+            columns=[event_ts], filter=ds.field(created) > last_end)
+        oldest = pc.min(rows[event_ts]).as_py() if rows.num_rows else None
+    return min(last_end, oldest) if oldest is not None else last_end
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ from psycopg import sql
 from tqdm.auto import tqdm
 
 from materialize.database.server import has_pgvector
+from materialize.database.tables import share_offline_writes_lock
 from materialize.settings import PipelineConfig
 
 WATERMARK = "events"
@@ -340,6 +341,7 @@ def build_features(conn: psycopg.Connection, config: PipelineConfig, full: bool 
     """
     # One build at a time per database (services build after every pushed event).
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (BUILD_LOCK,))
+    share_offline_writes_lock(conn)
     marks = _watermarks(conn)
     # Through the load_seq index only: the events not consumed yet, not the whole table.
     max_seq, new_events, new_events_max_day = conn.execute(

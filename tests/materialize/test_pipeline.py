@@ -147,3 +147,35 @@ def test_an_emptied_online_store_is_refilled_by_the_next_materialize(pipeline):
     never_filled = {view for view, rows in before.items() if rows == 0}  # the feedback views: no recommendation logged
     assert sorted(set(report.first_time) - never_filled) == ["item_catalog", "user_activity"]
     assert report.online_rows == before and before["user_activity"] > 0
+
+
+def test_rows_rewritten_for_past_days_reach_the_online_store(pipeline):
+    """A late event rebuilds a user's rows of past days, and an embedding run adds a row
+    stamped with its catalogue version's (earlier) load time: both are older than the last
+    materialization's end, and the next `materialize` still loads them."""
+    conn, store = pipeline.conn, pipeline.store
+    pipeline.materialize()
+    user, last_event, item = conn.execute(
+        "SELECT user_id, max(event_timestamp), min(item_id) FROM interest.events GROUP BY user_id "
+        "HAVING count(*) BETWEEN 5 AND 40 ORDER BY user_id LIMIT 1").fetchone()
+    late = pd.DataFrame({"user_id": [user], "item_id": [CONFIG.n_items - item + 1], "event_type": ["view"],
+                         "event_timestamp": [pd.Timestamp(last_event) - pd.Timedelta(days=2)]})
+    assert load_frames(conn, "events", [late], source="a late event").loaded == 1
+    catalogue = SyntheticShop(CONFIG).items()
+    catalogue.loc[catalogue.item_id == 7, "title"] = "A title loaded before the last materialization"
+    assert load_frames(conn, "items", [catalogue], source="catalogue v3").updated == 1
+    assert pipeline.build().mode == "incremental"
+    pipeline.materialize()  # the new catalogue version has no embedding yet
+    assert pipeline.embed().item_versions_added == 1
+    pipeline.materialize()
+
+    online = pd.DataFrame(store.get_online_features(
+        features=["user_recent_sequence:recent_item_ids", "user_activity:view_count_30d"],
+        entity_rows=[{"user_id": user}]).to_dict()).set_index("user_id")
+    sequence = _latest(conn, "user_recent_sequence", "user_id")
+    assert late.item_id[0] in sequence.at[user, "recent_item_ids"]  # the late event is in the latest row
+    _assert_same(online, sequence, ["recent_item_ids"])
+    _assert_same(online, _latest(conn, "user_daily_features", "user_id", DAILY_TTL_DAYS), ["view_count_30d"])
+    online_item = pd.DataFrame(store.get_online_features(
+        features=["item_text_embedding:embedding"], entity_rows=[{"item_id": 7}]).to_dict()).set_index("item_id")
+    _assert_same(online_item, _latest(conn, "item_embeddings", "item_id"), ["embedding"])

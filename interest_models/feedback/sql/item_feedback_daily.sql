@@ -20,7 +20,7 @@ WITH items AS (
 INSERT INTO interest.item_feedback_daily AS f (
     item_id, event_timestamp, created_timestamp, item_impressions_7d, item_clicks_7d, item_purchases_7d,
     item_ctr_7d, item_cvr_7d, item_exposure_7d, item_debiased_ctr_7d)
-SELECT s.item_id, %(day_end)s, now(), coalesce(t.impressions, 0), coalesce(t.clicks, 0), coalesce(t.purchases, 0),
+SELECT s.item_id, %(day_end)s, clock_timestamp(), coalesce(t.impressions, 0), coalesce(t.clicks, 0), coalesce(t.purchases, 0),
        t.clicks::double precision / nullif(t.impressions, 0), t.purchases::double precision / nullif(t.clicks, 0),
        coalesce(t.exposure, 0), t.clicks / nullif(t.exposure, 0)
 FROM items s LEFT JOIN totals t ON t.item_id = s.item_id

@@ -35,7 +35,7 @@ WITH users AS (
 INSERT INTO interest.user_feedback_daily AS f (
     user_id, event_timestamp, created_timestamp, impressions_7d, clicks_7d, purchases_7d, ctr_7d, cvr_7d,
     debiased_ctr_7d, category_clicks_7d, category_exposure_7d)
-SELECT a.user_id, %(day_end)s, now(), coalesce(t.impressions, 0), coalesce(t.clicks, 0), coalesce(t.purchases, 0),
+SELECT a.user_id, %(day_end)s, clock_timestamp(), coalesce(t.impressions, 0), coalesce(t.clicks, 0), coalesce(t.purchases, 0),
        t.clicks::double precision / nullif(t.impressions, 0), t.purchases::double precision / nullif(t.clicks, 0),
        t.clicks / nullif(t.exposure, 0), a.category_clicks, a.category_exposure
 FROM arrays a LEFT JOIN totals t ON t.user_id = a.user_id

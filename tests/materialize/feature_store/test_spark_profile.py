@@ -135,3 +135,20 @@ def test_spark_engine_materializes_the_same_online_values(applied):
     for column in answers[0]:
         for want, got in zip(answers[0][column], answers[1][column]):
             _assert_cell(column, want, got)
+
+
+def test_both_profiles_find_rows_written_after_a_materialization(applied):
+    """Every feature row was created after `end` (the build ran today): the next run of a
+    view starts at its oldest row, read by SQL in one profile and from Parquet in the other."""
+    from materialize.feature_store.repo import offline_writes_excluded, materialization_start
+
+    end = dt.datetime(2026, 10, 2, tzinfo=dt.timezone.utc)
+    starts = {}
+    for name, profile in (("postgres", applied.postgres), ("spark", applied.spark)):
+        with offline_writes_excluded(profile.store) as conn:
+            assert (conn is None) == (name == "spark")
+            starts[name] = {v.name: materialization_start(profile.store, conn, v, end)
+                            for v in profile.store.list_feature_views() if v.name in ("user_recent_sequence", "item_popularity")}
+    oldest = applied.postgres.conn.execute("SELECT min(event_timestamp) FROM interest.user_recent_sequence").fetchone()[0]
+    assert starts["spark"] == starts["postgres"] and starts["postgres"]["user_recent_sequence"] == oldest < end
+    assert starts["postgres"]["item_popularity"] < end
