@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -232,6 +233,15 @@ def validate_events(frame: pd.DataFrame, lines: np.ndarray, raw: RawRows, now: p
         future_tolerance_s: clock skew allowed, in seconds.
         min_event_time: earlier timestamps are rejected (None: no lower bound).
     """
+    plain = _plainly_valid_events(frame, now, future_tolerance_s, min_event_time)
+    if plain is not None:
+        return Validated(_clean_events(lines, None, *plain), [], {})
+    return _checked_events(frame, lines, raw, now, future_tolerance_s, min_event_time)
+
+
+def _checked_events(frame: pd.DataFrame, lines: np.ndarray, raw: RawRows, now: pd.Timestamp, future_tolerance_s: int,
+                    min_event_time: datetime | None) -> Validated:
+    """``validate_events`` by vectorised checks that name every problem of every row."""
     problems: dict[str, pd.Series] = {}
     conversions: dict[str, int] = {}
     user_id = _positive_ids(frame["user_id"], "user_id", problems)
@@ -254,18 +264,70 @@ def validate_events(frame: pd.DataFrame, lines: np.ndarray, raw: RawRows, now: p
     good, rejections = _collect(lines, raw, problems)
     for field in given:
         _count_trimmed(frame[field], texts[field], good, conversions)
-    clean = pd.DataFrame(
+    return Validated(_clean_events(lines, good, user_id, item_id, event_type, timestamp, price, texts), rejections, conversions)
+
+
+def _clean_events(lines: np.ndarray, good: np.ndarray | None, user_id, item_id, event_type, timestamp, price,
+                  texts: dict) -> pd.DataFrame:
+    """The ``good`` rows (None: all) typed for loading: ``line`` + the schema columns."""
+    def picked(values, dtype=None) -> np.ndarray:
+        values = values if good is None else values[good]
+        return np.asarray(values.to_numpy() if isinstance(values, pd.Series) else values, dtype=dtype)
+
+    return pd.DataFrame(
         {
-            "line": lines[good],
-            "user_id": user_id[good].astype("int64").to_numpy(),
-            "item_id": item_id[good].astype("int64").to_numpy(),
-            "event_type": event_type[good].astype("int16").to_numpy(),
-            "event_timestamp": timestamp[good].to_numpy(),
-            "price": price[good].to_numpy(),
-            **{field: text[good].to_numpy() for field, text in texts.items()},
+            "line": picked(lines),
+            "user_id": picked(user_id, "int64"),
+            "item_id": picked(item_id, "int64"),
+            "event_type": picked(event_type, "int16"),
+            "event_timestamp": picked(timestamp),
+            "price": picked(price),
+            **{field: picked(text) for field, text in texts.items()},
         }
     )
-    return Validated(clean, rejections, conversions)
+
+
+_PLAIN_TEXT = re.compile(_CONTROL[:-1] + _NOT_UTF8[1:] + "|^[ \t\r\n]|[ \t\r\n]$|^$")
+"""A text value the vectorised checks would reject, trim or blank: not plain."""
+
+
+def _plainly_valid_events(frame: pd.DataFrame, now: pd.Timestamp, future_tolerance_s: int,
+                          min_event_time: datetime | None) -> tuple | None:
+    """The typed columns of a chunk whose every row is valid as it is (typed ids > 0, a
+    known event type, a time-zone-aware time in range, prices in whole cents, text fields
+    needing no trim), which is what a service sends; None for any other chunk, which the
+    vectorised checks then read (they name every problem). The same values either way
+    (tests compare the two); this costs microseconds per row where pandas' fixed cost per
+    operation is milliseconds per chunk."""
+    ids = [frame[field] for field in ("user_id", "item_id")]
+    if not all(pd.api.types.is_signed_integer_dtype(values) and (values.to_numpy() > 0).all() for values in ids):
+        return None
+    codes = [EVENT_TYPE_CODES.get(value.strip(" \t\r\n").lower()) if isinstance(value, str) else None
+             for value in frame["event_type"].tolist()]
+    timestamps = frame["event_timestamp"]
+    if None in codes or not isinstance(timestamps.dtype, pd.DatetimeTZDtype) or timestamps.isna().any():
+        return None
+    timestamps = timestamps.dt.tz_convert("UTC")
+    if (timestamps > now + pd.Timedelta(seconds=future_tolerance_s)).any() or (
+            min_event_time is not None and (timestamps < pd.Timestamp(min_event_time)).any()):
+        return None
+    price = frame.get("price")
+    if price is None or price.isna().all():
+        price = pd.Series(np.nan, index=frame.index, dtype="float64")
+    elif not pd.api.types.is_float_dtype(price):
+        return None
+    else:
+        known = price.dropna()
+        if not ((known >= 0) & (known.round(2) == known) & (known <= float(MAX_PRICE))).all():
+            return None
+    texts = {}
+    for field in EVENT_TEXT_FIELDS:
+        values = frame[field].tolist() if field in frame else [None] * len(frame)
+        if not all(value is None or (isinstance(value, float) and math.isnan(value))
+                   or (isinstance(value, str) and not _PLAIN_TEXT.search(value)) for value in values):
+            return None
+        texts[field] = np.array([value if isinstance(value, str) else pd.NA for value in values], dtype=object)
+    return ids[0], ids[1], codes, timestamps, price, texts
 
 
 def validate_items(frame: pd.DataFrame, lines: np.ndarray, raw: RawRows) -> Validated:
