@@ -299,6 +299,22 @@ CREATE INDEX IF NOT EXISTS impressions_user_time ON interest.impressions (user_i
 -- Events answering a recommendation, joined to its impressions by (recommendation_id, user, item).
 CREATE INDEX IF NOT EXISTS events_recommendation ON interest.events (recommendation_id, user_id, item_id)
     WHERE recommendation_id IS NOT NULL;
+-- Each impression served in the 7 days up to day_end, with its position-discounted exposure
+-- (1 / log2(position + 1)) and the strongest event answering it by then (max_type: 0 none
+-- or a view, 1 click, 2 cart, 3 purchase). The feedback features read it (a SQL function:
+-- the planner inlines it into their queries).
+CREATE OR REPLACE FUNCTION interest.impression_outcomes(day_end timestamptz)
+RETURNS TABLE (user_id bigint, item_id bigint, exposure numeric, max_type integer)
+LANGUAGE sql STABLE AS $$
+    SELECT i.user_id, i.item_id, 1.0 / log(2, i.position + 1), coalesce(f.max_type, 0)
+    FROM interest.impressions i
+    LEFT JOIN LATERAL (
+        SELECT max(e.event_type) AS max_type FROM interest.events e
+        WHERE e.recommendation_id = i.recommendation_id AND e.user_id = i.user_id AND e.item_id = i.item_id
+          AND e.event_timestamp <= day_end
+    ) f ON true
+    WHERE i.served_at > day_end - interval '7 days' AND i.served_at <= day_end
+$$;
 
 -- Daily feedback features (Feast views user_feedback and item_feedback), written by
 -- interest_models.feedback.features from impressions joined to events by recommendation_id.

@@ -4,14 +4,7 @@ WITH items AS (
     SELECT DISTINCT item_id FROM interest.impressions
     WHERE served_at > %(day_end)s - interval '8 days' AND served_at <= %(day_end)s
 ), shown AS (
-    SELECT i.item_id, 1.0 / log(2, i.position + 1) AS exposure, coalesce(f.max_type, 0) AS max_type
-    FROM interest.impressions i
-    LEFT JOIN LATERAL (
-        SELECT max(e.event_type) AS max_type FROM interest.events e
-        WHERE e.recommendation_id = i.recommendation_id AND e.user_id = i.user_id AND e.item_id = i.item_id
-          AND e.event_timestamp <= %(day_end)s
-    ) f ON true
-    WHERE i.served_at > %(day_end)s - interval '7 days' AND i.served_at <= %(day_end)s
+    SELECT item_id, exposure, max_type FROM interest.impression_outcomes(%(day_end)s)
 ), totals AS (
     SELECT item_id, count(*) AS impressions, count(*) FILTER (WHERE max_type >= 1) AS clicks,
            count(*) FILTER (WHERE max_type = 3) AS purchases, sum(exposure) AS exposure

@@ -1,22 +1,15 @@
 -- One day's user_feedback_daily snapshot (stamped at %(day_end)s) for every user with an
 -- impression in the 8 days before it: the 7-day window's impressions, and their clicks and
 -- purchases from events carrying the recommendation's id, stamped before the day's end (a
--- value stamped at day_end never reads a later event). Users whose last impression just left
--- the window get a row of zeros, so the online store does not keep their old counts.
+-- value stamped at day_end never reads a later event; interest.impression_outcomes). Users
+-- whose last impression just left the window get a row of zeros, so the online store does not
+-- keep their old counts.
 WITH users AS (
     SELECT DISTINCT user_id FROM interest.impressions
     WHERE served_at > %(day_end)s - interval '8 days' AND served_at <= %(day_end)s
 ), shown AS (
-    SELECT i.user_id, it.category_id, 1.0 / log(2, i.position + 1) AS exposure,
-           coalesce(f.max_type, 0) AS max_type
-    FROM interest.impressions i
-    JOIN interest.items it ON it.item_id = i.item_id
-    LEFT JOIN LATERAL (
-        SELECT max(e.event_type) AS max_type FROM interest.events e
-        WHERE e.recommendation_id = i.recommendation_id AND e.user_id = i.user_id AND e.item_id = i.item_id
-          AND e.event_timestamp <= %(day_end)s
-    ) f ON true
-    WHERE i.served_at > %(day_end)s - interval '7 days' AND i.served_at <= %(day_end)s
+    SELECT o.user_id, it.category_id, o.exposure, o.max_type
+    FROM interest.impression_outcomes(%(day_end)s) o JOIN interest.items it ON it.item_id = o.item_id
 ), per_category AS (
     SELECT user_id, category_id, count(*) FILTER (WHERE max_type >= 1) AS clicks, sum(exposure) AS exposure
     FROM shown GROUP BY user_id, category_id
