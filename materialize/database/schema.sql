@@ -171,7 +171,7 @@ CREATE TABLE IF NOT EXISTS interest.user_interest_embedding (
     user_id                 bigint NOT NULL,
     event_timestamp         timestamptz NOT NULL,       -- end of the active day (UTC)
     created_timestamp       timestamptz NOT NULL,
-    interest_embedding      real[] NOT NULL,            -- mean of recent items' text embeddings, L2-normalised
+    interest_embedding      real[] NOT NULL,            -- mean of recent items' text embeddings (not re-normalised: every use is a cosine)
     PRIMARY KEY (user_id, event_timestamp)
 );
 

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from materialize.database.tables import OFFLINE_WRITES_LOCK
 from materialize.settings import PostgresSettings, SparkSettings
 
 FIRST_MATERIALIZATION_START = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -147,6 +146,8 @@ def offline_writes_excluded(store) -> Iterator:
         yield None
         return
     import psycopg
+
+    from materialize.database.tables import OFFLINE_WRITES_LOCK
 
     with psycopg.connect(host=offline.host, port=offline.port, dbname=offline.database, user=offline.user,
                          password=offline.password, sslmode=offline.sslmode, autocommit=True) as conn:
