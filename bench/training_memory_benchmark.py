@@ -70,10 +70,10 @@ def train_in_own_process(pg, pgvector: bool, home: Path, log: Path) -> dict:
         process = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
+    exit_code = os.waitstatus_to_exitcode(status)
     text = log.read_text(errors="replace").replace("\r", "\n")
-    if process.returncode != 0:
-        raise RuntimeError(f"interest train failed ({process.returncode}); last lines:\n" + "\n".join(text.splitlines()[-20:]))
+    if exit_code != 0:
+        raise RuntimeError(f"interest train failed ({exit_code}); last lines:\n" + "\n".join(text.splitlines()[-20:]))
     stages = [{"stage": m.group(3), "seconds": float(m.group(4)), "detail": m.group(5)}
               for m in map(STAGE_LINE.match, text.splitlines()) if m]
     return {"seconds": round(seconds, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),

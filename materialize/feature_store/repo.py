@@ -126,7 +126,7 @@ def materialize_online(store, end: dt.datetime | None = None) -> MaterializeRepo
     with offline_writes_excluded(store) as conn, _plain_unless_terminal():
         end = end or dt.datetime.now(dt.timezone.utc)
         starts = {v.name: FIRST_MATERIALIZATION_START if not v.materialization_intervals or v.name in empty
-                  else materialization_start(store, conn, v, v.most_recent_end_time) for v in views}
+                  else materialization_start(conn, v, v.most_recent_end_time) for v in views}
         for start in sorted(set(starts.values())):  # one Feast run per start, each view listed once
             store.materialize(start_date=start, end_date=end,
                               feature_views=[name for name, s in starts.items() if s == start])
@@ -158,9 +158,10 @@ def offline_writes_excluded(store) -> Iterator:
             conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (OFFLINE_WRITES_LOCK,))
 
 
-def materialization_start(store, conn, view, last_end: dt.datetime) -> dt.datetime:
+def materialization_start(conn, view, last_end: dt.datetime) -> dt.datetime:
     """Where the next run of ``view`` starts: ``last_end``, or the oldest event timestamp of
-    a row of its source created after ``last_end`` when that is older."""
+    a row of its source created after ``last_end`` when that is older (read through ``conn``,
+    the PostgreSQL offline store's, or from Parquet when it is None)."""
     source = view.batch_source
     event_ts, created = source.timestamp_field, source.created_timestamp_column
     if not created:

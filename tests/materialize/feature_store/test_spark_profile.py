@@ -147,7 +147,7 @@ def test_both_profiles_find_rows_written_after_a_materialization(applied):
     for name, profile in (("postgres", applied.postgres), ("spark", applied.spark)):
         with offline_writes_excluded(profile.store) as conn:
             assert (conn is None) == (name == "spark")
-            starts[name] = {v.name: materialization_start(profile.store, conn, v, end)
+            starts[name] = {v.name: materialization_start(conn, v, end)
                             for v in profile.store.list_feature_views() if v.name in ("user_recent_sequence", "item_popularity")}
     oldest = applied.postgres.conn.execute("SELECT min(event_timestamp) FROM interest.user_recent_sequence").fetchone()[0]
     assert starts["spark"] == starts["postgres"] and starts["postgres"]["user_recent_sequence"] == oldest < end
