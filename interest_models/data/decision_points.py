@@ -15,7 +15,8 @@ Two protocols:
     predecessor's lists and favour the serving model when the two are compared.
   * ``leave_one_out``: the sequential-recommendation protocol (e.g. MovieLens): each
     user's last event is the test point, the one before it validation, the one before
-    that the ranker's training point, and all earlier events train the LSTM.
+    the ``ranker_points_per_user`` before that the ranker's training points, and all
+    earlier events train the LSTM.
 
 The events come from ``interest.events`` or, in the spark profile, from the Parquet events
 through Spark (``event_history``): the functions take a psycopg connection or an event history.
@@ -88,8 +89,10 @@ def decision_points(events, config: dict, session_gap: dt.timedelta) -> pd.DataF
     elif config["protocol"] == "leave_one_out":
         events = history.last_events(config["min_history_events"])
         from_end = events.n_events - events.position
+        ranker_points = int(config["ranker_points_per_user"])
         events["split"] = np.select(
-            [from_end == 0, from_end == 1, from_end == 2], ["test", "valid", "train_ranker"], "train_sequence"
+            [from_end == 0, from_end == 1, (from_end >= 2) & (from_end < 2 + ranker_points)],
+            ["test", "valid", "train_ranker"], "train_sequence",
         )
         events["as_of"] = pd.to_datetime(events.event_timestamp, utc=True) - AS_OF_OFFSET
     else:

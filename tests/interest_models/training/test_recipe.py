@@ -59,6 +59,20 @@ def test_time_splits_are_ordered_and_disjoint(pipeline):
     assert (points.as_of < points.label_time).all()
 
 
+def test_leave_one_out_gives_the_ranker_several_points_per_user(pipeline):
+    """Per user: the last event is the test point, the one before validation, the
+    ``ranker_points_per_user`` before that the ranker's, and every earlier one the LSTM's."""
+    unlimited = {s: 10**9 for s in SPLITS}
+    config = load_config("training", {"protocol": "leave_one_out", "ranker_points_per_user": 3,
+                                      "max_points_per_split": unlimited})
+    points = decision_points(pipeline.conn, config, GAP).sort_values(["user_id", "label_time"], kind="stable")
+    from_end = points.groupby("user_id").cumcount(ascending=False)
+    expected = np.select([from_end == 0, from_end == 1, from_end <= 4], ["test", "valid", "train_ranker"], "train_sequence")
+    assert (points.split.to_numpy() == expected).all()
+    assert (points.groupby("user_id").split.apply(lambda s: (s == "train_ranker").sum()) <= 3).all()
+    assert (points.split == "train_ranker").sum() > 2 * (points.split == "test").sum()
+
+
 def test_no_feature_from_the_future_reaches_a_training_row(pipeline):
     """A user whose sequence row and daily snapshot at the label time contain the label
     event: the decision point's features must show only what came before."""
