@@ -1,6 +1,8 @@
 """The LSTM against the synthetic shop's oracle (``materialize.ingest.sources.synthetic_oracle``)
 on the same test decision points: next-category accuracy@1 and log-loss, shift AUC and
-log-loss, and model / oracle ratios."""
+log-loss, and model / oracle ratios; and two item rankings that know the generator's
+popularity within each category, one with the oracle's category forecast and one with the
+LSTM's, as the ceilings of the ranking table."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,21 +11,27 @@ import numpy as np
 import pandas as pd
 import psycopg
 
-from interest_models.evaluation.metrics import accuracy_at_k, roc_auc
+from interest_models.data.vocabulary import Vocabulary
+from interest_models.evaluation.metrics import accuracy_at_k, ranking_metrics, roc_auc, target_ranks
 from materialize.ingest.sources.synthetic import SyntheticConfig, SyntheticShop
 from materialize.ingest.sources.synthetic_oracle import next_category_oracle
 
 ORACLE_COLUMNS = ["accuracy@1", "log-loss", "shift AUC", "shift log-loss"]
+ORACLE_ITEMS = "oracle: hidden preference x popularity within category"
+LSTM_CATEGORY_ITEMS = "the LSTM's category forecast x popularity within category"
 MIN_PROBABILITY = 1e-12  # floor of a probability inside a log-loss
 
 
 @dataclass(frozen=True)
 class OracleComparison:
     """``table`` (rows LSTM, oracle, LSTM / oracle, the 30-day dominant baseline; columns
-    ``ORACLE_COLUMNS``) or None, and a line saying what it covers or why it is absent."""
+    ``ORACLE_COLUMNS``) or None, and a line saying what it covers or why it is absent;
+    ``ranking`` (rows ``ORACLE_ITEMS``, ``LSTM_CATEGORY_ITEMS``; columns HR@10, NDCG@10) on
+    the same points, ranked against all items as the models are."""
 
     table: pd.DataFrame | None
     note: str
+    ranking: pd.DataFrame | None = None
 
 
 def synthetic_config_of(conn: psycopg.Connection) -> tuple[SyntheticConfig | None, str]:
@@ -48,15 +56,30 @@ def _binary_log_loss(labels: np.ndarray, probability: np.ndarray) -> float:
     return float(-np.mean(np.where(labels == 1, np.log(probability), np.log1p(-probability))))
 
 
+def _item_scores(shop: SyntheticShop, category_forecast: np.ndarray, vocabulary: Vocabulary) -> np.ndarray:
+    """(n, n_items + 1) P(next item) in vocabulary order (0 for items the shop never made)
+    from a (n, shop categories) forecast."""
+    probabilities = shop.item_probabilities(category_forecast)
+    item_ids = vocabulary.item_ids
+    made = (item_ids >= 1) & (item_ids <= probabilities.shape[1])
+    made[0] = False  # padding
+    scores = np.zeros((len(category_forecast), len(item_ids)))
+    scores[:, made] = probabilities[:, item_ids[made] - 1]
+    return scores
+
+
 def compare_with_oracle(conn: psycopg.Connection, points: pd.DataFrame, users: pd.DataFrame,
-                        category_probabilities: np.ndarray, shift_probability: np.ndarray) -> OracleComparison:
+                        category_probabilities: np.ndarray, shift_probability: np.ndarray,
+                        vocabulary: Vocabulary, exclude: list[np.ndarray] | None = None) -> OracleComparison:
     """The LSTM's test outputs beside the oracle's on the same points.
 
     Args:
-        points: test decision points (user_id, label_time, label_category_id).
+        points: test decision points (user_id, label_time, label_category_id, label_item_id).
         users: their features (``dominant_category_30d``, category_id or NaN), row-aligned.
         category_probabilities: (n, n_categories + 1) the LSTM's, column = category_id.
         shift_probability: (n,) the LSTM's P(next category != 30-day dominant).
+        vocabulary: the models' items, for the item rankings.
+        exclude: per point, the items the models' rankings leave out (None: none).
     """
     config, reason = synthetic_config_of(conn)
     if config is None:
@@ -93,6 +116,12 @@ def compare_with_oracle(conn: psycopg.Connection, points: pd.DataFrame, users: p
     ).T
     table.loc["LSTM / oracle"] = table.loc["LSTM"] / table.loc["oracle"]
     table = table.loc[["LSTM", "oracle", "LSTM / oracle", "baseline: 30-day dominant category"]]
+    targets = vocabulary.index_of(points.label_item_id.to_numpy()[rows])
+    kept = None if exclude is None else [exclude[i] for i in rows]
+    ranking = pd.DataFrame({
+        name: ranking_metrics(target_ranks(_item_scores(shop, forecast_of_categories, vocabulary), targets, kept), ks=(10,))
+        for name, forecast_of_categories in ((ORACLE_ITEMS, forecast.next_category), (LSTM_CATEGORY_ITEMS, lstm[:, shop_ids]))
+    }).T[["HR@10", "NDCG@10"]]
     note = (f"{len(rows):,} of {len(points):,} test decision points (users of the synthetic shop); "
             f"shift columns on the {int(known.sum()):,} with a 30-day dominant category.")
-    return OracleComparison(table, note)
+    return OracleComparison(table, note, ranking)

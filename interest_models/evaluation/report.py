@@ -149,6 +149,12 @@ def _oracle_section(oracle) -> list[str]:
         _table(oracle.table),
         oracle.note,
         "",
+        "Item rankings that know the generator's popularity within each category, against all items "
+        "on the same points (the ceilings of the ranking table above): with the oracle's category "
+        "forecast, and with the LSTM's.",
+        "",
+        _table(oracle.ranking),
+        "",
     ]
 
 

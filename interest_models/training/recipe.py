@@ -310,7 +310,8 @@ class _Trainer:
                 calibration=calibration_bins(*self._shift_labels(outputs["test"])),
                 timelines=self._timelines(outputs),
                 oracle=compare_with_oracle(self.conn, outputs["test"].points, outputs["test"].users,
-                                           outputs["test"].category_probabilities, outputs["test"].shift_probability),
+                                           outputs["test"].category_probabilities, outputs["test"].shift_probability,
+                                           self.vocabulary, outputs["test"].exclude),
                 sizes={f"points_{s}": int(len(r)) for s, r in split_rows.items()}
                 | {"items": self.vocabulary.n_items, "categories": self.vocabulary.n_categories,
                    "ranker_rows": int(len(train)), "ranker_queries": int(train.point.nunique())},

@@ -433,6 +433,9 @@ class SyntheticShop:
         within = cumulative - np.repeat(before_category, items_per_category)
         total = np.repeat(within[category_end - 1], items_per_category)
         self._sampling_key = category[order] + within / total
+        self._item_category = category  # (n_items,) category codes, indexed by item id - 1
+        self._item_share = np.empty(n_items)  # P(item | its category), indexed by item id - 1
+        self._item_share[order] = weight / total
         self._sampling_item_index = order
         self._category_end = category_end
 
@@ -469,6 +472,12 @@ class SyntheticShop:
         position = np.searchsorted(self._sampling_key, category + uniform, side="right")
         position = np.minimum(position, self._category_end[category] - 1)
         return self._sampling_item_index[position]
+
+    def item_probabilities(self, category_probabilities: np.ndarray) -> np.ndarray:
+        """P(item) of a view whose category follows ``category_probabilities`` (n,
+        n_categories), the item then drawn by popularity within it as ``_sample_items``
+        does: (n, n_items) float64, columns by item id - 1."""
+        return np.asarray(category_probabilities)[:, self._item_category] * self._item_share
 
     def items(self) -> pd.DataFrame:
         """The catalogue: item_id int64 (1..n), category, title, description str, price float64."""

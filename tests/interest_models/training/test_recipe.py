@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from interest_models.config import load_config
-from interest_models.evaluation.oracle import ORACLE_COLUMNS, OracleComparison, synthetic_config_of
+from interest_models.evaluation.oracle import (
+    LSTM_CATEGORY_ITEMS, ORACLE_COLUMNS, ORACLE_ITEMS, OracleComparison, synthetic_config_of,
+)
 from interest_models.data.decision_points import SPLITS, decision_points
 from interest_models.models.item_ranker import xgboost_device
 from interest_models.registry.model_registry import ModelRegistry, RegistryError
@@ -257,6 +259,10 @@ def test_oracle_on_the_same_test_points(trained):
     pd.testing.assert_series_equal(table.loc["LSTM / oracle"], lstm / oracle, check_names=False)
     points = trained.sizes["points_test"]  # all of the shop's users (the leak case's user has none in test)
     assert trained.oracle.note.startswith(f"{points:,} of {points:,} test decision points")
+    ranking = trained.oracle.ranking["NDCG@10"]
+    # Knowing the true preference ranks better than knowing only the LSTM's forecast of it,
+    # and both rank better than the most popular items.
+    assert ranking[ORACLE_ITEMS] > ranking[LSTM_CATEGORY_ITEMS] > trained.metrics.loc["baseline: most_popular", "NDCG@10"]
 
 
 def test_oracle_is_omitted_without_a_synthetic_shop(pg_server, trained, tmp_path):

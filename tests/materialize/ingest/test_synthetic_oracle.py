@@ -98,6 +98,31 @@ def test_matches_the_generators_next_category_frequencies(shop: SyntheticShop, s
     assert max(abs(v) for v in _z_scores(before_shift, after.category.to_numpy()).values()) > 10 * Z_LIMIT
 
 
+def test_item_probabilities_match_the_first_items_drawn(shop: SyntheticShop, events: pd.DataFrame,
+                                                        sessions: pd.DataFrame) -> None:
+    """The first item of every session against ``item_probabilities`` of the oracle's
+    category forecast: per item, observed count within ``Z_LIMIT`` standard deviations of the
+    expected one (with 600 items, about 0.04 of false alarms; the seed is fixed). Items
+    drawn uniformly within their category are rejected by the same check."""
+    first_items = events.item_id.to_numpy()[~events.session_id.duplicated().to_numpy()] - 1
+    forecast = next_category_oracle(shop, sessions.user_id, sessions.start, sessions.dominant).next_category
+    observed = np.bincount(first_items, minlength=CONFIG.n_items)
+
+    def max_z(item_probabilities) -> float:
+        expected, variance = np.zeros(CONFIG.n_items), np.zeros(CONFIG.n_items)
+        for chunk in np.array_split(np.arange(len(forecast)), 20):
+            probabilities = item_probabilities(forecast[chunk])
+            expected += probabilities.sum(axis=0)
+            variance += (probabilities * (1 - probabilities)).sum(axis=0)
+        np.testing.assert_allclose(expected.sum(), len(forecast))
+        return float(np.max(np.abs(observed - expected) / np.sqrt(variance)))
+
+    category = shop.items().category.map({name: i for i, name in enumerate(shop.categories)}).to_numpy()
+    uniform_share = 1.0 / np.bincount(category)[category]
+    assert max_z(shop.item_probabilities) < Z_LIMIT
+    assert max_z(lambda forecast_rows: forecast_rows[:, category] * uniform_share) > 10 * Z_LIMIT
+
+
 def test_beats_the_30_day_dominant_category(shop: SyntheticShop, sessions: pd.DataFrame) -> None:
     known = sessions[sessions.dominant >= 0]
     forecast = next_category_oracle(shop, known.user_id, known.start, known.dominant)
