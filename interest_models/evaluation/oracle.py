@@ -19,6 +19,8 @@ from materialize.ingest.sources.synthetic_oracle import next_category_oracle
 ORACLE_COLUMNS = ["accuracy@1", "log-loss", "shift AUC", "shift log-loss"]
 ORACLE_ITEMS = "oracle: hidden preference x popularity within category"
 LSTM_CATEGORY_ITEMS = "the LSTM's category forecast x popularity within category"
+POSTERIOR = "posterior from the observed events"
+POSTERIOR_ITEMS = "the posterior's category forecast x popularity within category"
 MIN_PROBABILITY = 1e-12  # floor of a probability inside a log-loss
 
 
@@ -70,7 +72,8 @@ def _item_scores(shop: SyntheticShop, category_forecast: np.ndarray, vocabulary:
 
 def compare_with_oracle(conn: psycopg.Connection, points: pd.DataFrame, users: pd.DataFrame,
                         category_probabilities: np.ndarray, shift_probability: np.ndarray,
-                        vocabulary: Vocabulary, exclude: list[np.ndarray] | None = None) -> OracleComparison:
+                        vocabulary: Vocabulary, exclude: list[np.ndarray] | None = None,
+                        posterior: np.ndarray | None = None) -> OracleComparison:
     """The LSTM's test outputs beside the oracle's on the same points.
 
     Args:
@@ -80,6 +83,9 @@ def compare_with_oracle(conn: psycopg.Connection, points: pd.DataFrame, users: p
         shift_probability: (n,) the LSTM's P(next category != 30-day dominant).
         vocabulary: the models' items, for the item rankings.
         exclude: per point, the items the models' rankings leave out (None: none).
+        posterior: optional (n, shop categories) forecast from the observed events alone
+            (``synthetic_posterior.posterior_forecast``), row-aligned with ``points``: adds
+            its rows to both tables.
     """
     config, reason = synthetic_config_of(conn)
     if config is None:
@@ -103,24 +109,37 @@ def compare_with_oracle(conn: psycopg.Connection, points: pd.DataFrame, users: p
 
     known = dominant > 0
     shifted = (target != dominant)[known].astype(int)
-    lstm_shift, oracle_shift = shift_probability[rows][known], forecast.shift_probability[known]
-    table = pd.DataFrame(
-        {
-            "LSTM": [accuracy_at_k(lstm, target, 1), _log_loss(lstm, target),
-                     roc_auc(shifted, lstm_shift), _binary_log_loss(shifted, lstm_shift)],
-            "oracle": [accuracy_at_k(oracle, target, 1), _log_loss(oracle, target),
-                       roc_auc(shifted, oracle_shift), _binary_log_loss(shifted, oracle_shift)],
-            "baseline: 30-day dominant category": [float(np.mean(dominant == target))] + [float("nan")] * 3,
-        },
-        index=ORACLE_COLUMNS,
-    ).T
+    dominant_column = dominant[known]
+
+    def row(probabilities: np.ndarray, shift: np.ndarray) -> list[float]:
+        return [accuracy_at_k(probabilities, target, 1), _log_loss(probabilities, target),
+                roc_auc(shifted, shift), _binary_log_loss(shifted, shift)]
+
+    def by_category_id(shop_forecast: np.ndarray) -> np.ndarray:
+        wide = np.zeros((len(rows), category_probabilities.shape[1]))
+        wide[:, shop_ids] = shop_forecast
+        return wide
+
+    rows_of = {"LSTM": row(lstm, shift_probability[rows][known]),
+               "oracle": row(oracle, forecast.shift_probability[known])}
+    category_forecasts = {ORACLE_ITEMS: forecast.next_category, LSTM_CATEGORY_ITEMS: lstm[:, shop_ids]}
+    if posterior is not None:
+        observed = by_category_id(posterior[rows])
+        rows_of[POSTERIOR] = row(observed, 1 - observed[np.flatnonzero(known), dominant_column])
+        category_forecasts[POSTERIOR_ITEMS] = posterior[rows]
+    rows_of["baseline: 30-day dominant category"] = [float(np.mean(dominant == target))] + [float("nan")] * 3
+    table = pd.DataFrame(rows_of, index=ORACLE_COLUMNS).T
     table.loc["LSTM / oracle"] = table.loc["LSTM"] / table.loc["oracle"]
-    table = table.loc[["LSTM", "oracle", "LSTM / oracle", "baseline: 30-day dominant category"]]
+    order = ["LSTM", "oracle", "LSTM / oracle"]
+    if posterior is not None:
+        table.loc["LSTM / posterior"] = table.loc["LSTM"] / table.loc[POSTERIOR]
+        order += [POSTERIOR, "LSTM / posterior"]
+    table = table.loc[order + ["baseline: 30-day dominant category"]]
     targets = vocabulary.index_of(points.label_item_id.to_numpy()[rows])
     kept = None if exclude is None else [exclude[i] for i in rows]
     ranking = pd.DataFrame({
         name: ranking_metrics(target_ranks(_item_scores(shop, forecast_of_categories, vocabulary), targets, kept), ks=(10,))
-        for name, forecast_of_categories in ((ORACLE_ITEMS, forecast.next_category), (LSTM_CATEGORY_ITEMS, lstm[:, shop_ids]))
+        for name, forecast_of_categories in category_forecasts.items()
     }).T[["HR@10", "NDCG@10"]]
     note = (f"{len(rows):,} of {len(points):,} test decision points (users of the synthetic shop); "
             f"shift columns on the {int(known.sum()):,} with a 30-day dominant category.")

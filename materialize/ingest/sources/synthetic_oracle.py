@@ -14,10 +14,8 @@ Exactness: ``s`` is known to the millisecond, as events carry it. A switch happe
 second, so the preference at the truncated time is the preference at ``s``; inside a drift the
 preference moves by less than 1 ms / ``drift_days`` (about 1e-9) within that millisecond.
 
-Not computed: the posterior given only the observed events (an oracle without the hidden
-state). It would integrate over the favourite set (Gumbel top-k by category size), their gamma
-weights, the Dirichlet background, whether and when the user shifts and to what; that has no
-closed form, and a sampled approximation would not be exact.
+The forecast from the observed events alone (an oracle without the hidden state) has no
+closed form: ``synthetic_posterior`` samples it.
 """
 from __future__ import annotations
 

@@ -14,7 +14,8 @@ import torch
 
 from interest_models.config import load_config
 from interest_models.evaluation.oracle import (
-    LSTM_CATEGORY_ITEMS, ORACLE_COLUMNS, ORACLE_ITEMS, OracleComparison, synthetic_config_of,
+    LSTM_CATEGORY_ITEMS, ORACLE_COLUMNS, ORACLE_ITEMS, POSTERIOR, POSTERIOR_ITEMS, OracleComparison, compare_with_oracle,
+    synthetic_config_of,
 )
 from interest_models.data.decision_points import SPLITS, decision_points
 from interest_models.models.item_ranker import xgboost_device
@@ -27,7 +28,8 @@ from materialize.database.tables import fetch_frame
 from materialize.devices import select_device
 from materialize.ingest.loader import load_frames
 from materialize.pipeline import Pipeline
-from materialize.ingest.sources.synthetic import SyntheticConfig
+from materialize.ingest.sources.synthetic import SyntheticConfig, SyntheticShop
+from materialize.ingest.sources.synthetic_oracle import next_category_oracle
 from tests.conftest import new_database, settings_for
 
 SHOP = SyntheticConfig(n_users=1000, n_items=120, n_categories=6, days=60, sessions_per_user_mean=5.0, seed=3)
@@ -263,6 +265,26 @@ def test_oracle_on_the_same_test_points(trained):
     # Knowing the true preference ranks better than knowing only the LSTM's forecast of it,
     # and both rank better than the most popular items.
     assert ranking[ORACLE_ITEMS] > ranking[LSTM_CATEGORY_ITEMS] > trained.metrics.loc["baseline: most_popular", "NDCG@10"]
+
+
+def test_oracle_tables_take_a_forecast_from_the_observed_events(pipeline, trained):
+    """Given the oracle's own forecast as the posterior, the posterior's rows equal the
+    oracle's and the LSTM's stay as training reported them: the rows line up."""
+    points = decision_points(pipeline.conn, load_config("training", FAST["training"]), GAP)
+    points = points[points.split == "test"].reset_index(drop=True)
+    test = trained.timelines[trained.timelines.split == "test"].reset_index(drop=True)
+    assert np.array_equal(points.as_of, test.as_of)
+    users = user_features(pipeline.store, points, service_features(pipeline.store))
+    probabilities = np.hstack([np.zeros((len(points), 1)), np.stack(test.predicted_mix.to_numpy())])
+    exact = next_category_oracle(SyntheticShop(SHOP), points.user_id.to_numpy(), points.label_time,
+                                 np.full(len(points), -1)).next_category
+    comparison = compare_with_oracle(pipeline.conn, points, users, probabilities, test.shift_probability.to_numpy(),
+                                     load_vocabulary(pipeline.conn), posterior=exact)
+    table, ranking = comparison.table, comparison.ranking
+    np.testing.assert_allclose(table.loc[POSTERIOR], table.loc["oracle"])
+    np.testing.assert_allclose(table.loc["LSTM"], trained.oracle.table.loc["LSTM"])
+    np.testing.assert_allclose(table.loc["LSTM / posterior"], table.loc["LSTM / oracle"])
+    np.testing.assert_allclose(ranking.loc[POSTERIOR_ITEMS], ranking.loc[ORACLE_ITEMS])
 
 
 def test_oracle_is_omitted_without_a_synthetic_shop(pg_server, trained, tmp_path):
