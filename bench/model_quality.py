@@ -11,6 +11,7 @@
 
     .venv/bin/python bench/model_quality.py                    # 3 seeds, 4 ablation variants
     .venv/bin/python bench/model_quality.py --seeds 1 --ablation   # one seed, no ablation
+    INTEREST_PG_DB=movielens .venv/bin/python bench/model_quality.py --protocol leave_one_out --ablation
 
 It reads the configured database (``interest env``) and writes nothing there; figures in
 ``bench/results/model_quality.json``. Nothing here asserts on time.
@@ -71,6 +72,8 @@ def ablation_row(name: str, result, seconds: float) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[2026, 1, 2])
+    parser.add_argument("--protocol", choices=["time_split", "leave_one_out"], default="time_split",
+                        help="as interest train --protocol (leave_one_out also excludes seen items: MovieLens)")
     parser.add_argument("--ablation", nargs="*", default=list(ABLATION), choices=list(ABLATION),
                         help="LSTM input variants (none: skip)")
     args = parser.parse_args(argv)
@@ -83,9 +86,10 @@ def main(argv=None) -> None:
         events, users, items = pipeline.conn.execute(
             "SELECT count(*), count(DISTINCT user_id), count(DISTINCT item_id) FROM interest.events").fetchone()
         first = None
+        protocol = {"protocol": args.protocol} | ({"exclude_seen": True} if args.protocol == "leave_one_out" else {})
         for seed in args.seeds:
             progress(f"seed {seed}")
-            result, seconds = train(pipeline, {"training": {"seed": seed}})
+            result, seconds = train(pipeline, {"training": {"seed": seed, **protocol}})
             first = first or (seed, result, seconds)
             seeds.append(seed_row(seed, result, seconds))
         default_inputs = list(first[1].configs["lstm"]["inputs"])
@@ -94,7 +98,7 @@ def main(argv=None) -> None:
             if sorted(ABLATION[name]) == sorted(default_inputs):
                 ablation.append(ablation_row(name, first[1], first[2]))
                 continue
-            result, seconds = train(pipeline, {"training": {"seed": first[0]}, "lstm": {"inputs": ABLATION[name]}})
+            result, seconds = train(pipeline, {"training": {"seed": first[0], **protocol}, "lstm": {"inputs": ABLATION[name]}})
             ablation.append(ablation_row(name, result, seconds))
 
     print(f"\nmachine: {info}\ndata: {events:,} events, {users:,} users, {items:,} items; load average {load_average()}; "
@@ -111,7 +115,7 @@ def main(argv=None) -> None:
         print(f"\nLSTM input ablation (seed {first[0]}):")
         print(table(columns, [[fmt(r[c], 4) if isinstance(r[c], float) else r[c] for c in columns] for r in ablation]))
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": info, "events": events, "users": users, "items": items,
+    RESULTS.write_text(json.dumps({"machine": info, "protocol": args.protocol, "events": events, "users": users, "items": items,
                                    "seeds": seeds, "ablation": ablation}, indent=2, default=str))
 
 
