@@ -473,6 +473,22 @@ class SyntheticShop:
         position = np.minimum(position, self._category_end[category] - 1)
         return self._sampling_item_index[position]
 
+    @property
+    def start(self) -> pd.Timestamp:
+        """The start of the span (UTC); events lie in ``[start, config.end)``."""
+        return self._start
+
+    @property
+    def span_seconds(self) -> float:
+        """The span's length in seconds."""
+        return self._span_seconds
+
+    @property
+    def category_share(self) -> np.ndarray:
+        """(n_categories,) each category's expected share of the catalogue; the Gumbel
+        top-k of a user's favourites is weighted by it."""
+        return self._category_share
+
     def item_probabilities(self, category_probabilities: np.ndarray) -> np.ndarray:
         """P(item) of a view whose category follows ``category_probabilities`` (n,
         n_categories), the item then drawn by popularity within it as ``_sample_items``

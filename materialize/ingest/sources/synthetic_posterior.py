@@ -89,13 +89,13 @@ class _State:
 
 
 class _Model:
-    """Log prior, log likelihood and the preference path of the generator's model."""
+    """The generator's model: each chain's preference path and log prior (``_BatchModel`` holds the likelihood)."""
 
     def __init__(self, shop: SyntheticShop, histories: SessionHistories):
         config = shop.config
         self.n_categories = config.n_categories
-        self.share = shop._category_share
-        self.span = shop._span_seconds
+        self.share = shop.category_share
+        self.span = shop.span_seconds
         self.shift_fraction, self.drift_fraction = config.shift_fraction, config.drift_fraction
         self.half_drift = config.drift_days * 86400.0 / 2
         self.window = (SHIFT_WINDOW[0] * self.span, SHIFT_WINDOW[1] * self.span)
@@ -362,14 +362,14 @@ def session_histories(shop: SyntheticShop, views: pd.DataFrame, user_id: np.ndar
         user_id: (n,) the decision points' users; at: (n,) their session starts (UTC).
     """
     code = {name: i for i, name in enumerate(shop.categories)}
-    seconds = (pd.DatetimeIndex(pd.to_datetime(views.event_timestamp, utc=True)).asi8 - shop._start.value) / 1e9
+    seconds = (pd.DatetimeIndex(pd.to_datetime(views.event_timestamp, utc=True)).asi8 - shop.start.value) / 1e9
     frame = pd.DataFrame({"user_id": views.user_id.to_numpy(), "session_id": views.session_id.to_numpy(),
                           "seconds": seconds, "category": views.category.map(code).to_numpy()})
     sessions = frame.groupby(["user_id", "session_id"], sort=False).agg(start=("seconds", "min")).reset_index()
     counts = pd.crosstab([frame.user_id, frame.session_id], frame.category).reindex(columns=range(len(code)), fill_value=0)
     sessions = sessions.join(counts, on=["user_id", "session_id"]).sort_values(["user_id", "start"], kind="stable")
     by_user = {user: group for user, group in sessions.groupby("user_id", sort=False)}
-    at_seconds = (pd.DatetimeIndex(pd.to_datetime(at, utc=True)).asi8 - shop._start.value) / 1e9
+    at_seconds = (pd.DatetimeIndex(pd.to_datetime(at, utc=True)).asi8 - shop.start.value) / 1e9
     earlier = [by_user[u][by_user[u].start.to_numpy() < t] if u in by_user else sessions.iloc[:0]
                for u, t in zip(np.asarray(user_id), at_seconds)]
     longest = max([len(e) for e in earlier] + [1])

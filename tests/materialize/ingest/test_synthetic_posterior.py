@@ -56,7 +56,7 @@ def test_without_events_the_sampler_draws_the_generators_prior(shop: SyntheticSh
     empty = SessionHistories(np.full((points, 1), np.nan), np.zeros((points, 1, CONFIG.n_categories)), np.full(points, at))
     forecast = posterior_forecast(shop, empty, sweeps=200, burn_in=50, seed=1).next_category
     users = np.arange(1, CONFIG.n_users + 1)
-    generated = shop.category_preference(users, pd.Series(shop._start + pd.to_timedelta(np.full(len(users), at), unit="s")))
+    generated = shop.category_preference(users, pd.Series(shop.start + pd.to_timedelta(np.full(len(users), at), unit="s")))
     np.testing.assert_allclose(forecast.mean(axis=0), generated.mean(axis=0), atol=0.02)
 
 
@@ -89,7 +89,7 @@ def test_short_histories_match_the_generators_users_weighted_by_likelihood(shop:
     users = np.arange(1, prior.config.n_users + 1)
 
     def preference(seconds: float) -> np.ndarray:
-        return prior.category_preference(users, pd.Series(prior._start + pd.to_timedelta(np.full(len(users), seconds), unit="s")))
+        return prior.category_preference(users, pd.Series(prior.start + pd.to_timedelta(np.full(len(users), seconds), unit="s")))
 
     for i, (days, counts, forecast_day) in enumerate(cases):
         weight = np.ones(len(users))
@@ -111,7 +111,7 @@ def test_forecast_is_calibrated_and_between_the_oracle_and_ignorance(shop: Synth
     category = shop.items().category.to_numpy()
     views = events[events.event_type == "view"].assign(category=lambda v: category[v.item_id.to_numpy() - 1])
     first = views[~views.session_id.duplicated()]
-    late = first[pd.to_datetime(first.event_timestamp, utc=True) > shop._start + pd.Timedelta(days=40)].iloc[::3].head(400)
+    late = first[pd.to_datetime(first.event_timestamp, utc=True) > shop.start + pd.Timedelta(days=40)].iloc[::3].head(400)
     histories = session_histories(shop, views, late.user_id.to_numpy(), late.event_timestamp)
     code = {name: i for i, name in enumerate(shop.categories)}
     target = late.category.map(code).to_numpy()
