@@ -103,8 +103,14 @@ def compare_with_oracle(conn: psycopg.Connection, points: pd.DataFrame, users: p
     shop_index[shop_ids] = np.arange(len(shop_ids))
     forecast = next_category_oracle(shop, points.user_id.to_numpy()[rows], points.label_time.iloc[rows],
                                     np.where(dominant > 0, shop_index[dominant], -1))
-    oracle = np.zeros((len(rows), category_probabilities.shape[1]))
-    oracle[:, shop_ids] = forecast.next_category
+
+    def by_category_id(shop_forecast: np.ndarray) -> np.ndarray:
+        """(len(rows), n_categories + 1) of a (len(rows), shop categories) forecast."""
+        wide = np.zeros((len(rows), category_probabilities.shape[1]))
+        wide[:, shop_ids] = shop_forecast
+        return wide
+
+    oracle = by_category_id(forecast.next_category)
     lstm = category_probabilities[rows]
 
     known = dominant > 0
@@ -114,11 +120,6 @@ def compare_with_oracle(conn: psycopg.Connection, points: pd.DataFrame, users: p
     def row(probabilities: np.ndarray, shift: np.ndarray) -> list[float]:
         return [accuracy_at_k(probabilities, target, 1), _log_loss(probabilities, target),
                 roc_auc(shifted, shift), _binary_log_loss(shifted, shift)]
-
-    def by_category_id(shop_forecast: np.ndarray) -> np.ndarray:
-        wide = np.zeros((len(rows), category_probabilities.shape[1]))
-        wide[:, shop_ids] = shop_forecast
-        return wide
 
     rows_of = {"LSTM": row(lstm, shift_probability[rows][known]),
                "oracle": row(oracle, forecast.shift_probability[known])}

@@ -302,7 +302,7 @@ def _redraw_shift(rng, state, model):
 
 
 def _walk_shift(rng, state, model):
-    """Move the shift time, redraw its target among the non-favourites, or flip switch/drift."""
+    """Move the shift time, redraw its target among the non-favourites, or flip drift against switch."""
     m = len(state.k)
     proposal = state.copy()
     kind = rng.integers(0, 3, m)
