@@ -9,7 +9,7 @@
    next-category accuracy@1 and log-loss, shift AUC (observed label, and against the
    synthetic shop's planted shifts) beside the oracle where the data is synthetic.
 
-    .venv/bin/python bench/model_quality.py                    # 3 seeds, 4 ablation variants
+    .venv/bin/python bench/model_quality.py                    # 3 seeds, 5 ablation variants
     .venv/bin/python bench/model_quality.py --seeds 1 --ablation   # one seed, no ablation
     INTEREST_PG_DB=movielens .venv/bin/python bench/model_quality.py --protocol leave_one_out --ablation
 
@@ -32,7 +32,8 @@ ABLATION = {
     "behaviour only (item ids, categories)": [],
     "+ text": ["text"],
     "+ text, time gaps, event types": ["text", "time_gaps", "event_types"],
-    "+ category profile (the default)": ["text", "time_gaps", "event_types", "category_profile"],
+    "+ category profile": ["text", "time_gaps", "event_types", "category_profile"],
+    "+ session profile (the default)": ["text", "time_gaps", "event_types", "category_profile", "session_profile"],
 }
 RESULTS = Path(__file__).parent / "results" / "model_quality.json"
 

@@ -98,34 +98,70 @@ class InterestOutputs:
 
 PROFILE_SMOOTHING = 0.05
 """Added to every category share before its log (unseen categories keep some weight)."""
-INPUTS = ("text", "event_types", "time_gaps", "category_profile")
+SESSION_PROFILES = (1, 2, 4, 8, 16)
+"""``session_profile``: the category mix of the user's last 1, 2, 4, 8 and 16 sessions in the
+sequence, each session weighing the same however many events it has."""
+PROFILE_SCORER_DIM = 32
+"""Hidden units of the per-category profile scorer (``session_profile``)."""
+INPUTS = ("text", "event_types", "time_gaps", "category_profile", "session_profile")
 """What the model can read beside item ids and categories (``inputs`` turns each on)."""
+
+
+def session_mixes(batch: SequenceBatch, session_gap_seconds: float) -> torch.Tensor:
+    """(batch, len(SESSION_PROFILES), n_categories + 1) float32 category mix of the newest
+    sessions of each sequence; a session starts after a gap above ``session_gap_seconds``
+    (as the pipeline's sessions do) and at the sequence's first event."""
+    n, length = batch.categories.shape
+    positions = torch.arange(length, device=batch.categories.device)
+    real = positions[None, :] < batch.lengths[:, None]
+    starts = (batch.log_gaps > float(np.log1p(session_gap_seconds / 60.0))) | (positions[None, :] == 0)
+    session = torch.cumsum(starts & real, dim=1) - 1                     # (n, length) 0 = oldest
+    sessions = session.gather(1, (batch.lengths - 1).unsqueeze(1))       # (n, 1) newest index
+    age = sessions - session                                             # 0 = newest session
+    weight = real.float()
+    events = torch.zeros(n, length, device=weight.device).scatter_add_(1, session.clamp(min=0), weight)
+    weight = weight / events.gather(1, session.clamp(min=0)).clamp(min=1.0)  # each session sums to 1
+    mixes = []
+    for k in SESSION_PROFILES:
+        kept = weight * (age < k) / torch.clamp(sessions + 1, max=k).float()
+        mixes.append(torch.zeros(n, batch.category_shares.shape[-1], device=weight.device)
+                     .scatter_add_(1, batch.categories, kept))
+    return torch.stack(mixes, dim=1)
 
 
 class InterestShiftLSTM(nn.Module):
     """LSTM over each recent event (item id, category, event type, time gap, projected text
-    embedding), fused with the user's 7- and 30-day category shares (the long-term profile)
+    embedding), fused with the user's 7- and 30-day category shares (``category_profile``)
     before the heads: next item (an interest vector in item space), next category, shift.
+    The next-category logits start from a prior over the category profiles: those shares and,
+    with ``session_profile``, the mixes of the last sessions in the sequence, read by a
+    scorer shared by all categories.
 
     Args:
         n_items, n_categories: vocabulary sizes (index 0 is padding in both).
         text_embeddings: (n_items + 1, text_dim) float32 item text embeddings as known
             at training time; kept as a buffer (saved in the state dict).
         inputs: the subset of ``INPUTS`` the model reads (the ablation switches them off).
+        session_gap_seconds: the pipeline's session gap (``session_gap_minutes``), for
+            ``session_profile``.
         item_dim, category_dim, event_type_dim, hidden_dim, dropout: see ``config/lstm.yaml``.
     """
 
     def __init__(self, n_items: int, n_categories: int, text_embeddings: torch.Tensor, item_dim: int = 64,
                  category_dim: int = 16, event_type_dim: int = 4, hidden_dim: int = 128, dropout: float = 0.2,
-                 inputs: tuple[str, ...] = ("text", "event_types", "time_gaps")):
+                 inputs: tuple[str, ...] = ("text", "event_types", "time_gaps"), session_gap_seconds: float = 1800.0):
         super().__init__()
         unknown = set(inputs) - set(INPUTS)
         if unknown:
             raise ValueError(f"unknown LSTM inputs {sorted(unknown)}; known: {', '.join(INPUTS)}")
+        if "session_profile" in inputs and "category_profile" not in inputs:
+            raise ValueError("the LSTM input session_profile needs category_profile")
         self.n_items, self.n_categories, self.inputs = n_items, n_categories, tuple(i for i in INPUTS if i in inputs)
+        self.session_gap_seconds = float(session_gap_seconds)
         self._arguments = {"n_items": n_items, "n_categories": n_categories, "text_dim": int(text_embeddings.shape[1]),
                            "item_dim": item_dim, "category_dim": category_dim, "event_type_dim": event_type_dim,
-                           "hidden_dim": hidden_dim, "dropout": dropout, "inputs": list(self.inputs)}
+                           "hidden_dim": hidden_dim, "dropout": dropout, "inputs": list(self.inputs),
+                           "session_gap_seconds": self.session_gap_seconds}
         self.learning_curve: LearningCurve | None = None
         self.register_buffer("text_embeddings", text_embeddings.float())
         self.item_embedding = nn.Embedding(n_items + 1, item_dim, padding_idx=0)
@@ -134,14 +170,24 @@ class InterestShiftLSTM(nn.Module):
         self.event_type_embedding = (nn.Embedding(N_EVENT_TYPES + 1, event_type_dim, padding_idx=0)
                                      if "event_types" in self.inputs else None)
         step_dim = item_dim + category_dim + (event_type_dim if self.event_type_embedding is not None else 0) + ("time_gaps" in self.inputs)
-        profile_dim = 2 * (n_categories + 1) if "category_profile" in self.inputs else 0
+        self.n_profiles = ("category_profile" in self.inputs) * (2 + len(SESSION_PROFILES) * ("session_profile" in self.inputs))
+        profile_dim = 2 * (n_categories + 1) if self.n_profiles else 0  # the 7- and 30-day shares join the state
         self.input_dropout = nn.Dropout(dropout)
         self.lstm = nn.LSTM(step_dim, hidden_dim, batch_first=True)
         self.state_dropout = nn.Dropout(dropout)
         self.category_head = nn.Linear(hidden_dim + profile_dim, n_categories + 1)
-        # Next-category logits start from the smoothed profile, log(share + PROFILE_SMOOTHING),
-        # 7- and 30-day, with learned weights: the sequence learns where interest departs from it.
-        self.profile_weights = nn.Parameter(torch.full((2,), 0.5)) if profile_dim else None
+        # Next-category logits start from the smoothed profiles, log(share + PROFILE_SMOOTHING),
+        # with learned weights: the sequence learns where interest departs from them.
+        self.profile_weights = nn.Parameter(torch.full((self.n_profiles,), 1.0 / self.n_profiles)) if profile_dim else None
+        # With the session profile, a scorer shared by all categories reads each category's
+        # profile values (and whether it is the dominant and the last category) and corrects
+        # the log-linear prior; it starts at zero, i.e. at the prior.
+        self.profile_scorer = (nn.Sequential(nn.Linear(2 * self.n_profiles + 2, PROFILE_SCORER_DIM), nn.Tanh(),
+                                             nn.Linear(PROFILE_SCORER_DIM, 1))
+                               if "session_profile" in self.inputs else None)
+        if self.profile_scorer is not None:
+            nn.init.zeros_(self.profile_scorer[-1].weight)
+            nn.init.zeros_(self.profile_scorer[-1].bias)
         self.shift_head = nn.Sequential(nn.Linear(hidden_dim + profile_dim + category_dim, hidden_dim // 2), nn.ReLU(),
                                         nn.Linear(hidden_dim // 2, 1))
         self.interest_head = nn.Linear(hidden_dim + profile_dim, item_dim)
@@ -156,9 +202,16 @@ class InterestShiftLSTM(nn.Module):
             return self.item_embedding.weight
         return self.item_embedding.weight + self.text_projection(self.text_embeddings)
 
+    def profiles(self, batch: SequenceBatch) -> torch.Tensor:
+        """(batch, n_profiles, n_categories + 1) float32 category profiles the model reads."""
+        if "session_profile" not in self.inputs:
+            return batch.category_shares
+        return torch.cat([batch.category_shares, session_mixes(batch, self.session_gap_seconds)], dim=1)
+
     def encode(self, batch: SequenceBatch, item_representations: torch.Tensor) -> torch.Tensor:
         """(batch, hidden_dim [+ 2 (n_categories + 1)]) the fused interest state: the LSTM's
-        output at the newest event, with the category profile when the model reads it."""
+        output at the newest event, with the 7- and 30-day shares when the model reads them
+        (the session profile enters only the next-category prior, ``category_and_shift``)."""
         steps = [item_representations[batch.items], self.category_embedding(batch.categories)]
         if self.event_type_embedding is not None:
             steps.append(self.event_type_embedding(batch.event_types))
@@ -177,8 +230,15 @@ class InterestShiftLSTM(nn.Module):
         """Next-category logits (batch, n_categories + 1) and shift logits (batch,) of ``encode``'s state."""
         category_logits = self.category_head(state)
         if self.profile_weights is not None:
-            prior = torch.log(batch.category_shares.to(state.dtype) + PROFILE_SMOOTHING)
+            profiles = self.profiles(batch).to(state.dtype)
+            prior = torch.log(profiles + PROFILE_SMOOTHING)
             category_logits = category_logits + torch.einsum("w,bwc->bc", self.profile_weights.to(state.dtype), prior)
+        if self.profile_scorer is not None:
+            n_columns = category_logits.shape[1]
+            last = batch.categories.gather(1, (batch.lengths - 1).unsqueeze(1))
+            per_category = torch.cat([profiles, prior, F.one_hot(batch.dominant_category, n_columns).unsqueeze(1).to(state.dtype),
+                                      F.one_hot(last, n_columns).to(state.dtype)], dim=1)   # (batch, 2 P + 2, columns)
+            category_logits = category_logits + self.profile_scorer(per_category.transpose(1, 2)).squeeze(-1)
         category_logits[:, 0] = float("-inf")
         shift_logit = self.shift_head(torch.cat([state, self.category_embedding(batch.dominant_category)], dim=-1)).squeeze(-1)
         if self.profile_weights is not None:
@@ -299,6 +359,7 @@ class InterestShiftLSTM(nn.Module):
 
     def _head_parameters(self) -> list[nn.Parameter]:
         heads = [*self.category_head.parameters(), *self.shift_head.parameters()]
+        heads += [*self.profile_scorer.parameters()] if self.profile_scorer is not None else []
         return heads + ([self.profile_weights] if self.profile_weights is not None else [])
 
     @torch.no_grad()

@@ -211,7 +211,7 @@ class _Trainer:
             self.model = InterestShiftLSTM(
                 self.vocabulary.n_items, self.vocabulary.n_categories, torch.from_numpy(self.text_matrix),
                 **{k: self.lstm_config[k] for k in ("item_dim", "category_dim", "event_type_dim", "hidden_dim", "dropout")},
-                inputs=tuple(self.lstm_config["inputs"]),
+                inputs=tuple(self.lstm_config["inputs"]), session_gap_seconds=self.session_gap.total_seconds(),
             )
             if self.distributed is None:
                 self.model.fit(sequences["train_sequence"], sequences["valid"], self.lstm_config, self.device, self.seed, stages.enabled)

@@ -12,7 +12,7 @@ from interest_models.data.sequences import SequenceBatch
 from interest_models.models.base import Model
 from interest_models.models.blend import Blend
 from interest_models.models.co_purchase import CoPurchase
-from interest_models.models.interest_shift_lstm import InterestShiftLSTM, predict_all
+from interest_models.models.interest_shift_lstm import INPUTS, InterestShiftLSTM, predict_all
 from interest_models.models.item_knn import ItemKNN
 from interest_models.models.item_ranker import ItemRanker
 from interest_models.models.most_popular import MostPopular
@@ -80,7 +80,8 @@ def test_lstm_inputs_and_heads_refit(tmp_path):
     config = {"learning_rate": 0.01, "weight_decay": 0.0, "mixed_precision": False, "max_epochs": 2, "batch_size": 16,
               "loss_weights": {"item": 1.0, "category": 0.5, "shift": 0.5}, "patience": 2}
     train, valid = _sequences(64), _sequences(32)
-    for inputs in ((), ("text",), ("text", "time_gaps"), ("text", "time_gaps", "event_types", "category_profile")):
+    for inputs in ((), ("text",), ("text", "time_gaps"), ("text", "time_gaps", "event_types", "category_profile"),
+                   ("text", "time_gaps", "event_types", "category_profile", "session_profile")):
         model = InterestShiftLSTM(N_ITEMS, N_CATEGORIES, torch.randn(N_ITEMS + 1, 8), item_dim=8, category_dim=4,
                                   hidden_dim=16, inputs=inputs)
         model.fit(train, valid, config, torch.device("cpu"), seed=1)
@@ -94,7 +95,7 @@ def test_lstm_inputs_and_heads_refit(tmp_path):
         assert restored == pytest.approx(min(losses), rel=1e-5)  # the best refit epoch is the one kept
         model.save(tmp_path)
         loaded = InterestShiftLSTM.load(tmp_path)
-        assert loaded.inputs == tuple(i for i in ("text", "event_types", "time_gaps", "category_profile") if i in inputs)
+        assert loaded.inputs == tuple(i for i in INPUTS if i in inputs)
         np.testing.assert_allclose(loaded.score(valid), before, rtol=1e-6)
 
 
