@@ -115,15 +115,15 @@ def session_mixes(batch: SequenceBatch, session_gap_seconds: float) -> torch.Ten
     positions = torch.arange(length, device=batch.categories.device)
     real = positions[None, :] < batch.lengths[:, None]
     starts = (batch.log_gaps > float(np.log1p(session_gap_seconds / 60.0))) | (positions[None, :] == 0)
-    session = torch.cumsum(starts & real, dim=1) - 1                     # (n, length) 0 = oldest
-    sessions = session.gather(1, (batch.lengths - 1).unsqueeze(1))       # (n, 1) newest index
-    age = sessions - session                                             # 0 = newest session
+    session = torch.cumsum(starts & real, dim=1) - 1                     # (n, length) 0 = oldest; position 0 starts one
+    newest = session.gather(1, (batch.lengths - 1).unsqueeze(1))         # (n, 1)
+    age = newest - session                                               # 0 = newest session
     weight = real.float()
-    events = torch.zeros(n, length, device=weight.device).scatter_add_(1, session.clamp(min=0), weight)
-    weight = weight / events.gather(1, session.clamp(min=0)).clamp(min=1.0)  # each session sums to 1
+    events = torch.zeros(n, length, device=weight.device).scatter_add_(1, session, weight)
+    weight = weight / events.gather(1, session).clamp(min=1.0)           # each session sums to 1
     mixes = []
     for k in SESSION_PROFILES:
-        kept = weight * (age < k) / torch.clamp(sessions + 1, max=k).float()
+        kept = weight * (age < k) / torch.clamp(newest + 1, max=k).float()
         mixes.append(torch.zeros(n, batch.category_shares.shape[-1], device=weight.device)
                      .scatter_add_(1, batch.categories, kept))
     return torch.stack(mixes, dim=1)
@@ -170,7 +170,8 @@ class InterestShiftLSTM(nn.Module):
         self.event_type_embedding = (nn.Embedding(N_EVENT_TYPES + 1, event_type_dim, padding_idx=0)
                                      if "event_types" in self.inputs else None)
         step_dim = item_dim + category_dim + (event_type_dim if self.event_type_embedding is not None else 0) + ("time_gaps" in self.inputs)
-        self.n_profiles = ("category_profile" in self.inputs) * (2 + len(SESSION_PROFILES) * ("session_profile" in self.inputs))
+        self.n_profiles = 0 if "category_profile" not in self.inputs else (
+            2 + (len(SESSION_PROFILES) if "session_profile" in self.inputs else 0))
         profile_dim = 2 * (n_categories + 1) if self.n_profiles else 0  # the 7- and 30-day shares join the state
         self.input_dropout = nn.Dropout(dropout)
         self.lstm = nn.LSTM(step_dim, hidden_dim, batch_first=True)
@@ -233,12 +234,12 @@ class InterestShiftLSTM(nn.Module):
             profiles = self.profiles(batch).to(state.dtype)
             prior = torch.log(profiles + PROFILE_SMOOTHING)
             category_logits = category_logits + torch.einsum("w,bwc->bc", self.profile_weights.to(state.dtype), prior)
-        if self.profile_scorer is not None:
-            n_columns = category_logits.shape[1]
-            last = batch.categories.gather(1, (batch.lengths - 1).unsqueeze(1))
-            per_category = torch.cat([profiles, prior, F.one_hot(batch.dominant_category, n_columns).unsqueeze(1).to(state.dtype),
-                                      F.one_hot(last, n_columns).to(state.dtype)], dim=1)   # (batch, 2 P + 2, columns)
-            category_logits = category_logits + self.profile_scorer(per_category.transpose(1, 2)).squeeze(-1)
+            if self.profile_scorer is not None:
+                n_columns = category_logits.shape[1]
+                last = batch.categories.gather(1, (batch.lengths - 1).unsqueeze(1))
+                per_category = torch.cat([profiles, prior, F.one_hot(batch.dominant_category, n_columns).unsqueeze(1).to(state.dtype),
+                                          F.one_hot(last, n_columns).to(state.dtype)], dim=1)   # (batch, 2 P + 2, columns)
+                category_logits = category_logits + self.profile_scorer(per_category.transpose(1, 2)).squeeze(-1)
         category_logits[:, 0] = float("-inf")
         shift_logit = self.shift_head(torch.cat([state, self.category_embedding(batch.dominant_category)], dim=-1)).squeeze(-1)
         if self.profile_weights is not None:
