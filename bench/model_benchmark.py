@@ -107,7 +107,7 @@ def xgboost_fit_seconds(params: dict, rows: int, group: int, seed: int, device: 
     if params is None:
         xgb.XGBRanker(n_estimators=400, device=device, tree_method="hist").fit(features, relevance, qid=query)
     else:
-        ranker = ItemRanker({**params, "early_stopping_rounds": None}, seed, device)
+        ranker = ItemRanker({**params, "early_stopping_rounds": None, "base_margin": None}, seed, device)
         ranker.model.fit(features, relevance, qid=query, verbose=False)
     return time.perf_counter() - started
 

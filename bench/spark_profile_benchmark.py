@@ -284,7 +284,7 @@ def main() -> None:
             train, valid = ranker_rows(frame_pg, columns, args.seed)
             del frame_pg
             ranker_config = yaml.safe_load((Path(__file__).resolve().parents[1] / "interest_models/config/ranker.yaml").read_text())
-            ranker_config |= {"n_estimators": args.ranker_trees, "early_stopping_rounds": args.ranker_trees}
+            ranker_config |= {"n_estimators": args.ranker_trees, "early_stopping_rounds": args.ranker_trees, "base_margin": None}
             with Stage() as pg_rank:
                 ItemRanker(ranker_config, args.seed, "cpu", columns=columns).fit(*train, valid)
             with Stage() as sp_rank:

@@ -25,18 +25,18 @@ USER_COLUMNS = [
 ITEM_COLUMNS = [
     "item_view_count_1d", "item_view_count_7d", "item_view_count_30d", "item_purchase_count_30d",
     "item_unique_users_7d", "item_conversion_rate_30d", "item_trend_1d_vs_7d", "item_price",
-    "category_event_share_7d", "category_trend_7d_vs_30d",
+    "category_event_share_7d", "category_trend_7d_vs_30d", "category_event_count_30d",
 ]
 PAIR_COLUMNS = [
     "user_category_share_7d", "user_category_share_30d", "is_dominant_category_7d", "is_dominant_category_30d",
     "same_category_as_last", "times_in_recent", "steps_since_in_recent", "lstm_category_probability",
     "lstm_item_score", "lstm_item_rank", "lstm_shift_probability", "interest_item_cosine",
-    "co_purchase_score", "item_knn_score",
+    "co_purchase_score", "item_knn_score", "item_share_of_category_30d", "lstm_category_popularity",
 ]
 FEATURE_COLUMNS = USER_COLUMNS + ITEM_COLUMNS + PAIR_COLUMNS
 """Column order of the matrix the ranker is trained on."""
 MODEL_COLUMNS = ["lstm_category_probability", "lstm_item_score", "lstm_item_rank", "lstm_shift_probability",
-                 "co_purchase_score", "item_knn_score"]
+                 "co_purchase_score", "item_knn_score", "lstm_category_popularity"]
 """The columns other models' outputs fill (the LSTM and the neighbour models): the ranker
 over all ``FEATURE_COLUMNS`` stacks them, the one over ``FEAST_COLUMNS`` does not."""
 FEAST_COLUMNS = [c for c in FEATURE_COLUMNS if c not in MODEL_COLUMNS]
@@ -136,6 +136,14 @@ def _recent_item_stats(users: UserRows, point: np.ndarray, item_ids: np.ndarray)
     return times, steps
 
 
+def item_share_of_category(item_views_30d: np.ndarray, category_events_30d: np.ndarray) -> np.ndarray:
+    """(n,) an item's share of its category's events over 30 days, in (0, 1]: its views
+    plus 0.5 over the category's events plus 1 (missing counts are 0), so unseen items
+    keep a small share and the ratio stays a probability when the counts disagree."""
+    views = np.nan_to_num(item_views_30d, nan=0.0)
+    return (views + 0.5) / (np.maximum(np.nan_to_num(category_events_30d, nan=0.0), views) + 1.0)
+
+
 def _category_share(shares: np.ndarray, point: np.ndarray, category: np.ndarray) -> np.ndarray:
     valid = (category >= 1) & (category <= shares.shape[1])
     return np.where(valid, shares[point, np.clip(category - 1, 0, shares.shape[1] - 1)], 0.0)
@@ -154,6 +162,9 @@ def feature_matrix(users: UserRows, candidates: CandidateRows, lstm_scores: np.n
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.broadcast_to(np.arange(1, lstm_scores.shape[1] + 1), order.shape), axis=1)
     times_in_recent, steps_since_in_recent = _recent_item_stats(users, point, candidates.item_id)
+    item_share = item_share_of_category(candidates.item_values[:, ITEM_COLUMNS.index("item_view_count_30d")],
+                                        candidates.item_values[:, ITEM_COLUMNS.index("category_event_count_30d")])
+    category_probability = category_probabilities[point, np.clip(category, 0, category_probabilities.shape[1] - 1)]
     pair = {
         "user_category_share_7d": _category_share(users.share_7d, point, category),
         "user_category_share_30d": _category_share(users.share_30d, point, category),
@@ -162,12 +173,16 @@ def feature_matrix(users: UserRows, candidates: CandidateRows, lstm_scores: np.n
         "same_category_as_last": (users.last_category[point] == category).astype(float),
         "times_in_recent": times_in_recent,
         "steps_since_in_recent": steps_since_in_recent,
-        "lstm_category_probability": category_probabilities[point, np.clip(category, 0, category_probabilities.shape[1] - 1)],
+        "lstm_category_probability": category_probability,
         "lstm_item_score": lstm_scores[point, item_index],
         "lstm_item_rank": rank[point, item_index].astype(float),
         "lstm_shift_probability": shift_probability[point],
         "interest_item_cosine": candidates.interest_item_cosine,
         **candidates.neighbour_scores,
+        "item_share_of_category_30d": item_share,
+        # log P(next event in the item's category) + log P(item | its category): the next
+        # item's probability when the category forecast and popularity within it are right
+        "lstm_category_popularity": np.log(np.maximum(category_probability, 1e-9)) + np.log(item_share),
     }
     return np.column_stack([users.values[point], candidates.item_values, *(pair[c] for c in PAIR_COLUMNS)]).astype(np.float64)
 

@@ -76,10 +76,9 @@ def predict_all(model: "InterestShiftLSTM", data: SequenceBatch, device: torch.d
     for index in _batches(len(data), batch_size, False, None):
         batch = (data if len(index) == len(data) else data.select(index)).to(device)
         result = model(batch, items)
-        scores = result.interest @ items.T
-        scores[:, 0] = float("-inf")
+        scores = model.item_scores(result, items)
         if loss_weights is not None:
-            total_loss += model.loss(result, scores, batch, loss_weights)[0].item() * len(index)
+            total_loss += model.loss(result, model.item_logits(result, items), batch, loss_weights)[0].item() * len(index)
         outputs["scores"].append(scores.float().cpu())
         outputs["categories"].append(torch.softmax(result.category_logits.float(), dim=-1).cpu())
         outputs["shift"].append(torch.sigmoid(result.shift_logit.float()).cpu())
@@ -104,6 +103,10 @@ sequence, each session weighing the same however many events it has."""
 PROFILE_SCORER_DIM = 32
 """Hidden units of the per-category profile scorer (``session_profile``)."""
 INPUTS = ("text", "event_types", "time_gaps", "category_profile", "session_profile")
+ITEM_HEADS = ("softmax", "factorised")
+"""How items are scored: ``softmax`` = the interest vector's dot product with every item
+(one softmax over the catalogue); ``factorised`` = log P(next category) from the category
+forecast + log P(item | its category) from a softmax over the category's items only."""
 """What the model can read beside item ids and categories (``inputs`` turns each on)."""
 
 
@@ -149,8 +152,15 @@ class InterestShiftLSTM(nn.Module):
 
     def __init__(self, n_items: int, n_categories: int, text_embeddings: torch.Tensor, item_dim: int = 64,
                  category_dim: int = 16, event_type_dim: int = 4, hidden_dim: int = 128, dropout: float = 0.2,
-                 inputs: tuple[str, ...] = ("text", "event_types", "time_gaps"), session_gap_seconds: float = 1800.0):
+                 inputs: tuple[str, ...] = ("text", "event_types", "time_gaps"), session_gap_seconds: float = 1800.0,
+                 item_head: str = "softmax", item_categories: torch.Tensor | None = None):
+        """Args (beside the sizes): inputs, see ``INPUTS``; session_gap_seconds, where the
+        session profile cuts sessions; item_head, see ``ITEM_HEADS``; item_categories
+        (n_items + 1,) int64 category id per item index ([0] = 0), needed by the factorised
+        head (a saved model brings its own)."""
         super().__init__()
+        if item_head not in ITEM_HEADS:
+            raise ValueError(f"unknown LSTM item_head {item_head!r}; known: {', '.join(ITEM_HEADS)}")
         unknown = set(inputs) - set(INPUTS)
         if unknown:
             raise ValueError(f"unknown LSTM inputs {sorted(unknown)}; known: {', '.join(INPUTS)}")
@@ -161,9 +171,16 @@ class InterestShiftLSTM(nn.Module):
         self._arguments = {"n_items": n_items, "n_categories": n_categories, "text_dim": int(text_embeddings.shape[1]),
                            "item_dim": item_dim, "category_dim": category_dim, "event_type_dim": event_type_dim,
                            "hidden_dim": hidden_dim, "dropout": dropout, "inputs": list(self.inputs),
-                           "session_gap_seconds": self.session_gap_seconds}
+                           "session_gap_seconds": self.session_gap_seconds, "item_head": item_head}
+        self.item_head = item_head
         self.learning_curve: LearningCurve | None = None
         self.register_buffer("text_embeddings", text_embeddings.float())
+        if item_head == "factorised":  # saved in the state dict; zeros until a saved one is loaded
+            categories = torch.zeros(n_items + 1, dtype=torch.long) if item_categories is None else torch.as_tensor(item_categories, dtype=torch.long)
+            if categories.shape != (n_items + 1,) or int(categories.max()) > n_categories or int(categories.min()) < 0:
+                raise ValueError(f"item_categories must be ({n_items + 1},) category ids in 0..{n_categories}")
+            self.register_buffer("item_categories", categories)
+            self.item_bias = nn.Parameter(torch.zeros(n_items + 1))  # learns each item's popularity
         self.item_embedding = nn.Embedding(n_items + 1, item_dim, padding_idx=0)
         self.text_projection = nn.Linear(text_embeddings.shape[1], item_dim, bias=False) if "text" in self.inputs else None
         self.category_embedding = nn.Embedding(n_categories + 1, category_dim, padding_idx=0)
@@ -260,25 +277,53 @@ class InterestShiftLSTM(nn.Module):
         state = self.encode(batch, item_representations)
         return InterestOutputs(*self.category_and_shift(state, batch), self.interest_head(state))
 
+    def item_logits(self, outputs: InterestOutputs, item_representations: torch.Tensor) -> torch.Tensor:
+        """(batch, n_items + 1) float32 logits of the item loss; padding gets -inf. A softmax
+        over them gives P(next item), or under the factorised head they already are
+        log P(item | its category): the interest vector's dot product with each item plus
+        the item's learned bias, normalised within the item's category."""
+        logits = (outputs.interest @ item_representations.T).float()
+        if self.item_head == "factorised":
+            logits = self.within_category(logits + self.item_bias.float())
+        logits[:, 0] = float("-inf")
+        return logits
+
+    def within_category(self, logits: torch.Tensor) -> torch.Tensor:
+        """(batch, n_items + 1) ``logits`` minus the log-sum-exp over their item's category
+        (one pass over the catalogue)."""
+        category = self.item_categories.expand_as(logits)
+        peak = torch.full((len(logits), self.n_categories + 1), float("-inf"), device=logits.device)
+        peak = peak.scatter_reduce(1, category, logits, "amax")
+        peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+        total = torch.zeros_like(peak).scatter_add(1, category, torch.exp(logits - peak.gather(1, category)))
+        return logits - (peak + torch.log(total)).gather(1, category)
+
+    def item_scores(self, outputs: InterestOutputs, item_representations: torch.Tensor) -> torch.Tensor:
+        """(batch, n_items + 1) float32 scores of every item (``item_head``); padding gets
+        -inf. The factorised head's are log P(next item) = log P(next category) + log
+        P(item | its category)."""
+        logits = self.item_logits(outputs, item_representations)
+        if self.item_head == "factorised":
+            category = self.item_categories.expand_as(logits)
+            logits = logits + torch.log_softmax(outputs.category_logits.float(), dim=-1).gather(1, category)
+        return logits
+
     def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
         """(batch, n_items + 1) scores of every item; padding gets -inf."""
         items = self.item_representations()
-        scores = self(batch, items).interest @ items.T
-        scores[:, 0] = float("-inf")
-        return scores
+        return self.item_scores(self(batch, items), items)
 
     def predict(self, batch: SequenceBatch, candidates: torch.Tensor) -> torch.Tensor:
         """(batch, k) scores of candidate item indices (batch, k)."""
-        items = self.item_representations()
-        return torch.einsum("bd,bkd->bk", self(batch, items).interest, items[candidates])
+        return self.full_sort_predict(batch).gather(1, candidates)
 
     def calculate_loss(self, batch: SequenceBatch, weights: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Weighted sum of next-item (full softmax), next-category and shift losses."""
+        """Weighted sum of next-item, next-category and shift losses. The item loss is a
+        softmax over the catalogue, or under the factorised head over the target's category
+        (the category term has its own loss)."""
         items = self.item_representations()
         outputs = self(batch, items)
-        item_logits = outputs.interest @ items.T
-        item_logits[:, 0] = float("-inf")
-        return self.loss(outputs, item_logits, batch, weights)
+        return self.loss(outputs, self.item_logits(outputs, items), batch, weights)
 
     @staticmethod
     def loss(outputs: InterestOutputs, item_logits: torch.Tensor | None, batch: SequenceBatch,
@@ -376,7 +421,8 @@ class InterestShiftLSTM(nn.Module):
 
         Early stopping on item NDCG ends training after few epochs, before the small heads
         have converged; with the encoder frozen they train on precomputed states in
-        seconds, early-stopped on the validation category + shift loss. Item scores do not change.
+        seconds, early-stopped on the validation category + shift loss. Item scores change only
+        under the factorised item head, whose category term is this forecast.
         """
         weights = {"item": 0.0, "category": config["loss_weights"]["category"], "shift": config["loss_weights"]["shift"]}
         train_states, valid_states = self._states(train, device), self._states(valid, device)

@@ -63,6 +63,9 @@ REASONS = {
     "item_trend_1d_vs_7d": "trending today",
     "category_trend_7d_vs_30d": "its category is trending",
     "category_event_share_7d": "its category is busy this week",
+    "category_event_count_30d": "its category is busy this month",
+    "item_share_of_category_30d": "a favourite in its category",
+    "lstm_category_popularity": "a favourite in the category you are most likely to shop next",
     "item_price": "its price suits you",
 }
 

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from interest_models.data.frame_staging import remove_staged, write_staged
-from interest_models.models.item_ranker import ItemRanker
+from interest_models.models.item_ranker import MARGIN_ATTRIBUTE, ItemRanker
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,12 @@ def fit_ranker_spark_frame(ranker: ItemRanker, frame, feature_columns: list[str]
         *[F.col(f"`{c}`").cast("double").alias(n) for c, n in zip(feature_columns or ranker.columns, names)],
         F.col(label_col).cast("double").alias("label"), F.col(qid_col).cast("long").alias("qid"),
         F.col(valid_col).cast("boolean").alias("is_valid"))
+    margin = {}
+    if ranker.margin_column is not None:  # boosting starts from that column, as ItemRanker.fit
+        rows = rows.withColumn("margin", F.col(names[ranker.columns.index(ranker.margin_column)]))
+        margin = {"base_margin_col": "margin"}
     assembled = VectorAssembler(inputCols=names, outputCol="features", handleInvalid="keep").transform(
-        rows).select("features", "label", "qid", "is_valid")  # null and NaN stay missing
+        rows).select("features", "label", "qid", "is_valid", *margin.values())  # null and NaN stay missing
     grouped = assembled.repartition(num_workers, "qid").sortWithinPartitions("qid")
     # the hyper-parameters set on the ranker (ranker.yaml), not the wrapper's own settings
     params = {k: v for k, v in ranker.model.get_params().items()
@@ -92,10 +96,11 @@ def fit_ranker_spark_frame(ranker: ItemRanker, frame, feature_columns: list[str]
     estimator = SparkXGBRanker(
         features_col="features", label_col="label", qid_col="qid",
         validation_indicator_col="is_valid", num_workers=num_workers, device="cpu",
-        random_state=ranker.model.get_params()["random_state"], **params,
+        random_state=ranker.model.get_params()["random_state"], **margin, **params,
     )
     booster = estimator.fit(grouped).get_booster()
     booster.feature_names = list(ranker.columns)
+    booster.set_attr(**{MARGIN_ATTRIBUTE: ranker.margin_column})
     ranker.model.load_model(bytearray(booster.save_raw("json")))
     return ranker
 

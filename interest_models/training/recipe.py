@@ -212,6 +212,7 @@ class _Trainer:
                 self.vocabulary.n_items, self.vocabulary.n_categories, torch.from_numpy(self.text_matrix),
                 **{k: self.lstm_config[k] for k in ("item_dim", "category_dim", "event_type_dim", "hidden_dim", "dropout")},
                 inputs=tuple(self.lstm_config["inputs"]), session_gap_seconds=self.session_gap.total_seconds(),
+                item_head=self.lstm_config["item_head"], item_categories=torch.from_numpy(self.vocabulary.item_category),
             )
             if self.distributed is None:
                 self.model.fit(sequences["train_sequence"], sequences["valid"], self.lstm_config, self.device, self.seed, stages.enabled)
@@ -252,7 +253,7 @@ class _Trainer:
         with stages.stage("XGBoost training") as stage:
             train, valid_retrieved = candidate_frames["train_ranker"], candidate_frames["valid_retrieved"]
             self.ranker = ItemRanker(self.ranker_config, self.seed, "cuda" if self.device.type == "cuda" else "cpu")
-            feature_ranker = ItemRanker(self.ranker_config, self.seed, self.ranker.device, columns=FEAST_COLUMNS)
+            feature_ranker = ItemRanker({**self.ranker_config, "base_margin": None}, self.seed, self.ranker.device, columns=FEAST_COLUMNS)
             fit_rows = (train, train.relevance.to_numpy(), train.point.to_numpy(),
                         (valid_retrieved, valid_retrieved.relevance.to_numpy(), valid_retrieved.point.to_numpy()))
             if self.distributed is None:

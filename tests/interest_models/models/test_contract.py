@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import pandas as pd
 import torch
+import xgboost as xgb
 
 from interest_models.data.ranking_features import FEATURE_COLUMNS
 from interest_models.data.sequences import SequenceBatch
@@ -110,3 +111,45 @@ def test_ranker_on_a_column_subset_scores_matrices_and_frames_alike():
     assert set(ranker.feature_importance().index) == set(FEAST_COLUMNS)
     shuffled = features.assign(lstm_item_score=RNG.normal(size=400))  # a column it does not read
     np.testing.assert_array_equal(ranker.score(shuffled), ranker.score(features))
+
+
+def test_a_saved_ranker_reads_the_columns_it_was_trained_on(tmp_path):
+    """A ranker saved before a column was added still scores today's matrices; one that
+    reads a column this version does not build is refused with its name."""
+    older = [c for c in FEATURE_COLUMNS if c not in ("item_share_of_category_30d", "lstm_category_popularity")]
+    features = pd.DataFrame(RNG.normal(size=(400, len(FEATURE_COLUMNS))), columns=FEATURE_COLUMNS)
+    relevance, query = (features.item_price > 1).astype(int).to_numpy(), np.repeat(np.arange(40), 10)
+    config = {"objective": "rank:ndcg", "n_estimators": 10, "max_depth": 3, "early_stopping_rounds": 5, "eval_metric": "ndcg@10"}
+    ranker = ItemRanker(config, seed=1, device="cpu", columns=older).fit(features, relevance, query, (features, relevance, query))
+    ranker.save(tmp_path)
+    loaded = ItemRanker.load(tmp_path, device="cpu")
+    assert loaded.columns == older
+    np.testing.assert_allclose(loaded.score(features.to_numpy()), ranker.score(features), rtol=1e-6)
+
+    renamed = features.rename(columns={"item_price": "item_colour"})
+    ItemRanker(config, seed=1, device="cpu", columns=[*(c for c in older if c != "item_price"), "item_colour"]).fit(
+        renamed, relevance, query, (renamed, relevance, query)).save(tmp_path)
+    with pytest.raises(ValueError, match="item_colour"):
+        ItemRanker.load(tmp_path, device="cpu")
+
+
+def test_a_ranker_with_a_base_margin_boosts_from_it(tmp_path):
+    """The margin column is the prior: scores are it plus the trees' corrections, saved
+    with the model, and counted in that column's contribution."""
+    features = pd.DataFrame(RNG.normal(size=(400, len(FEATURE_COLUMNS))), columns=FEATURE_COLUMNS)
+    relevance, query = (features.lstm_category_popularity + 0.3 * features.item_price > 1).astype(int).to_numpy(), np.repeat(np.arange(40), 10)
+    config = {"objective": "rank:ndcg", "n_estimators": 10, "max_depth": 3, "early_stopping_rounds": 5, "eval_metric": "ndcg@10",
+              "base_margin": "lstm_category_popularity"}
+    ranker = ItemRanker(config, seed=1, device="cpu").fit(features, relevance, query, (features, relevance, query))
+    trees_only = ranker.model.predict(features[ranker.columns], base_margin=np.zeros(400))
+    np.testing.assert_allclose(ranker.score(features), trees_only + features.lstm_category_popularity, rtol=1e-5, atol=1e-5)
+    contributions = ranker.contributions(features)
+    bias = ranker.model.get_booster().predict(xgb.DMatrix(features[ranker.columns], base_margin=np.zeros(400)), pred_contribs=True,
+                                              iteration_range=ranker._iteration_range())[:, -1]  # the trees' expected value
+    np.testing.assert_allclose(contributions.sum(1) + bias, ranker.score(features), rtol=1e-4, atol=1e-4)
+    ranker.save(tmp_path)
+    loaded = ItemRanker.load(tmp_path, device="cpu")
+    assert loaded.margin_column == "lstm_category_popularity"
+    np.testing.assert_allclose(loaded.score(features.to_numpy()), ranker.score(features), rtol=1e-6)
+    with pytest.raises(ValueError, match="base_margin 'lstm_item_score' is not one of its columns"):
+        ItemRanker({**config, "base_margin": "lstm_item_score"}, seed=1, columns=["item_price"])

@@ -63,6 +63,7 @@ def test_online_scores_equal_offline_scores(served):
     candidates = candidates.assign(**neighbour_scores(recommender.registered.neighbours, recent, candidates.point.to_numpy(), items))
     assert (candidates.co_purchase_score > 1e-6).any() and (candidates.item_knn_score > 1e-6).any()  # beyond the tie-break
     matrix = build_matrix(users, candidates, scores, categories, shift)
+    assert matrix.category_event_count_30d.notna().all() and (matrix.item_share_of_category_30d <= 1).all()
     ranker_scores = recommender.ranker.score(matrix)
     blended = recommender.blend.score(matrix.lstm_item_score.to_numpy(), ranker_scores, np.zeros(len(items), int))
 
