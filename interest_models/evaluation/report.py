@@ -189,7 +189,8 @@ def write_report(result, out_dir: Path, version: str, title: str, category_names
         "![metrics](metrics.png)",
         "",
         "The XGBoost ranker stacks the other models: it reads the Feast features, the LSTM's outputs and the "
-        "co-purchase and item-kNN scores; the ranker on Feast features only, the LSTM and the baselines are the "
+        "co-purchase and item-kNN scores, and boosts from its base-margin column when ranker.yaml names one; "
+        "the ranker on Feast features only, the LSTM and the baselines are the "
         "single parts. Paired differences of NDCG@10 per test decision point, with 95 % bootstrap intervals "
         "over users (their points resampled together):",
         "",
