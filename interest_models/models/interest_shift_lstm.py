@@ -76,9 +76,10 @@ def predict_all(model: "InterestShiftLSTM", data: SequenceBatch, device: torch.d
     for index in _batches(len(data), batch_size, False, None):
         batch = (data if len(index) == len(data) else data.select(index)).to(device)
         result = model(batch, items)
-        scores = model.item_scores(result, items)
+        logits = model.item_logits(result, items)
+        scores = model.item_scores(result, logits)
         if loss_weights is not None:
-            total_loss += model.loss(result, model.item_logits(result, items), batch, loss_weights)[0].item() * len(index)
+            total_loss += model.loss(result, logits, batch, loss_weights)[0].item() * len(index)
         outputs["scores"].append(scores.float().cpu())
         outputs["categories"].append(torch.softmax(result.category_logits.float(), dim=-1).cpu())
         outputs["shift"].append(torch.sigmoid(result.shift_logit.float()).cpu())
@@ -103,11 +104,11 @@ sequence, each session weighing the same however many events it has."""
 PROFILE_SCORER_DIM = 32
 """Hidden units of the per-category profile scorer (``session_profile``)."""
 INPUTS = ("text", "event_types", "time_gaps", "category_profile", "session_profile")
+"""What the model can read beside item ids and categories (``inputs`` turns each on)."""
 ITEM_HEADS = ("softmax", "factorised")
 """How items are scored: ``softmax`` = the interest vector's dot product with every item
 (one softmax over the catalogue); ``factorised`` = log P(next category) from the category
 forecast + log P(item | its category) from a softmax over the category's items only."""
-"""What the model can read beside item ids and categories (``inputs`` turns each on)."""
 
 
 def session_mixes(batch: SequenceBatch, session_gap_seconds: float) -> torch.Tensor:
@@ -298,11 +299,10 @@ class InterestShiftLSTM(nn.Module):
         total = torch.zeros_like(peak).scatter_add(1, category, torch.exp(logits - peak.gather(1, category)))
         return logits - (peak + torch.log(total)).gather(1, category)
 
-    def item_scores(self, outputs: InterestOutputs, item_representations: torch.Tensor) -> torch.Tensor:
-        """(batch, n_items + 1) float32 scores of every item (``item_head``); padding gets
-        -inf. The factorised head's are log P(next item) = log P(next category) + log
-        P(item | its category)."""
-        logits = self.item_logits(outputs, item_representations)
+    def item_scores(self, outputs: InterestOutputs, logits: torch.Tensor) -> torch.Tensor:
+        """(batch, n_items + 1) float32 scores of every item from ``item_logits``' output;
+        padding gets -inf. The factorised head's are log P(next item) = log P(next
+        category) + log P(item | its category)."""
         if self.item_head == "factorised":
             category = self.item_categories.expand_as(logits)
             logits = logits + torch.log_softmax(outputs.category_logits.float(), dim=-1).gather(1, category)
@@ -311,7 +311,8 @@ class InterestShiftLSTM(nn.Module):
     def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
         """(batch, n_items + 1) scores of every item; padding gets -inf."""
         items = self.item_representations()
-        return self.item_scores(self(batch, items), items)
+        outputs = self(batch, items)
+        return self.item_scores(outputs, self.item_logits(outputs, items))
 
     def predict(self, batch: SequenceBatch, candidates: torch.Tensor) -> torch.Tensor:
         """(batch, k) scores of candidate item indices (batch, k)."""
