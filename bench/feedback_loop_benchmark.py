@@ -51,6 +51,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import load_average, machine_info, progress, silence_known_warnings, table, throwaway_database  # noqa: E402
 
+STATIONARY = {"daily_discount": 1.0, "exploration_min": 0.0, "diversity": 0.0}
+"""``--regret-study``: the bandit without what it pays for on purpose in a changing shop
+(forgetting, an exploration floor for off-policy replay, the diversity penalty)."""
+HINDSIGHT = "best fixed linear policy in hindsight"
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,6 +72,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--organic-views", type=int, default=4, help="each served user's own views per day")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--fast", action="store_true", help="the test suite's small model settings")
+    parser.add_argument("--regret-study", action="store_true",
+                        help="only greedy, bandit, the stationary bandit and the best fixed linear policy in hindsight; "
+                             "regret against the oracle and against that policy (run it with --days 90)")
     parser.add_argument("--only-retraining", action="store_true",
                         help="only the arms greedy, greedy + shift, refresh and retrain; no off-policy or CPU figures")
     return parser.parse_args()
@@ -102,8 +110,11 @@ def main() -> None:
     torch.set_num_threads(1)
     threadpool_limits(limits=1)  # as each service worker (interest_models.serving.http_app.app_from_environment)
     settings = load_settings()
+    # The simulated days must lie in the past (the loader refuses future events): a long run
+    # moves the shop's history back.
+    latest_end = pd.Timestamp.now(tz="UTC").normalize() - pd.Timedelta(days=args.days + 2)
     shop_config = SyntheticConfig(n_users=args.users, n_items=args.items, n_categories=args.categories, days=args.shop_days,
-                                  seed=args.seed)
+                                  seed=args.seed, end=min(SyntheticConfig.end, latest_end))
     shop = SyntheticShop(shop_config)
     start = (shop_config.end + pd.Timedelta(days=1)).to_pydatetime()
     fast = {"lstm": {"max_epochs": 6, "patience": 2, "hidden_dim": 64, "item_dim": 32},
@@ -131,27 +142,35 @@ def main() -> None:
             progress(f"{len(prepared)} warm users' candidates scored in {time.perf_counter() - began:.1f} s")
             policy_config = load_config("policy")
             constant = {**policy_config, "exploration_decay_days": 0}
-            arms = [("greedy", None, None), ("bandit", None, policy_config), ("bandit, constant exploration", None, constant),
-                    ("greedy + shift", args.shift_day, None), ("bandit + shift", args.shift_day, policy_config)]
+            stationary = {**policy_config, **STATIONARY}
+            if args.regret_study:
+                arms = [("greedy", None, None), ("bandit", None, policy_config), ("bandit, stationary", None, stationary)]
+            else:
+                arms = [("greedy", None, None), ("bandit", None, policy_config), ("bandit, constant exploration", None, constant),
+                        ("greedy + shift", args.shift_day, None), ("bandit + shift", args.shift_day, policy_config)]
             if args.only_retraining:
                 arms = [arm for arm in arms if arm[2] is None]
-            days, logs, retraining = {}, {}, {}
-            for label, shift_day, bandit_config in arms:
+            days, logs, retraining, learned_policies = {}, {}, {}, {}
+
+            def run_arm(label: str, policy, shift_day: int | None, learn: bool = True) -> None:
+                """One arm on its own log database (schema and catalogue): ``days[label]``, and for
+                the bandit arm its log and last feedback rows (off-policy and CPU figures)."""
+                nonlocal user_fb, item_fb
                 with throwaway_database(prefix="wt13_fblog") as log_pg:
                     ensure_database(log_pg)
                     conn = psycopg.connect(log_pg.conninfo())
                     create_schema(conn)
                     load_frames(conn, "items", [shop.items()], source="catalogue")
-                    policy = GreedyPolicy() if bandit_config is None else BanditPolicy.untrained(recommender.context_columns, bandit_config)
                     loop = FeedbackLoop(conn, recommender, SimulatedShoppers(shop, pd.Timestamp(start), seed=args.seed), prepared, start)
                     began = time.perf_counter()
                     config = LoopConfig(days=args.days, users_per_day=args.users_per_day, k=args.k, shift_day=shift_day,
-                                        shift_fraction=args.shift_fraction, organic_views=args.organic_views, seed=args.seed)
+                                        shift_fraction=args.shift_fraction, organic_views=args.organic_views, seed=args.seed,
+                                        learn=learn)
                     days[label] = loop.run(policy, config, label)
                     progress(f"arm {label}: {args.days} days in {time.perf_counter() - began:.0f} s")
+                    learned_policies[label] = policy
                     if label == "bandit":
                         logs[label] = read_feedback(conn, start, start + dt.timedelta(days=args.days))
-                        learned = policy
                         last = start + dt.timedelta(days=args.days)
                         user_fb = conn.execute("SELECT DISTINCT ON (user_id) * FROM interest.user_feedback_daily WHERE "
                                                "event_timestamp <= %s ORDER BY user_id, event_timestamp DESC", (last,)).fetchall()
@@ -159,6 +178,21 @@ def main() -> None:
                                                "event_timestamp <= %s ORDER BY item_id, event_timestamp DESC", (last,)).fetchall()
                         conn.commit()
                     conn.close()
+
+            user_fb = item_fb = None
+            for label, shift_day, bandit_config in arms:
+                policy = GreedyPolicy() if bandit_config is None else BanditPolicy.untrained(recommender.context_columns, bandit_config)
+                run_arm(label, policy, shift_day)
+            if args.regret_study:
+                # The best fixed policy of the bandit's class in hindsight: the linear model fitted
+                # to everything the stationary bandit logged (its final statistics), served from
+                # day 0 without learning, exploration or confidence bonus.
+                fitted = learned_policies["bandit, stationary"].bandit
+                hindsight = {**stationary, "ucb_alpha": 0.0, "exploration": 0.0}
+                run_arm(HINDSIGHT, BanditPolicy(fitted, hindsight), None, learn=False)
+                report_regret_study(days, args)
+                print(f"load at end {load_average()}")
+                return
             for mode in ("refresh", "retrain"):
                 label = f"greedy + shift + {mode}"
                 with throwaway_database(prefix="wt13_fbarm") as arm_pg, tempfile.TemporaryDirectory() as project:
@@ -183,7 +217,7 @@ def main() -> None:
             report_arms(days, args)
             report_retraining(days, retraining, args)
             if not args.only_retraining:
-                report_off_policy(logs["bandit"], recommender, shop, start, policy_config, learned, args)
+                report_off_policy(logs["bandit"], recommender, shop, start, policy_config, learned_policies["bandit"], args)
                 report_latency(pipeline, recommender, user_fb, item_fb, prepared, args)
     print(f"load at end {load_average()}")
 
@@ -275,6 +309,46 @@ def report_arms(days: dict, args) -> None:
                                          "exploiting_clicks", "oracle_clicks", "regret", "exploration", "coverage",
                                          "intra_list_distance", "drift_divergence", "drift_p_value", "drift_reasons",
                                          "model_version"]].to_string(index=False))
+
+
+def growth_exponent(per_day) -> float:
+    """The slope of log(cumulative regret) on log(days) over the second half of the run: 1 is
+    linear growth, 0.5 square-root growth; NaN when the cumulative regret is not positive there."""
+    import numpy as np
+
+    cumulative = np.cumsum(np.asarray(per_day, np.float64))
+    days = np.arange(1, len(cumulative) + 1)
+    half = slice(len(cumulative) // 2, None)
+    if len(cumulative) < 4 or np.any(cumulative[half] <= 0):
+        return float("nan")
+    return float(np.polyfit(np.log(days[half]), np.log(cumulative[half]), 1)[0])
+
+
+def report_regret_study(days: dict, args) -> None:
+    """Cumulative regret by thirds against the oracle (the best k of the same candidates by the
+    true click probabilities) and against the best fixed linear policy in hindsight (expected
+    clicks, the same users on the same days), each with its growth exponent."""
+    import numpy as np
+
+    fixed = days[HINDSIGHT].expected_clicks.to_numpy()
+    rows = []
+    for label, frame in days.items():
+        against_fixed = fixed - frame.expected_clicks.to_numpy()
+        rows.append([label, f"{frame.clicks.sum() / frame.impressions.sum():.4f}", f"{frame.coverage.iloc[-1]:.1%}",
+                     " / ".join(f"{t.sum():.0f}" for t in np.array_split(frame.regret.to_numpy(), 3)),
+                     f"{growth_exponent(frame.regret):.2f}",
+                     " / ".join(f"{t.sum():.0f}" for t in np.array_split(against_fixed, 3)),
+                     f"{growth_exponent(against_fixed):.2f}" if label != HINDSIGHT else "-"])
+    print(f"\nRegret study, {args.days} days x {args.users_per_day} users (expected clicks; the stationary bandit: "
+          f"{STATIONARY}; growth exponent: slope of log cumulative regret on log days over the second half):")
+    print(table(["arm", "CTR", "coverage", "regret vs oracle by thirds", "exponent", f"regret vs {HINDSIGHT} by thirds",
+                 "exponent"], rows))
+    print("per-day expected clicks:")
+    import pandas as pd
+    with pd.option_context("display.width", 250, "display.max_rows", 1000, "display.float_format", "{:.2f}".format):
+        wide = pd.DataFrame({label: frame.expected_clicks.to_numpy() for label, frame in days.items()})
+        wide.insert(0, "oracle (bandit's candidates)", days["bandit"].oracle_clicks.to_numpy())
+        print(wide.to_string())
 
 
 def report_retraining(days: dict, retraining: dict, args) -> None:
