@@ -55,6 +55,7 @@ STATIONARY = {"daily_discount": 1.0, "exploration_min": 0.0, "diversity": 0.0}
 """``--regret-study``: the bandit without what it pays for on purpose in a changing shop
 (forgetting, an exploration floor for off-policy replay, the diversity penalty)."""
 HINDSIGHT = "best fixed linear policy in hindsight"
+DAILY_TTL_DAYS = 60  # feature_repo/feature_views.py DAILY_TTL
 
 
 def parse_args() -> argparse.Namespace:
@@ -96,7 +97,7 @@ def main() -> None:
     from interest_models.simulation.shoppers import SimulatedShoppers
     from interest_models.training.recipe import train_models
     from materialize.ingest.loader import load_frames
-    from materialize.ingest.sources.synthetic import SyntheticConfig, SyntheticShop
+    from materialize.ingest.sources.synthetic import SyntheticConfig, SyntheticShop, start_of_today
     from materialize.database.server import ensure_database
     from materialize.database.tables import create_schema
     from materialize.pipeline import Pipeline
@@ -110,11 +111,17 @@ def main() -> None:
     torch.set_num_threads(1)
     threadpool_limits(limits=1)  # as each service worker (interest_models.serving.http_app.app_from_environment)
     settings = load_settings()
-    # The simulated days must lie in the past (the loader refuses future events): a long run
-    # moves the shop's history back.
-    latest_end = pd.Timestamp.now(tz="UTC").normalize() - pd.Timedelta(days=args.days + 2)
+    # The simulated days follow the shop's history. Within the daily views' ttl (60 days) they
+    # lie in the past, as the loader and materialization expect; a longer run (--regret-study,
+    # which neither refreshes nor retrains) ends the history yesterday, so the users'
+    # features are fresh, and its loader accepts the simulated days ahead of the clock.
+    long_run = args.days + 2 > DAILY_TTL_DAYS
+    end = start_of_today() - pd.Timedelta(days=1 if long_run else args.days + 2)
+    if long_run and not args.regret_study:
+        raise SystemExit(f"--days {args.days}: runs beyond {DAILY_TTL_DAYS - 2} days need --regret-study")
+    load_kwargs = {"future_tolerance_s": (args.days + 2) * 86400.0} if long_run else None
     shop_config = SyntheticConfig(n_users=args.users, n_items=args.items, n_categories=args.categories, days=args.shop_days,
-                                  seed=args.seed, end=min(SyntheticConfig.end, latest_end))
+                                  seed=args.seed, end=end)
     shop = SyntheticShop(shop_config)
     start = (shop_config.end + pd.Timedelta(days=1)).to_pydatetime()
     fast = {"lstm": {"max_epochs": 6, "patience": 2, "hidden_dim": 64, "item_dim": 32},
@@ -161,7 +168,8 @@ def main() -> None:
                     conn = psycopg.connect(log_pg.conninfo())
                     create_schema(conn)
                     load_frames(conn, "items", [shop.items()], source="catalogue")
-                    loop = FeedbackLoop(conn, recommender, SimulatedShoppers(shop, pd.Timestamp(start), seed=args.seed), prepared, start)
+                    loop = FeedbackLoop(conn, recommender, SimulatedShoppers(shop, pd.Timestamp(start), seed=args.seed), prepared, start,
+                                        load_kwargs)
                     began = time.perf_counter()
                     config = LoopConfig(days=args.days, users_per_day=args.users_per_day, k=args.k, shift_day=shift_day,
                                         shift_fraction=args.shift_fraction, organic_views=args.organic_views, seed=args.seed,

@@ -430,11 +430,14 @@ def percentiles_ms(seconds: list[float]) -> dict:
 
 def shop_config(args: argparse.Namespace) -> SyntheticConfig:
     """The synthetic shop of ``--events`` (when the script has it), ``--items``, ``--seed``."""
-    from materialize.ingest.sources.synthetic import SyntheticConfig
+    import pandas as pd
 
+    from materialize.ingest.sources.synthetic import SyntheticConfig, start_of_today
+
+    end = start_of_today() - pd.Timedelta(days=1)  # room for a next day of events (feature_build_benchmark)
     if getattr(args, "events", None) is None:  # only the catalogue is used
-        return SyntheticConfig(n_items=args.items, seed=args.seed)
-    return SyntheticConfig.for_events(args.events, n_items=args.items, seed=args.seed)
+        return SyntheticConfig(n_items=args.items, seed=args.seed, end=end)
+    return SyntheticConfig.for_events(args.events, n_items=args.items, seed=args.seed, end=end)
 
 
 def _shop_source(config: SyntheticConfig) -> str:

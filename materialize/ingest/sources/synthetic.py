@@ -267,6 +267,13 @@ CATEGORY_VOCABULARIES: dict[str, CategoryVocabulary] = {
 """Built-in categories in the order they are used: ``n_categories`` takes the first ones."""
 
 
+def start_of_today() -> pd.Timestamp:
+    """The current UTC day's midnight, a shop's default ``end``: its newest daily features
+    are then fresh wherever and whenever it is loaded (the daily feature views' ttl is 60
+    days, and the online store hides older values)."""
+    return pd.Timestamp.now(tz="UTC").normalize()
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Size, time span, shift mix and seed of a synthetic shop.
@@ -276,7 +283,8 @@ class SyntheticConfig:
         n_items: Items, with ids 1..n_items.
         n_categories: Categories, the first ones of ``CATEGORY_VOCABULARIES``.
         days: Length of the event span in days; events lie in ``[end - days, end)``.
-        end: Exclusive end of the span (timezone-aware).
+        end: Exclusive end of the span (timezone-aware); default ``start_of_today()``. Moving
+            it by whole days moves every timestamp and changes nothing else.
         sessions_per_user_mean: Mean sessions per user over the span (>= 1).
         shift_fraction: Share of users with a planted interest shift.
         drift_fraction: Share of the shifted users whose shift is a gradual drift.
@@ -290,7 +298,7 @@ class SyntheticConfig:
     n_items: int = 3000
     n_categories: int = 12
     days: int = 90
-    end: pd.Timestamp = pd.Timestamp("2026-10-01", tz="UTC")
+    end: pd.Timestamp = dataclasses.field(default_factory=start_of_today)
     sessions_per_user_mean: float = 20.0
     shift_fraction: float = 0.5
     drift_fraction: float = 0.3

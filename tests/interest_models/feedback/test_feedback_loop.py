@@ -223,7 +223,10 @@ def test_simulated_days_learn_log_and_evaluate_off_policy(shop_models, log_db, t
                 # Unnormalised, with weights up to ~240 on 320 lists: one run here gave
                 # 0.021 (0.013 to 0.030) against 0.104, so no scale bound holds at this size.
                 continue
-            assert 0 < row.low < 3 * truth and row.high > truth / 3, (weighting, estimator, truth, ctr)
+            # Item-position DR, with the same weights, may reach below 0: one run here gave
+            # 0.057 (-0.036 to 0.109) against 0.116.
+            floor = -np.inf if (weighting, estimator) == ("item-position", "DR") else 0
+            assert floor < row.low < 3 * truth and row.high > truth / 3, (weighting, estimator, truth, ctr)
 
     # The same log through the command line: learn a bandit version, then evaluate it.
     (tmp_path / "feature_repo").symlink_to(shop_settings.feature_repo_dir)

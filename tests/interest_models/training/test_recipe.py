@@ -28,11 +28,13 @@ from materialize.database.tables import fetch_frame
 from materialize.devices import select_device
 from materialize.ingest.loader import load_frames
 from materialize.pipeline import Pipeline
-from materialize.ingest.sources.synthetic import SyntheticConfig, SyntheticShop
+from materialize.ingest.sources.synthetic import SyntheticConfig, SyntheticShop, start_of_today
 from materialize.ingest.sources.synthetic_oracle import next_category_oracle
 from tests.conftest import new_database, settings_for
 
-SHOP = SyntheticConfig(n_users=1000, n_items=120, n_categories=6, days=60, sessions_per_user_mean=5.0, seed=3)
+# Ends 10 days ago: the feedback loop's tests simulate days after it, and those must lie in the past.
+SHOP = SyntheticConfig(n_users=1000, n_items=120, n_categories=6, days=60, sessions_per_user_mean=5.0, seed=3,
+                       end=start_of_today() - pd.Timedelta(days=10))
 FAST = {
     "lstm": {"max_epochs": 6, "patience": 2, "hidden_dim": 64, "item_dim": 32},
     "ranker": {"n_estimators": 60, "early_stopping_rounds": 15},
@@ -81,7 +83,7 @@ def test_no_feature_from_the_future_reaches_a_training_row(pipeline):
     """A user whose sequence row and daily snapshot at the label time contain the label
     event: the decision point's features must show only what came before."""
     conn = pipeline.conn
-    user, t = 999_001, pd.Timestamp("2026-08-20 12:00", tz="UTC")
+    user, t = 999_001, SHOP.end - pd.Timedelta(days=42) + pd.Timedelta(hours=12)  # inside the shop's span
     events = pd.DataFrame({
         "user_id": user, "item_id": [1, 2, 3, 4, 5],
         "event_type": ["view", "view", "view", "purchase", "view"],
