@@ -83,6 +83,7 @@ class Pipeline:
         """Generate and load the synthetic shop, and keep its planted shifts."""
         from materialize.ingest.sources.synthetic import SyntheticShop
 
+        config = self._shop_loaded_before(config)
         shop = SyntheticShop(config)
         fingerprint = hashlib.sha256(repr(config).encode()).hexdigest()[:12]
         source = f"synthetic(users={config.n_users}, items={config.n_items}, seed={config.seed}, config={fingerprint})"
@@ -107,6 +108,21 @@ class Pipeline:
                         (source, Jsonb(config.to_json())))
         self.conn.commit()
         return reports
+
+    def _shop_loaded_before(self, config):
+        """The config of a shop this database already holds that differs from ``config`` only
+        in ``end`` (a default end moves with the day; loading that shop again at other times
+        would give its users a second history), else ``config``."""
+        import dataclasses
+
+        from materialize.ingest.sources.synthetic import SyntheticConfig
+
+        for (values,) in self.conn.execute("SELECT config FROM interest.synthetic_shops").fetchall():
+            stored = SyntheticConfig.from_json(values)
+            if stored != config and dataclasses.replace(stored, end=config.end) == config:
+                log.info("the synthetic shop is already loaded, ending %s; loading it again as it was", stored.end)
+                return stored
+        return config
 
     def load_movielens(self) -> list[IngestReport]:
         """Load MovieLens-100K (ratings as events, first genre as category)."""

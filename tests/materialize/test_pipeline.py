@@ -6,6 +6,8 @@ again, and that the whole run is safe to repeat.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -112,6 +114,10 @@ def test_repeating_the_run_changes_nothing(pipeline):
     assert after == before
     assert again.features.mode == "up to date" and again.embedding.texts_embedded == 0
     assert all(r.loaded == 0 and r.reconciles for r in again.loads)
+    # A run on a later day: the default end has moved, the shop loaded here has not.
+    later = pipeline.run(lambda p: p.load_synthetic(dataclasses.replace(CONFIG, end=CONFIG.end + pd.Timedelta(days=3))))
+    assert {t: int(n) for t, n in pipeline.status()["tables"].itertuples(index=False)} == before
+    assert all(r.loaded == 0 for r in later.loads)
 
 
 def test_stock_feast_cli_applies_and_materializes(pipeline):
