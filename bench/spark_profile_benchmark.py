@@ -5,7 +5,10 @@ Stages (each timed in both profiles, on the same generated frames):
 1. ingest: events validated and written (``loader.load_frames`` into ``interest.events`` vs
    ``parquet_writer.load_event_frames_parquet`` into Parquet by day); generation excluded.
 2. feature build: ``Pipeline.build(full=True)`` (SQL) vs ``export_catalogue`` +
-   ``build_features_spark`` (Spark SQL, ``local[N]``).
+   ``build_features_spark`` (Spark SQL, ``local[N]``); then one more day of events
+   (``--incremental-fraction`` of the first load, by that many of the same shoppers, as
+   ``feature_build_benchmark.py`` loads it) and the incremental build of both profiles
+   (``Pipeline.build()`` vs ``build_features_spark`` from its build state).
 3. training frame: ``get_historical_features`` of ``--frame-rows`` entity rows (sampled
    events: user, item, category, time) for the ranker's Feast views (user activity and
    interest shift, item popularity and catalogue, category trends: the service's
@@ -50,6 +53,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from feature_build_benchmark import NEXT_DAY_SESSION_SUFFIX, next_day_config
 from harness import (BenchRun, load_average, machine_info, progress, shop_config, silence_known_warnings,  # noqa: F401
                      stop_on_sigterm, table, throwaway_database, timed, TimedFrames, _shop_source)
 
@@ -145,6 +149,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--frame-rows", type=int, default=1_000_000)
     parser.add_argument("--ranker-trees", type=int, default=100)
+    parser.add_argument("--incremental-fraction", type=float, default=0.01,
+                        help="size of the extra day of events for the incremental builds, as a share of the first load")
     parser.add_argument("--spark-master", default="local[2]")
     parser.add_argument("--shuffle-partitions", type=int, default=8)
     parser.add_argument("--driver-memory", default="6g", help="spark.driver.memory (local mode: executors too)")
@@ -220,6 +226,28 @@ def main() -> None:
             results["feature_rows"] = build_pg.rows
             results["spark_build_seconds"] = build_sp.seconds
             assert build_sp.rows["user_daily_features"] == build_pg.rows["user_daily_features"], "the two builds differ"
+
+            # 2b. one more day, incremental builds
+            extra = next_day_config(config, round(events * args.incremental_fraction))
+            suffix = lambda frame: frame.assign(session_id=frame["session_id"] + NEXT_DAY_SESSION_SUFFIX)  # noqa: E731
+            next_pg = loader.load_frames(postgres.conn, "events", map(suffix, SyntheticShop(extra).events()),
+                                         source=f"{_shop_source(extra)}:events", **kwargs)
+            load_event_frames_parquet(sp.conn, map(suffix, SyntheticShop(extra).events()), str(warehouse),
+                                      source=f"{_shop_source(extra)}:events", **kwargs)
+            with Stage() as pg_inc:
+                postgres.build()
+            with Stage() as sp_inc:
+                export_catalogue(sp.conn, str(warehouse))
+                inc_sp = build_features_spark(spark, str(warehouse), base.pipeline)
+            total_rows = postgres.conn.execute("SELECT count(*) FROM interest.user_daily_features").fetchone()[0]
+            assert inc_sp.rows["user_daily_features"] == total_rows, "the two incremental builds differ"
+            progress(f"one more day ({next_pg.loaded:,} events): postgres {pg_inc.seconds} s, spark {sp_inc.seconds} s "
+                     f"(cpu {sp_inc.cpu} s; {inc_sp.mode} from {inc_sp.since_day}, {inc_sp.events:,} events read)")
+            rows.append([f"feature build, one more day ({next_pg.loaded:,} events, incremental)", pg_inc.seconds,
+                         sp_inc.seconds, sp_inc.cpu, load_average()[0]])
+            results["next_day_events"] = next_pg.loaded
+            results["spark_incremental"] = {"mode": inc_sp.mode, "since_day": str(inc_sp.since_day),
+                                            "events_read": inc_sp.events, "seconds": inc_sp.seconds}
 
             for pipeline in (postgres, sp):
                 pipeline.apply()

@@ -9,7 +9,7 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
 SPARK_PROFILE = os.environ.get("INTEREST_PROFILE", "postgres") == "spark"
 
 
-def _source(table: str):
+def _source(table: str, day_partitions: bool = True):
     if SPARK_PROFILE:
         from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
 
@@ -19,6 +19,9 @@ def _source(table: str):
             file_format="parquet",
             timestamp_field="event_timestamp",
             created_timestamp_column="created_timestamp",
+            # the Spark build's tables: day=YYYY-MM-DD folders, the UTC day of event_timestamp,
+            # so Feast reads only the days a materialization window covers
+            date_partition_column="day" if day_partitions else None,
         )
     return PostgreSQLSource(
         name=table,
@@ -32,8 +35,8 @@ user_daily_source = _source("user_daily_features")
 user_sequence_source = _source("user_recent_sequence")
 user_interest_embedding_source = _source("user_interest_embedding")
 item_daily_source = _source("item_daily_features")
-item_catalog_source = _source("item_catalog")
-item_embedding_source = _source("item_embeddings")
+item_catalog_source = _source("item_catalog", day_partitions=False)  # exported whole
+item_embedding_source = _source("item_embeddings", day_partitions=False)
 category_daily_source = _source("category_daily_features")
 if not SPARK_PROFILE:  # the impression log lives in PostgreSQL: the spark profile has no feedback views (issue 13)
     user_feedback_source = _source("user_feedback_daily")  # impressions joined to events

@@ -1,7 +1,7 @@
 """Entry point of the spark profile's batch jobs, for ``spark-submit`` or plain Python.
 
     python -m materialize.spark_jobs ingest --events FILE     # validate, quarantine, write Parquet by day
-    python -m materialize.spark_jobs build                    # catalogue export + Spark feature build
+    python -m materialize.spark_jobs build [--full]           # catalogue export + Spark feature build
     python -m materialize.spark_jobs apply                    # feast apply with feature_store.spark.yaml
     python -m materialize.spark_jobs materialize              # Spark compute engine -> Postgres online store
 
@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="job", required=True)
     ingest = sub.add_parser("ingest", help="validate an events file into the Parquet warehouse")
     ingest.add_argument("--events", type=Path, required=True)
-    sub.add_parser("build", help="export the catalogue and compute the feature tables with Spark")
+    build = sub.add_parser("build", help="export the catalogue and compute the feature tables with Spark (incrementally)")
+    build.add_argument("--full", action="store_true", help="recompute every day, not only those new events change")
     sub.add_parser("apply", help="feast apply with feature_store.spark.yaml")
     sub.add_parser("materialize", help="materialize every view into the online store through the Spark engine")
     args = parser.parse_args(argv)
@@ -56,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
             from materialize.spark_session import get_spark
 
             exported = export_catalogue(pipeline.conn, settings.spark.warehouse)
-            report = build_features_spark(get_spark(settings.spark), settings.spark.warehouse, settings.pipeline)
-            result = {"catalogue": exported, "events": report.events, "rows": report.rows, "seconds": report.seconds}
+            report = build_features_spark(get_spark(settings.spark), settings.spark.warehouse, settings.pipeline,
+                                          full=args.full)
+            result = {"catalogue": exported, "mode": report.mode, "reason": report.reason, "since_day": report.since_day,
+                      "events": report.events, "rows": report.rows, "seconds": report.seconds}
         elif args.job == "apply":
             pipeline.apply()
             result = {"applied": str(settings.feature_store_yaml)}

@@ -1,5 +1,5 @@
--- Spark SQL twin of ../sql/category_daily_features.sql (a full build): daily snapshots of
--- every category for days since_day..max_day. Inputs: the views `events` and `categories`
+-- Spark SQL twin of ../sql/category_daily_features.sql: daily snapshots of every category
+-- for days since_day..max_day. Inputs: the views `events` and `categories`
 -- registered by spark_builder.py. Same columns, names and values (tests compare them).
 -- Parameters: since_day (date), max_day (date), created (timestamp).
 WITH days AS (

@@ -1,7 +1,8 @@
--- Spark SQL twin of ../sql/item_daily_features.sql (a full build: every item with events,
--- from its first day). Snapshot days are the active days plus the days an active day leaves
--- the 1/7/30-day windows. Input: the view `events` registered by spark_builder.py.
--- Parameters: max_day (date), created (timestamp).
+-- Spark SQL twin of ../sql/item_daily_features.sql: daily snapshots of every item with
+-- events, for days since_day..max_day. Snapshot days are the active days plus the days an
+-- active day leaves the 1/7/30-day windows. Input: the view `events` registered by
+-- spark_builder.py (the 30 days before since_day on). Parameters: since_day (date),
+-- max_day (date), created (timestamp).
 WITH daily AS (
     SELECT item_id, day, count(*) AS events, count_if(event_type = 0) AS views, count_if(event_type = 3) AS purchases
     FROM events GROUP BY item_id, day
@@ -10,7 +11,7 @@ daily_users AS (SELECT DISTINCT item_id, day, user_id FROM events),
 snapshots AS (
     SELECT DISTINCT d.item_id, date_add(d.day, o.offset_days) AS snap_day
     FROM daily d CROSS JOIN (VALUES (0), (1), (7), (30)) AS o(offset_days)
-    WHERE date_add(d.day, o.offset_days) <= CAST(:max_day AS DATE)
+    WHERE date_add(d.day, o.offset_days) BETWEEN CAST(:since_day AS DATE) AND CAST(:max_day AS DATE)
 ),
 windowed AS (
     SELECT s.item_id, s.snap_day,

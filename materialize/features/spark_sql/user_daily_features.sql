@@ -1,9 +1,11 @@
--- Spark SQL twin of ../sql/user_daily_features.sql (a full build: every user from its
--- first event, so nothing is carried over from stored rows). A snapshot for day D
--- (stamped D+1 00:00 UTC) covers events up to the end of D; snapshot days are the active
--- days plus the days an active day leaves the 1/7/30-day windows.
--- Input: the view `events` (with the item's current category_id) registered by
--- spark_builder.py. Parameters: max_day (date), created (timestamp),
+-- Spark SQL twin of ../sql/user_daily_features.sql: daily snapshots of every user with
+-- events, for days since_day..max_day. A snapshot for day D (stamped D+1 00:00 UTC) covers
+-- events up to the end of D; snapshot days are the active days plus the days an active day
+-- leaves the 1/7/30-day windows. Inputs: the view `events` (the 30 days before since_day
+-- on, with the item's current category_id) and `user_daily_carry` (what each user's last
+-- stored snapshot before since_day carries over: its dominant_category_changed, the day of
+-- its last shift start and its last event time; empty in a full build), registered by
+-- spark_builder.py. Parameters: since_day (date), max_day (date), created (timestamp),
 -- session_gap_micros (bigint), n_categories (int).
 WITH ev AS (
     SELECT user_id, day, event_timestamp, event_type, price, category_id, session_id,
@@ -31,7 +33,7 @@ daily_category AS (
 snapshots AS (
     SELECT DISTINCT d.user_id, date_add(d.day, o.offset_days) AS snap_day
     FROM daily d CROSS JOIN (VALUES (0), (1), (7), (30)) AS o(offset_days)
-    WHERE date_add(d.day, o.offset_days) <= CAST(:max_day AS DATE)
+    WHERE date_add(d.day, o.offset_days) BETWEEN CAST(:since_day AS DATE) AND CAST(:max_day AS DATE)
 ),
 windowed AS (
     SELECT s.user_id, s.snap_day,
@@ -97,11 +99,13 @@ combined AS (
     FROM windowed w JOIN category_stats c ON c.user_id = w.user_id AND c.snap_day = w.snap_day
 ),
 shifts AS (
-    SELECT *,
-           dominant_category_changed AND NOT coalesce(lag(dominant_category_changed) OVER u, false) AS shift_starts,
-           max(last_event_in_30d) OVER u AS last_event_at
-    FROM combined
-    WINDOW u AS (PARTITION BY user_id ORDER BY snap_day)
+    SELECT c.*,
+           c.dominant_category_changed
+               AND NOT coalesce(lag(c.dominant_category_changed) OVER u, k.previous_changed, false) AS shift_starts,
+           greatest(max(c.last_event_in_30d) OVER u, k.last_event_at) AS last_event_at,
+           k.last_shift_day AS carried_shift_day
+    FROM combined c LEFT JOIN user_daily_carry k ON k.user_id = c.user_id
+    WINDOW u AS (PARTITION BY c.user_id ORDER BY c.snap_day)
 )
 SELECT user_id,
        CAST(date_add(snap_day, 1) AS TIMESTAMP) AS event_timestamp,
@@ -119,6 +123,7 @@ SELECT user_id,
        category_share_7d, category_share_30d,
        CAST(dominant_category_7d AS INT) AS dominant_category_7d, CAST(dominant_category_30d AS INT) AS dominant_category_30d,
        category_entropy_30d, category_divergence_7d_30d, dominant_category_changed,
-       CAST(datediff(snap_day, max(CASE WHEN shift_starts THEN snap_day END) OVER (PARTITION BY user_id ORDER BY snap_day))
+       CAST(datediff(snap_day, coalesce(max(CASE WHEN shift_starts THEN snap_day END) OVER (PARTITION BY user_id ORDER BY snap_day),
+                                        carried_shift_day))
             AS DOUBLE) AS days_since_interest_shift
 FROM shifts

@@ -1,7 +1,8 @@
 """The spark profile computes the same feature tables as the postgres profile.
 
 One synthetic shop (tests/spark_shop.py) is loaded through both profiles; every row and
-every value of the five feature-source tables is compared. Tolerances: integers, booleans,
+every value of the five feature-source tables is compared, after a full Spark build and
+after an incremental one over events that arrived in two loads, late ones included. Tolerances: integers, booleans,
 days and ids exactly; float64 values within 1e-9 relative (+1e-12 absolute: PostgreSQL
 sums numerics and doubles in another order than Spark); float32 arrays within 1e-6
 relative (+1e-7 absolute: a mean or a gap rounded to float32 from a double that differs
@@ -9,13 +10,18 @@ in its last bits).
 """
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from materialize.database.tables import fetch_frame
-from materialize.features.spark_builder import SPARK_FEATURE_TABLES
+from materialize.features.spark_builder import PARTITION_COLUMN, SPARK_FEATURE_TABLES, build_features_spark
+from materialize.ingest.parquet_writer import export_catalogue, load_event_frames_parquet
+from materialize.ingest.sources.synthetic import SyntheticShop
+from tests.spark_shop import SHOP
 
 KEYS = {
     "user_daily_features": ["user_id", "event_timestamp"],
@@ -28,7 +34,9 @@ KEYS = {
 
 def spark_table(warehouse, table: str) -> pd.DataFrame:
     frame = pq.read_table(warehouse / "features" / table).to_pandas()
+    days = frame.pop(PARTITION_COLUMN).astype(str)
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    assert (days == frame["event_timestamp"].dt.strftime("%Y-%m-%d")).all(), f"{table}: rows in the wrong day partition"
     return frame.sort_values(KEYS[table]).reset_index(drop=True)
 
 
@@ -84,3 +92,35 @@ def test_spark_feature_tables_equal_postgres(two_profiles, table):
     actual = spark_table(two_profiles.warehouse, table)
     assert two_profiles.reports["spark build"].rows[table] == len(expected)
     assert assert_same_values(expected, actual, table) > len(expected)
+
+
+def test_incremental_build_equals_the_full_one(two_profiles, spark, settings, tmp_path):
+    """The shop's events in two loads: the first 50 days less 5 % of those of days 45 to 49,
+    then the rest with those (late events). After a full build of the first load
+    and an incremental one of the second, every table equals the postgres profile's full
+    build of the whole shop; a third build finds nothing to do."""
+    warehouse, conn = tmp_path / "warehouse", two_profiles.spark.conn
+    kwargs = {"future_tolerance_s": settings.pipeline.future_tolerance_seconds,
+              "min_event_time": settings.pipeline.min_event_time}
+    events = pd.concat(list(SyntheticShop(SHOP).events()), ignore_index=True)
+    cutoff = SHOP.end - dt.timedelta(days=SHOP.days - 50)
+    early = events.event_timestamp < cutoff
+    late = early & (events.event_timestamp >= cutoff - dt.timedelta(days=5)) & (np.random.default_rng(3).random(len(events)) < 0.05)
+    first = load_event_frames_parquet(conn, [events[early & ~late]], str(warehouse), source="first", **kwargs)
+    export_catalogue(conn, str(warehouse))
+    report = build_features_spark(spark, str(warehouse), settings.pipeline)
+    assert (report.mode, report.events) == ("full", first.loaded)
+
+    second = load_event_frames_parquet(conn, [events[~early | late]], str(warehouse), source="second", **kwargs)
+    assert first.loaded + second.loaded == len(events)
+    report = build_features_spark(spark, str(warehouse), settings.pipeline)
+    assert report.mode == "incremental", report.reason
+    assert report.since_day == events.event_timestamp[late].min().date()
+    assert report.events < len(events)  # only the 30 days before since_day on were read
+    for table in SPARK_FEATURE_TABLES:
+        expected = postgres_table(two_profiles.postgres.conn, table)
+        assert report.rows[table] == len(expected), table
+        assert assert_same_values(expected, spark_table(warehouse, table), table) > len(expected)
+
+    again = build_features_spark(spark, str(warehouse), settings.pipeline)
+    assert again.mode == "up to date" and not again.rows
