@@ -132,10 +132,15 @@ def _config_key(config: PipelineConfig) -> str:
                        "session_gap_minutes": config.session_gap_minutes}, sort_keys=True)
 
 
-def _path_exists(spark, path: str) -> bool:
-    jvm = spark.sparkContext._jvm
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
-    return hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).exists(hadoop_path)
+def _readable(spark, path: str, file_format: str = "parquet") -> bool:
+    """Whether Spark finds data at ``path`` (a missing folder is an AnalysisException)."""
+    from pyspark.errors import AnalysisException
+
+    try:
+        spark.read.format(file_format).load(path).schema
+    except AnalysisException:
+        return False
+    return True
 
 
 def _catalogue_snapshot(spark):
@@ -150,18 +155,17 @@ def _plan(spark, warehouse: str, config: PipelineConfig, full: bool) -> _BuildPl
     from pyspark.sql import functions as F
 
     raw = spark.read.parquet(f"{warehouse}/events")
-    totals = raw.agg(F.min(PARTITION_COLUMN).alias("first"), F.max(PARTITION_COLUMN).alias("last"),
-                     F.max("run_id").alias("run")).first()
-    if totals.run is None:
+    latest_run = raw.agg(F.max("run_id")).first()[0]
+    if latest_run is None:
         return _BuildPlan("full", "no events")
     state_dir = f"{warehouse}/features/build_state"
     n_categories = spark.sql("SELECT max(category_id) FROM categories").first()[0]
     reason = ""
     if full:
         reason = "asked for"
-    elif not _path_exists(spark, f"{state_dir}/state"):
+    elif not _readable(spark, f"{state_dir}/state", "text"):
         reason = "no build state (a first build, or tables written before incremental builds)"
-    elif not all(_path_exists(spark, f"{warehouse}/features/{table}") for table in SPARK_FEATURE_TABLES):
+    elif not all(_readable(spark, f"{warehouse}/features/{table}") for table in SPARK_FEATURE_TABLES):
         reason = "a feature table is missing"
     if not reason:
         state = json.loads(spark.read.text(f"{state_dir}/state").first()[0])
@@ -170,27 +174,27 @@ def _plan(spark, warehouse: str, config: PipelineConfig, full: bool) -> _BuildPl
         elif n_categories != state["n_categories"]:
             reason = "the categories changed (every category-share array changes)"
     if reason:
-        return _BuildPlan("full", reason, events_run_id=totals.run)
+        return _BuildPlan("full", reason, events_run_id=latest_run)
 
     last_day = dt.date.fromisoformat(state["last_day"])
-    new = raw.where(F.col("run_id") > state["events_run_id"]).agg(
-        F.min(PARTITION_COLUMN).alias("first"), F.max(PARTITION_COLUMN).alias("last")).first()
+    first_new = raw.where(F.col("run_id") > state["events_run_id"]).agg(F.min(PARTITION_COLUMN)).first()[0]
     since, why = [], []
-    if new.first is not None:
-        since += [new.first, last_day + dt.timedelta(days=1)]
-        why.append(f"events of ingest runs after {state['events_run_id']} from {new.first}")
+    if first_new is not None:
+        since += [first_new, last_day + dt.timedelta(days=1)]
+        why.append(f"events of ingest runs after {state['events_run_id']} from {first_new}")
     stored = spark.read.parquet(f"{state_dir}/catalogue")
     changed = (_catalogue_snapshot(spark).alias("n").join(stored.alias("o"), "item_id", "full_outer")
                .where(~F.col("n.category_id").eqNullSafe(F.col("o.category_id"))
                       | ~F.col("n.vector_hash").eqNullSafe(F.col("o.vector_hash")))
-               .select("item_id"))
-    first_changed = raw.join(F.broadcast(changed), "item_id").agg(F.min(PARTITION_COLUMN)).first()[0]
-    if first_changed is not None:
-        since.append(first_changed)
-        why.append(f"events of changed or new catalogue items from {first_changed}")
+               .select("item_id")).localCheckpoint(eager=True)
+    if changed.limit(1).count():  # the events' item column is read only when some item changed
+        first_changed = raw.join(F.broadcast(changed), "item_id").agg(F.min(PARTITION_COLUMN)).first()[0]
+        if first_changed is not None:
+            since.append(first_changed)
+            why.append(f"events of changed or new catalogue items from {first_changed}")
     if not since:
         return _BuildPlan("up to date", f"nothing loaded after ingest run {state['events_run_id']}, no catalogue change")
-    return _BuildPlan("incremental", "; ".join(why), min(since), last_day, totals.run)
+    return _BuildPlan("incremental", "; ".join(why), min(since), last_day, latest_run)
 
 
 def _register_carries(spark, warehouse: str, since_day: dt.date | None) -> None:

@@ -11,6 +11,7 @@ in its last bits).
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -124,3 +125,14 @@ def test_incremental_build_equals_the_full_one(two_profiles, spark, settings, tm
 
     again = build_features_spark(spark, str(warehouse), settings.pipeline)
     assert again.mode == "up to date" and not again.rows
+
+    # an item moved to another category: its users' history changes from its first event on
+    items = pd.read_parquet(warehouse / "catalog" / "items")
+    moved = int(items.item_id.iloc[0])
+    items.loc[0, "category_id"] = items.category_id[items.category_id != items.category_id.iloc[0]].iloc[0]
+    shutil.rmtree(warehouse / "catalog" / "items")
+    (warehouse / "catalog" / "items").mkdir()
+    items.to_parquet(warehouse / "catalog" / "items" / "items.parquet", index=False)
+    moved_report = build_features_spark(spark, str(warehouse), settings.pipeline)
+    assert moved_report.mode == "incremental", moved_report.reason
+    assert moved_report.since_day == events.event_timestamp[events.item_id == moved].min().date()
