@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--frame-rows", type=int, default=1_000_000)
     parser.add_argument("--ranker-trees", type=int, default=100)
+    parser.add_argument("--builds-only", action="store_true", help="stop after the feature builds (stages 1 and 2)")
     parser.add_argument("--incremental-fraction", type=float, default=0.01,
                         help="size of the extra day of events for the incremental builds, as a share of the first load")
     parser.add_argument("--spark-master", default="local[2]")
@@ -249,80 +250,81 @@ def main() -> None:
             results["spark_incremental"] = {"mode": inc_sp.mode, "since_day": str(inc_sp.since_day),
                                             "events_read": inc_sp.events, "seconds": inc_sp.seconds}
 
-            for pipeline in (postgres, sp):
-                pipeline.apply()
+            if not args.builds_only:  # 3. to 5.
+                for pipeline in (postgres, sp):
+                    pipeline.apply()
 
-            # 3. training frame
-            sample = fetch_frame(postgres.conn, """
-                SELECT e.user_id, e.item_id, i.category_id, e.event_timestamp
-                FROM interest.events e JOIN interest.items i USING (item_id)""")
-            entity = sample.sample(n=min(args.frame_rows, len(sample)), replace=False, random_state=args.seed)
-            entity = entity.reset_index(drop=True)
-            if len(entity) < args.frame_rows:  # fewer events than rows asked: the same events at later times too
-                extra = sample.sample(n=args.frame_rows - len(entity), replace=True, random_state=args.seed + 1)
-                extra = extra.assign(event_timestamp=extra.event_timestamp + pd.Timedelta(hours=12))
-                entity = pd.concat([entity, extra], ignore_index=True)
-            entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
-            entity.insert(0, "row", range(len(entity)))
-            del sample
-            features = [f"{v.name}:{f.name}" for v in postgres.store.list_feature_views() if v.name in RANKER_VIEWS
-                        for f in v.features]
-            with Stage() as pg_frame:
-                frame_pg = postgres.store.get_historical_features(entity_df=entity, features=features).to_df()
-            progress(f"frame of {len(frame_pg):,} rows x {len(features)} features: postgres {pg_frame.seconds} s")
-            with Stage() as sp_plan:  # entity rows staged as Parquet (no LocalRelation), time range, query text
-                entity_file = write_staged([entity], f"{spark_settings.staging}/entity")
-                job = sp.store.get_historical_features(entity_df=spark.read.parquet(entity_file), features=features)
-            with Stage() as sp_frame:  # the join, written to Parquet by the executors
-                files = [f for f in job.to_remote_storage() if f.endswith(".parquet")]
-            results["frame_parquet_bytes"] = sum(Path(f).stat().st_size for f in files)
-            progress(f"spark frame: plan {sp_plan.seconds} s, join + write {sp_frame.seconds} s (cpu {sp_frame.cpu} s), "
-                     f"{len(files)} files, {results['frame_parquet_bytes'] / 2**20:.1f} MiB")
-            rows.append([f"training frame ({len(frame_pg):,} rows)", pg_frame.seconds,
-                         round(sp_plan.seconds + sp_frame.seconds, 2), round(sp_plan.cpu + sp_frame.cpu, 2),
-                         load_average()[0]])
-            columns = ranker_columns(frame_pg)
-            with Stage() as sp_read:
-                read_rows = sum(len(batch) for batch in iter_batches(files))
-            rows.append([f"staged frame read back in batches ({read_rows:,} rows)", None, sp_read.seconds, sp_read.cpu,
-                         load_average()[0]])
-            results["frame_rows_read"], results["frame_cells_differing"] = frames_equal(frame_pg, files, columns)
-            progress(f"staged frame read back in {sp_read.seconds} s; equal to the plugin's: "
-                     f"{results['frame_rows_read']:,} rows, {results['frame_cells_differing']} cells differ")
-            results["frame_features"] = len(features)
-            results["frame_spark_plan_s"], results["frame_spark_join_write_s"] = sp_plan.seconds, sp_frame.seconds
+                # 3. training frame
+                sample = fetch_frame(postgres.conn, """
+                    SELECT e.user_id, e.item_id, i.category_id, e.event_timestamp
+                    FROM interest.events e JOIN interest.items i USING (item_id)""")
+                entity = sample.sample(n=min(args.frame_rows, len(sample)), replace=False, random_state=args.seed)
+                entity = entity.reset_index(drop=True)
+                if len(entity) < args.frame_rows:  # fewer events than rows asked: the same events at later times too
+                    extra = sample.sample(n=args.frame_rows - len(entity), replace=True, random_state=args.seed + 1)
+                    extra = extra.assign(event_timestamp=extra.event_timestamp + pd.Timedelta(hours=12))
+                    entity = pd.concat([entity, extra], ignore_index=True)
+                entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
+                entity.insert(0, "row", range(len(entity)))
+                del sample
+                features = [f"{v.name}:{f.name}" for v in postgres.store.list_feature_views() if v.name in RANKER_VIEWS
+                            for f in v.features]
+                with Stage() as pg_frame:
+                    frame_pg = postgres.store.get_historical_features(entity_df=entity, features=features).to_df()
+                progress(f"frame of {len(frame_pg):,} rows x {len(features)} features: postgres {pg_frame.seconds} s")
+                with Stage() as sp_plan:  # entity rows staged as Parquet (no LocalRelation), time range, query text
+                    entity_file = write_staged([entity], f"{spark_settings.staging}/entity")
+                    job = sp.store.get_historical_features(entity_df=spark.read.parquet(entity_file), features=features)
+                with Stage() as sp_frame:  # the join, written to Parquet by the executors
+                    files = [f for f in job.to_remote_storage() if f.endswith(".parquet")]
+                results["frame_parquet_bytes"] = sum(Path(f).stat().st_size for f in files)
+                progress(f"spark frame: plan {sp_plan.seconds} s, join + write {sp_frame.seconds} s (cpu {sp_frame.cpu} s), "
+                         f"{len(files)} files, {results['frame_parquet_bytes'] / 2**20:.1f} MiB")
+                rows.append([f"training frame ({len(frame_pg):,} rows)", pg_frame.seconds,
+                             round(sp_plan.seconds + sp_frame.seconds, 2), round(sp_plan.cpu + sp_frame.cpu, 2),
+                             load_average()[0]])
+                columns = ranker_columns(frame_pg)
+                with Stage() as sp_read:
+                    read_rows = sum(len(batch) for batch in iter_batches(files))
+                rows.append([f"staged frame read back in batches ({read_rows:,} rows)", None, sp_read.seconds, sp_read.cpu,
+                             load_average()[0]])
+                results["frame_rows_read"], results["frame_cells_differing"] = frames_equal(frame_pg, files, columns)
+                progress(f"staged frame read back in {sp_read.seconds} s; equal to the plugin's: "
+                         f"{results['frame_rows_read']:,} rows, {results['frame_cells_differing']} cells differ")
+                results["frame_features"] = len(features)
+                results["frame_spark_plan_s"], results["frame_spark_join_write_s"] = sp_plan.seconds, sp_frame.seconds
 
-            # 4. materialize
-            end = dt.datetime.now(dt.timezone.utc)
-            with Stage() as pg_mat:
-                mat_pg = postgres.materialize(end)
-            with Stage() as sp_mat:
-                mat_sp = sp.materialize(end)
-            progress(f"materialize: postgres {pg_mat.seconds} s, spark {sp_mat.seconds} s (cpu {sp_mat.cpu} s); "
-                     f"{mat_sp.online_rows}")
-            rows.append(["materialize (all views)", pg_mat.seconds, sp_mat.seconds, sp_mat.cpu, load_average()[0]])
-            results["online_rows"] = mat_pg.online_rows
-            results["online_rows_equal"] = mat_pg.online_rows == mat_sp.online_rows
-            results["online_bytes"] = int(postgres.conn.execute(
-                "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname LIKE 'interest_shift%%'").fetchone()[0] or 0)
-            postgres.conn.commit()
+                # 4. materialize
+                end = dt.datetime.now(dt.timezone.utc)
+                with Stage() as pg_mat:
+                    mat_pg = postgres.materialize(end)
+                with Stage() as sp_mat:
+                    mat_sp = sp.materialize(end)
+                progress(f"materialize: postgres {pg_mat.seconds} s, spark {sp_mat.seconds} s (cpu {sp_mat.cpu} s); "
+                         f"{mat_sp.online_rows}")
+                rows.append(["materialize (all views)", pg_mat.seconds, sp_mat.seconds, sp_mat.cpu, load_average()[0]])
+                results["online_rows"] = mat_pg.online_rows
+                results["online_rows_equal"] = mat_pg.online_rows == mat_sp.online_rows
+                results["online_bytes"] = int(postgres.conn.execute(
+                    "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname LIKE 'interest_shift%%'").fetchone()[0] or 0)
+                postgres.conn.commit()
 
-            # 5. ranker training
-            train, valid = ranker_rows(frame_pg, columns, args.seed)
-            del frame_pg
-            ranker_config = yaml.safe_load((Path(__file__).resolve().parents[1] / "interest_models/config/ranker.yaml").read_text())
-            ranker_config |= {"n_estimators": args.ranker_trees, "early_stopping_rounds": args.ranker_trees, "base_margin": None}
-            with Stage() as pg_rank:
-                ItemRanker(ranker_config, args.seed, "cpu", columns=columns).fit(*train, valid)
-            with Stage() as sp_rank:
-                staged = spark_ranker_frame(spark.read.parquet(str(Path(files[0]).parent)), len(entity), args.seed)
-                fit_ranker_spark_frame(ItemRanker(ranker_config, args.seed, "cpu", columns=columns), staged, num_workers=2)
-            progress(f"ranker on {len(train[0]):,} rows x {len(columns)}: local {pg_rank.seconds} s, "
-                     f"spark {sp_rank.seconds} s (cpu {sp_rank.cpu} s)")
-            rows.append([f"ranker ({len(train[0]):,} rows, {args.ranker_trees} trees)", pg_rank.seconds, sp_rank.seconds,
-                         sp_rank.cpu, load_average()[0]])
-            results["ranker_rows"], results["ranker_columns"] = len(train[0]), len(columns)
+                # 5. ranker training
+                train, valid = ranker_rows(frame_pg, columns, args.seed)
+                del frame_pg
+                ranker_config = yaml.safe_load((Path(__file__).resolve().parents[1] / "interest_models/config/ranker.yaml").read_text())
+                ranker_config |= {"n_estimators": args.ranker_trees, "early_stopping_rounds": args.ranker_trees, "base_margin": None}
+                with Stage() as pg_rank:
+                    ItemRanker(ranker_config, args.seed, "cpu", columns=columns).fit(*train, valid)
+                with Stage() as sp_rank:
+                    staged = spark_ranker_frame(spark.read.parquet(str(Path(files[0]).parent)), len(entity), args.seed)
+                    fit_ranker_spark_frame(ItemRanker(ranker_config, args.seed, "cpu", columns=columns), staged, num_workers=2)
+                progress(f"ranker on {len(train[0]):,} rows x {len(columns)}: local {pg_rank.seconds} s, "
+                         f"spark {sp_rank.seconds} s (cpu {sp_rank.cpu} s)")
+                rows.append([f"ranker ({len(train[0]):,} rows, {args.ranker_trees} trees)", pg_rank.seconds, sp_rank.seconds,
+                             sp_rank.cpu, load_average()[0]])
+                results["ranker_rows"], results["ranker_columns"] = len(train[0]), len(columns)
             postgres.close()
             sp.close()
     finally:  # the warehouse first: on SIGTERM the JVM may be gone and spark.stop() raise

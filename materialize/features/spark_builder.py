@@ -54,10 +54,6 @@ SPARK_FEATURE_TABLES = (
 )
 PARTITION_COLUMN = "day"  # UTC day of event_timestamp (Feast's date_partition_column on these sources)
 WINDOW_DAYS = 30  # the longest window of the daily tables
-# Sequence tables hold rows stamped at event time (a row on since_day is since_day's, and goes);
-# daily tables rows stamped at the end of their snapshot day (the row of since_day 00:00 is the
-# day before's, and stays).
-_SEQUENCE_TABLES = ("user_recent_sequence",)
 _SEQUENCE_CARRY_SCHEMA = ("user_id BIGINT, event_timestamp TIMESTAMP, recent_item_ids ARRAY<BIGINT>, "
                           "recent_category_ids ARRAY<INT>, recent_event_types ARRAY<INT>, recent_gap_seconds ARRAY<FLOAT>")
 _DAILY_CARRY_SCHEMA = "user_id BIGINT, previous_changed BOOLEAN, last_shift_day DATE, last_event_at TIMESTAMP"
@@ -204,15 +200,15 @@ def _register_carries(spark, warehouse: str, since_day: dt.date | None) -> None:
         spark.createDataFrame([], _SEQUENCE_CARRY_SCHEMA).createOrReplaceTempView("sequence_carry")
         spark.createDataFrame([], _DAILY_CARRY_SCHEMA).createOrReplaceTempView("user_daily_carry")
         return
-    since = since_day.isoformat()
     spark.read.parquet(f"{warehouse}/features/user_recent_sequence").createOrReplaceTempView("stored_sequences")
     spark.sql(f"""
         SELECT user_id, last.* FROM (
             SELECT user_id, max_by(struct(event_timestamp, recent_item_ids, recent_category_ids, recent_event_types,
                                           recent_gap_seconds), event_timestamp) AS last
-            FROM stored_sequences WHERE {PARTITION_COLUMN} < DATE'{since}' GROUP BY user_id)
-        """).localCheckpoint(eager=True).createOrReplaceTempView("sequence_carry")
+            FROM stored_sequences WHERE {PARTITION_COLUMN} < :since_day GROUP BY user_id)
+        """, args={"since_day": since_day}).localCheckpoint(eager=True).createOrReplaceTempView("sequence_carry")
     spark.read.parquet(f"{warehouse}/features/user_daily_features").createOrReplaceTempView("stored_daily")
+    # daily rows are stamped at the end of their day: those up to since_day 00:00 come before it.
     # days_since_last_event is (stamp - last event) in microseconds / 86,400e6, a double that
     # rounds back to the exact microsecond count at any span this data has
     spark.sql(f"""
@@ -224,8 +220,8 @@ def _register_carries(spark, warehouse: str, since_day: dt.date | None) -> None:
         FROM (
             SELECT user_id, max_by(struct(event_timestamp, dominant_category_changed, days_since_interest_shift,
                                           days_since_last_event), event_timestamp) AS last
-            FROM stored_daily WHERE {PARTITION_COLUMN} <= DATE'{since}' GROUP BY user_id)
-        """).localCheckpoint(eager=True).createOrReplaceTempView("user_daily_carry")
+            FROM stored_daily WHERE {PARTITION_COLUMN} <= :since_day GROUP BY user_id)
+        """, args={"since_day": since_day}).localCheckpoint(eager=True).createOrReplaceTempView("user_daily_carry")
 
 
 def build_features_spark(spark, warehouse: str, config: PipelineConfig, created: dt.datetime | None = None,
