@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from materialize.database.tables import fetch_frame
+from tests.spark_shop import SHOP
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_staged_retrieval_equals_the_postgres_frame_and_leaves_no_files(applied)
 
 
 def test_spark_engine_materializes_the_same_online_values(applied):
-    end = dt.datetime(2026, 10, 2, tzinfo=dt.timezone.utc)  # after the shop's last day; fixed so that ttl windows agree
+    end = SHOP.end + dt.timedelta(days=1)  # after the shop's last day (it ends today); one end so that ttl windows agree
     reports = {name: profile.materialize(end) for name, profile in (("postgres", applied.postgres), ("spark", applied.spark))}
     postgres_only = set(reports["postgres"].online_rows) - set(reports["spark"].online_rows)
     assert postgres_only <= {"user_feedback", "item_feedback"}  # issue 13's feedback views: PostgreSQL profile only
