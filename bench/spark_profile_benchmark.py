@@ -142,6 +142,194 @@ def frames_equal(expected, files: list[str], columns: list[str]) -> tuple[int, i
     return len(actual), bad
 
 
+@dataclasses.dataclass
+class Profiles:
+    """Both profiles of one run and what the stages record: ``rows`` of the table
+    (stage, postgres s, spark s, spark cpu s, load), ``results`` for the JSON."""
+
+    args: argparse.Namespace
+    config: object  # the shop's SyntheticConfig
+    base: object  # materialize.settings.Settings
+    postgres: object  # Pipeline, postgres profile
+    sp: object  # Pipeline, spark profile
+    warehouse: Path
+    spark_settings: object
+    spark: object = None
+    rows: list = dataclasses.field(default_factory=list)
+    results: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def load_kwargs(self) -> dict:
+        pipeline = self.base.pipeline
+        return {"future_tolerance_s": pipeline.future_tolerance_seconds, "min_event_time": pipeline.min_event_time}
+
+
+def bench_ingest(run: Profiles) -> None:
+    """1. ingest: the same generated frames into ``interest.events`` and into Parquet."""
+    from materialize.ingest import loader
+    from materialize.ingest.parquet_writer import load_event_frames_parquet
+    from materialize.ingest.sources.synthetic import SyntheticShop
+
+    source = _shop_source(run.config)
+    items = SyntheticShop(run.config).items()
+    for pipeline in (run.postgres, run.sp):
+        loader.load_frames(pipeline.conn, "items", [items], source=f"{source}:items", **run.load_kwargs)
+    frames = TimedFrames(SyntheticShop(run.config).events())
+    with Stage() as pg_ingest:
+        report_pg = loader.load_frames(run.postgres.conn, "events", frames, source=f"{source}:events", **run.load_kwargs)
+    pg_ingest_s = round(pg_ingest.seconds - frames.seconds, 2)
+    frames = TimedFrames(SyntheticShop(run.config).events())
+    with Stage() as sp_ingest:
+        report_sp = load_event_frames_parquet(run.sp.conn, frames, str(run.warehouse), source=f"{source}:events",
+                                              **run.load_kwargs)
+    sp_ingest_s = round(sp_ingest.seconds - frames.seconds, 2)
+    progress(f"ingest: postgres {pg_ingest_s} s, parquet {sp_ingest_s} s ({report_sp.summary()})")
+    run.rows.append(["ingest (validate + write)", pg_ingest_s, sp_ingest_s, None, load_average()[0]])
+    run.results["events"] = report_pg.loaded
+    run.results["users"] = int(run.postgres.conn.execute("SELECT count(DISTINCT user_id) FROM interest.events").fetchone()[0])
+    run.results["parquet_bytes"] = sum(p.stat().st_size for p in (run.warehouse / "events").rglob("*.parquet"))
+
+
+def bench_builds(run: Profiles) -> None:
+    """2. the full feature builds, then one more day of events and the incremental builds."""
+    from materialize.features.spark_builder import build_features_spark
+    from materialize.ingest import loader
+    from materialize.ingest.parquet_writer import export_catalogue, load_event_frames_parquet
+    from materialize.ingest.sources.synthetic import SyntheticShop
+    from materialize.spark_session import get_spark
+
+    postgres, warehouse = run.postgres, str(run.warehouse)
+    with Stage() as pg_build:
+        build_pg = postgres.build(full=True)
+    run.spark = get_spark(run.spark_settings)
+    run.spark.sparkContext.setLogLevel("ERROR")
+    with Stage() as sp_build:
+        export_catalogue(run.sp.conn, warehouse)
+        build_sp = build_features_spark(run.spark, warehouse, run.base.pipeline)
+    progress(f"build: postgres {pg_build.seconds} s, spark {sp_build.seconds} s (cpu {sp_build.cpu} s) {build_sp.seconds}")
+    run.rows.append(["feature build (full)", pg_build.seconds, sp_build.seconds, sp_build.cpu, load_average()[0]])
+    run.results["feature_rows"] = build_pg.rows
+    run.results["spark_build_seconds"] = build_sp.seconds
+    assert build_sp.rows["user_daily_features"] == build_pg.rows["user_daily_features"], "the two builds differ"
+
+    extra = next_day_config(run.config, round(run.results["events"] * run.args.incremental_fraction))
+    suffix = lambda frame: frame.assign(session_id=frame["session_id"] + NEXT_DAY_SESSION_SUFFIX)  # noqa: E731
+    source = f"{_shop_source(extra)}:events"
+    next_pg = loader.load_frames(postgres.conn, "events", map(suffix, SyntheticShop(extra).events()), source=source,
+                                 **run.load_kwargs)
+    load_event_frames_parquet(run.sp.conn, map(suffix, SyntheticShop(extra).events()), warehouse, source=source,
+                              **run.load_kwargs)
+    with Stage() as pg_inc:
+        postgres.build()
+    with Stage() as sp_inc:
+        export_catalogue(run.sp.conn, warehouse)
+        inc_sp = build_features_spark(run.spark, warehouse, run.base.pipeline)
+    total_rows = postgres.conn.execute("SELECT count(*) FROM interest.user_daily_features").fetchone()[0]
+    assert inc_sp.rows["user_daily_features"] == total_rows, "the two incremental builds differ"
+    progress(f"one more day ({next_pg.loaded:,} events): postgres {pg_inc.seconds} s, spark {sp_inc.seconds} s "
+             f"(cpu {sp_inc.cpu} s; {inc_sp.mode} from {inc_sp.since_day}, {inc_sp.events:,} events read)")
+    run.rows.append([f"feature build, one more day ({next_pg.loaded:,} events, incremental)", pg_inc.seconds,
+                     sp_inc.seconds, sp_inc.cpu, load_average()[0]])
+    run.results["next_day_events"] = next_pg.loaded
+    run.results["spark_incremental"] = {"mode": inc_sp.mode, "since_day": str(inc_sp.since_day),
+                                        "events_read": inc_sp.events, "seconds": inc_sp.seconds}
+
+
+def entity_rows(run: Profiles):
+    """``--frame-rows`` sampled events (row, user, item, category, time): the frame's entity rows."""
+    import pandas as pd
+
+    from materialize.database.tables import fetch_frame
+
+    args = run.args
+    sample = fetch_frame(run.postgres.conn, """
+        SELECT e.user_id, e.item_id, i.category_id, e.event_timestamp
+        FROM interest.events e JOIN interest.items i USING (item_id)""")
+    entity = sample.sample(n=min(args.frame_rows, len(sample)), replace=False, random_state=args.seed)
+    entity = entity.reset_index(drop=True)
+    if len(entity) < args.frame_rows:  # fewer events than rows asked: the same events at later times too
+        extra = sample.sample(n=args.frame_rows - len(entity), replace=True, random_state=args.seed + 1)
+        extra = extra.assign(event_timestamp=extra.event_timestamp + pd.Timedelta(hours=12))
+        entity = pd.concat([entity, extra], ignore_index=True)
+    entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
+    entity.insert(0, "row", range(len(entity)))
+    return entity
+
+
+def bench_training_frame(run: Profiles, entity):
+    """3. the point-in-time frame through both offline stores; returns the plugin's frame and
+    the Parquet files of Spark's."""
+    from interest_models.data.frame_staging import iter_batches, write_staged
+
+    postgres, results = run.postgres, run.results
+    features = [f"{v.name}:{f.name}" for v in postgres.store.list_feature_views() if v.name in RANKER_VIEWS
+                for f in v.features]
+    with Stage() as pg_frame:
+        frame_pg = postgres.store.get_historical_features(entity_df=entity, features=features).to_df()
+    progress(f"frame of {len(frame_pg):,} rows x {len(features)} features: postgres {pg_frame.seconds} s")
+    with Stage() as sp_plan:  # entity rows staged as Parquet (no LocalRelation), time range, query text
+        entity_file = write_staged([entity], f"{run.spark_settings.staging}/entity")
+        job = run.sp.store.get_historical_features(entity_df=run.spark.read.parquet(entity_file), features=features)
+    with Stage() as sp_frame:  # the join, written to Parquet by the executors
+        files = [f for f in job.to_remote_storage() if f.endswith(".parquet")]
+    results["frame_parquet_bytes"] = sum(Path(f).stat().st_size for f in files)
+    progress(f"spark frame: plan {sp_plan.seconds} s, join + write {sp_frame.seconds} s (cpu {sp_frame.cpu} s), "
+             f"{len(files)} files, {results['frame_parquet_bytes'] / 2**20:.1f} MiB")
+    run.rows.append([f"training frame ({len(frame_pg):,} rows)", pg_frame.seconds,
+                     round(sp_plan.seconds + sp_frame.seconds, 2), round(sp_plan.cpu + sp_frame.cpu, 2), load_average()[0]])
+    with Stage() as sp_read:
+        read_rows = sum(len(batch) for batch in iter_batches(files))
+    run.rows.append([f"staged frame read back in batches ({read_rows:,} rows)", None, sp_read.seconds, sp_read.cpu,
+                     load_average()[0]])
+    results["frame_rows_read"], results["frame_cells_differing"] = frames_equal(frame_pg, files, ranker_columns(frame_pg))
+    progress(f"staged frame read back in {sp_read.seconds} s; equal to the plugin's: "
+             f"{results['frame_rows_read']:,} rows, {results['frame_cells_differing']} cells differ")
+    results["frame_features"] = len(features)
+    results["frame_spark_plan_s"], results["frame_spark_join_write_s"] = sp_plan.seconds, sp_frame.seconds
+    return frame_pg, files
+
+
+def bench_materialize(run: Profiles) -> None:
+    """4. every view into the online store: the project's Arrow engine vs Feast's Spark engine."""
+    end = dt.datetime.now(dt.timezone.utc)
+    with Stage() as pg_mat:
+        mat_pg = run.postgres.materialize(end)
+    with Stage() as sp_mat:
+        mat_sp = run.sp.materialize(end)
+    progress(f"materialize: postgres {pg_mat.seconds} s, spark {sp_mat.seconds} s (cpu {sp_mat.cpu} s); {mat_sp.online_rows}")
+    run.rows.append(["materialize (all views)", pg_mat.seconds, sp_mat.seconds, sp_mat.cpu, load_average()[0]])
+    run.results["online_rows"] = mat_pg.online_rows
+    run.results["online_rows_equal"] = mat_pg.online_rows == mat_sp.online_rows
+    run.results["online_bytes"] = int(run.postgres.conn.execute(
+        "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname LIKE 'interest_shift%%'").fetchone()[0] or 0)
+    run.postgres.conn.commit()
+
+
+def bench_ranker(run: Profiles, frame_pg, files: list[str], n_rows: int) -> None:
+    """5. LambdaMART on the frame: ``ItemRanker.fit`` on pandas vs ``SparkXGBRanker`` on the staged Parquet."""
+    import yaml
+
+    from interest_models.models.item_ranker import ItemRanker
+    from interest_models.training.distributed import fit_ranker_spark_frame
+
+    args = run.args
+    columns = ranker_columns(frame_pg)
+    train, valid = ranker_rows(frame_pg, columns, args.seed)
+    ranker_config = yaml.safe_load((Path(__file__).resolve().parents[1] / "interest_models/config/ranker.yaml").read_text())
+    ranker_config |= {"n_estimators": args.ranker_trees, "early_stopping_rounds": args.ranker_trees, "base_margin": None}
+    with Stage() as pg_rank:
+        ItemRanker(ranker_config, args.seed, "cpu", columns=columns).fit(*train, valid)
+    with Stage() as sp_rank:
+        staged = spark_ranker_frame(run.spark.read.parquet(str(Path(files[0]).parent)), n_rows, args.seed)
+        fit_ranker_spark_frame(ItemRanker(ranker_config, args.seed, "cpu", columns=columns), staged, num_workers=2)
+    progress(f"ranker on {len(train[0]):,} rows x {len(columns)}: local {pg_rank.seconds} s, "
+             f"spark {sp_rank.seconds} s (cpu {sp_rank.cpu} s)")
+    run.rows.append([f"ranker ({len(train[0]):,} rows, {args.ranker_trees} trees)", pg_rank.seconds, sp_rank.seconds,
+                     sp_rank.cpu, load_average()[0]])
+    run.results["ranker_rows"], run.results["ranker_columns"] = len(train[0]), len(columns)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -161,177 +349,43 @@ def main() -> None:
     stop_on_sigterm()
     silence_known_warnings()
 
-    import pandas as pd
-    import yaml
-
-    from interest_models.data.frame_staging import iter_batches, write_staged
-    from interest_models.models.item_ranker import ItemRanker
-    from interest_models.training.distributed import fit_ranker_spark_frame
-    from materialize.database.tables import fetch_frame
-    from materialize.features.spark_builder import build_features_spark
-    from materialize.ingest import loader
-    from materialize.ingest.parquet_writer import export_catalogue, load_event_frames_parquet
-    from materialize.ingest.sources.synthetic import SyntheticShop
     from materialize.pipeline import Pipeline
     from materialize.settings import SparkSettings, load_settings
-    from materialize.spark_session import get_spark
 
-    config = shop_config(args)
     warehouse = Path(args.warehouse or tempfile.mkdtemp(prefix="interest-spark-bench-"))
     spark_settings = SparkSettings(warehouse=str(warehouse), master=args.spark_master,
                                    shuffle_partitions=args.shuffle_partitions, driver_memory=args.driver_memory)
-    results: dict = {"events_requested": args.events, "frame_rows": args.frame_rows, "load_before": load_average()}
-    rows: list[list] = []
     base = load_settings()
-    spark = None
+    run = None
     try:
         with throwaway_database() as pg_a, throwaway_database() as pg_b:
-            postgres = Pipeline(dataclasses.replace(base, postgres=pg_a, spark=None), progress=False)
-            sp = Pipeline(dataclasses.replace(base, postgres=pg_b, spark=spark_settings), progress=False)
-            results["machine"] = machine_info(postgres.conn, packages=("pyspark", "feast", "xgboost", "torch", "pandas", "pyarrow"))
-            kwargs = {"future_tolerance_s": base.pipeline.future_tolerance_seconds, "min_event_time": base.pipeline.min_event_time}
-            source = _shop_source(config)
-            items = SyntheticShop(config).items()
-            for pipeline in (postgres, sp):
-                loader.load_frames(pipeline.conn, "items", [items], source=f"{source}:items", **kwargs)
-
-            # 1. ingest
-            frames = TimedFrames(SyntheticShop(config).events())
-            with Stage() as pg_ingest:
-                report_pg = loader.load_frames(postgres.conn, "events", frames, source=f"{source}:events", **kwargs)
-            pg_ingest_s = round(pg_ingest.seconds - frames.seconds, 2)
-            frames = TimedFrames(SyntheticShop(config).events())
-            with Stage() as sp_ingest:
-                report_sp = load_event_frames_parquet(sp.conn, frames, str(warehouse), source=f"{source}:events", **kwargs)
-            sp_ingest_s = round(sp_ingest.seconds - frames.seconds, 2)
-            events = report_pg.loaded
-            progress(f"ingest: postgres {pg_ingest_s} s, parquet {sp_ingest_s} s ({report_sp.summary()})")
-            rows.append(["ingest (validate + write)", pg_ingest_s, sp_ingest_s, None, load_average()[0]])
-            results["events"] = events
-            results["users"] = int(postgres.conn.execute("SELECT count(DISTINCT user_id) FROM interest.events").fetchone()[0])
-            results["parquet_bytes"] = sum(p.stat().st_size for p in (warehouse / "events").rglob("*.parquet"))
-
-            for pipeline in (postgres, sp):  # untimed: the same step in both profiles
+            run = Profiles(args, shop_config(args), base,
+                           Pipeline(dataclasses.replace(base, postgres=pg_a, spark=None), progress=False),
+                           Pipeline(dataclasses.replace(base, postgres=pg_b, spark=spark_settings), progress=False),
+                           warehouse, spark_settings,
+                           results={"events_requested": args.events, "frame_rows": args.frame_rows,
+                                    "load_before": load_average()})
+            run.results["machine"] = machine_info(run.postgres.conn,
+                                                  packages=("pyspark", "feast", "xgboost", "torch", "pandas", "pyarrow"))
+            bench_ingest(run)
+            for pipeline in (run.postgres, run.sp):  # untimed: the same step in both profiles
                 pipeline.embed()
-
-            # 2. feature build
-            with Stage() as pg_build:
-                build_pg = postgres.build(full=True)
-            spark = get_spark(spark_settings)
-            spark.sparkContext.setLogLevel("ERROR")
-            with Stage() as sp_build:
-                export_catalogue(sp.conn, str(warehouse))
-                build_sp = build_features_spark(spark, str(warehouse), base.pipeline)
-            progress(f"build: postgres {pg_build.seconds} s, spark {sp_build.seconds} s (cpu {sp_build.cpu} s) {build_sp.seconds}")
-            rows.append(["feature build (full)", pg_build.seconds, sp_build.seconds, sp_build.cpu, load_average()[0]])
-            results["feature_rows"] = build_pg.rows
-            results["spark_build_seconds"] = build_sp.seconds
-            assert build_sp.rows["user_daily_features"] == build_pg.rows["user_daily_features"], "the two builds differ"
-
-            # 2b. one more day, incremental builds
-            extra = next_day_config(config, round(events * args.incremental_fraction))
-            suffix = lambda frame: frame.assign(session_id=frame["session_id"] + NEXT_DAY_SESSION_SUFFIX)  # noqa: E731
-            next_pg = loader.load_frames(postgres.conn, "events", map(suffix, SyntheticShop(extra).events()),
-                                         source=f"{_shop_source(extra)}:events", **kwargs)
-            load_event_frames_parquet(sp.conn, map(suffix, SyntheticShop(extra).events()), str(warehouse),
-                                      source=f"{_shop_source(extra)}:events", **kwargs)
-            with Stage() as pg_inc:
-                postgres.build()
-            with Stage() as sp_inc:
-                export_catalogue(sp.conn, str(warehouse))
-                inc_sp = build_features_spark(spark, str(warehouse), base.pipeline)
-            total_rows = postgres.conn.execute("SELECT count(*) FROM interest.user_daily_features").fetchone()[0]
-            assert inc_sp.rows["user_daily_features"] == total_rows, "the two incremental builds differ"
-            progress(f"one more day ({next_pg.loaded:,} events): postgres {pg_inc.seconds} s, spark {sp_inc.seconds} s "
-                     f"(cpu {sp_inc.cpu} s; {inc_sp.mode} from {inc_sp.since_day}, {inc_sp.events:,} events read)")
-            rows.append([f"feature build, one more day ({next_pg.loaded:,} events, incremental)", pg_inc.seconds,
-                         sp_inc.seconds, sp_inc.cpu, load_average()[0]])
-            results["next_day_events"] = next_pg.loaded
-            results["spark_incremental"] = {"mode": inc_sp.mode, "since_day": str(inc_sp.since_day),
-                                            "events_read": inc_sp.events, "seconds": inc_sp.seconds}
-
-            if not args.builds_only:  # 3. to 5.
-                for pipeline in (postgres, sp):
+            bench_builds(run)
+            if not args.builds_only:
+                for pipeline in (run.postgres, run.sp):
                     pipeline.apply()
-
-                # 3. training frame
-                sample = fetch_frame(postgres.conn, """
-                    SELECT e.user_id, e.item_id, i.category_id, e.event_timestamp
-                    FROM interest.events e JOIN interest.items i USING (item_id)""")
-                entity = sample.sample(n=min(args.frame_rows, len(sample)), replace=False, random_state=args.seed)
-                entity = entity.reset_index(drop=True)
-                if len(entity) < args.frame_rows:  # fewer events than rows asked: the same events at later times too
-                    extra = sample.sample(n=args.frame_rows - len(entity), replace=True, random_state=args.seed + 1)
-                    extra = extra.assign(event_timestamp=extra.event_timestamp + pd.Timedelta(hours=12))
-                    entity = pd.concat([entity, extra], ignore_index=True)
-                entity["event_timestamp"] = pd.to_datetime(entity["event_timestamp"], utc=True)
-                entity.insert(0, "row", range(len(entity)))
-                del sample
-                features = [f"{v.name}:{f.name}" for v in postgres.store.list_feature_views() if v.name in RANKER_VIEWS
-                            for f in v.features]
-                with Stage() as pg_frame:
-                    frame_pg = postgres.store.get_historical_features(entity_df=entity, features=features).to_df()
-                progress(f"frame of {len(frame_pg):,} rows x {len(features)} features: postgres {pg_frame.seconds} s")
-                with Stage() as sp_plan:  # entity rows staged as Parquet (no LocalRelation), time range, query text
-                    entity_file = write_staged([entity], f"{spark_settings.staging}/entity")
-                    job = sp.store.get_historical_features(entity_df=spark.read.parquet(entity_file), features=features)
-                with Stage() as sp_frame:  # the join, written to Parquet by the executors
-                    files = [f for f in job.to_remote_storage() if f.endswith(".parquet")]
-                results["frame_parquet_bytes"] = sum(Path(f).stat().st_size for f in files)
-                progress(f"spark frame: plan {sp_plan.seconds} s, join + write {sp_frame.seconds} s (cpu {sp_frame.cpu} s), "
-                         f"{len(files)} files, {results['frame_parquet_bytes'] / 2**20:.1f} MiB")
-                rows.append([f"training frame ({len(frame_pg):,} rows)", pg_frame.seconds,
-                             round(sp_plan.seconds + sp_frame.seconds, 2), round(sp_plan.cpu + sp_frame.cpu, 2),
-                             load_average()[0]])
-                columns = ranker_columns(frame_pg)
-                with Stage() as sp_read:
-                    read_rows = sum(len(batch) for batch in iter_batches(files))
-                rows.append([f"staged frame read back in batches ({read_rows:,} rows)", None, sp_read.seconds, sp_read.cpu,
-                             load_average()[0]])
-                results["frame_rows_read"], results["frame_cells_differing"] = frames_equal(frame_pg, files, columns)
-                progress(f"staged frame read back in {sp_read.seconds} s; equal to the plugin's: "
-                         f"{results['frame_rows_read']:,} rows, {results['frame_cells_differing']} cells differ")
-                results["frame_features"] = len(features)
-                results["frame_spark_plan_s"], results["frame_spark_join_write_s"] = sp_plan.seconds, sp_frame.seconds
-
-                # 4. materialize
-                end = dt.datetime.now(dt.timezone.utc)
-                with Stage() as pg_mat:
-                    mat_pg = postgres.materialize(end)
-                with Stage() as sp_mat:
-                    mat_sp = sp.materialize(end)
-                progress(f"materialize: postgres {pg_mat.seconds} s, spark {sp_mat.seconds} s (cpu {sp_mat.cpu} s); "
-                         f"{mat_sp.online_rows}")
-                rows.append(["materialize (all views)", pg_mat.seconds, sp_mat.seconds, sp_mat.cpu, load_average()[0]])
-                results["online_rows"] = mat_pg.online_rows
-                results["online_rows_equal"] = mat_pg.online_rows == mat_sp.online_rows
-                results["online_bytes"] = int(postgres.conn.execute(
-                    "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                    "WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname LIKE 'interest_shift%%'").fetchone()[0] or 0)
-                postgres.conn.commit()
-
-                # 5. ranker training
-                train, valid = ranker_rows(frame_pg, columns, args.seed)
-                del frame_pg
-                ranker_config = yaml.safe_load((Path(__file__).resolve().parents[1] / "interest_models/config/ranker.yaml").read_text())
-                ranker_config |= {"n_estimators": args.ranker_trees, "early_stopping_rounds": args.ranker_trees, "base_margin": None}
-                with Stage() as pg_rank:
-                    ItemRanker(ranker_config, args.seed, "cpu", columns=columns).fit(*train, valid)
-                with Stage() as sp_rank:
-                    staged = spark_ranker_frame(spark.read.parquet(str(Path(files[0]).parent)), len(entity), args.seed)
-                    fit_ranker_spark_frame(ItemRanker(ranker_config, args.seed, "cpu", columns=columns), staged, num_workers=2)
-                progress(f"ranker on {len(train[0]):,} rows x {len(columns)}: local {pg_rank.seconds} s, "
-                         f"spark {sp_rank.seconds} s (cpu {sp_rank.cpu} s)")
-                rows.append([f"ranker ({len(train[0]):,} rows, {args.ranker_trees} trees)", pg_rank.seconds, sp_rank.seconds,
-                             sp_rank.cpu, load_average()[0]])
-                results["ranker_rows"], results["ranker_columns"] = len(train[0]), len(columns)
-            postgres.close()
-            sp.close()
+                entity = entity_rows(run)
+                frame_pg, files = bench_training_frame(run, entity)
+                bench_materialize(run)
+                bench_ranker(run, frame_pg, files, len(entity))
+            run.postgres.close()
+            run.sp.close()
     finally:  # the warehouse first: on SIGTERM the JVM may be gone and spark.stop() raise
         if not args.warehouse:
             shutil.rmtree(warehouse, ignore_errors=True)
-        if spark is not None:
-            spark.stop()
+        if run is not None and run.spark is not None:
+            run.spark.stop()
+    results, rows = run.results, run.rows
     results["stages"] = {r[0]: {"postgres_s": r[1], "spark_s": r[2], "spark_cpu_s": r[3], "load_1m": r[4]} for r in rows}
     results["load_after"] = load_average()
     print()

@@ -76,18 +76,23 @@ class SparkFeatureBuildReport:
 
 
 def register_inputs(spark, warehouse: str, read_from: dt.date | None = None) -> dict:
-    """Register the views the SQL reads: ``events`` (one row per key, the earliest loaded,
-    from the day partition ``read_from`` on, or all; with the UTC ``day``, the item's current
-    ``category_id`` and the ``recommendation_id`` that training's decision points read),
-    ``categories`` and ``item_vectors``. Returns the event count, duplicates dropped and the
-    first and last day."""
+    """Register the views the SQL reads: the catalogue's (``register_catalogue``) and
+    ``events`` (``register_events``). Returns what ``register_events`` returns."""
+    register_catalogue(spark, warehouse)
+    return register_events(spark, warehouse, read_from)
+
+
+def register_events(spark, warehouse: str, read_from: dt.date | None = None) -> dict:
+    """Register ``events``: one row per key, the earliest loaded, from the day partition
+    ``read_from`` on, or all; with the UTC ``day``, the item's current ``category_id`` (from the
+    ``items`` view, registered already) and the ``recommendation_id`` that training's decision
+    points read. Returns the event count, duplicates dropped and the first and last day."""
     from pyspark.sql import functions as F
 
     raw = spark.read.parquet(f"{warehouse}/events")
     if read_from is not None:
         raw = raw.where(F.col(PARTITION_COLUMN) >= F.lit(read_from))
     raw.drop(PARTITION_COLUMN).createOrReplaceTempView("raw_events")
-    register_catalogue(spark, warehouse)
     events = spark.sql(
         """
         SELECT e.user_id, e.item_id, CAST(e.event_type AS INT) AS event_type, e.event_timestamp, e.price,
@@ -146,8 +151,9 @@ def _catalogue_snapshot(spark):
         FROM items i LEFT JOIN item_vectors v ON v.item_id = i.item_id""")
 
 
-def _plan(spark, warehouse: str, config: PipelineConfig, full: bool) -> _BuildPlan:
-    """Full or incremental, and from which day (see the module's docstring)."""
+def _plan(spark, warehouse: str, config: PipelineConfig, full: bool, n_categories: int, catalogue) -> _BuildPlan:
+    """Full or incremental, and from which day (see the module's docstring). ``catalogue`` is
+    the current ``_catalogue_snapshot``, compared with the one the last build stored."""
     from pyspark.sql import functions as F
 
     raw = spark.read.parquet(f"{warehouse}/events")
@@ -155,7 +161,6 @@ def _plan(spark, warehouse: str, config: PipelineConfig, full: bool) -> _BuildPl
     if latest_run is None:
         return _BuildPlan("full", "no events")
     state_dir = f"{warehouse}/features/build_state"
-    n_categories = spark.sql("SELECT max(category_id) FROM categories").first()[0]
     reason = ""
     if full:
         reason = "asked for"
@@ -179,7 +184,7 @@ def _plan(spark, warehouse: str, config: PipelineConfig, full: bool) -> _BuildPl
         since += [first_new, last_day + dt.timedelta(days=1)]
         why.append(f"events of ingest runs after {state['events_run_id']} from {first_new}")
     stored = spark.read.parquet(f"{state_dir}/catalogue")
-    changed = (_catalogue_snapshot(spark).alias("n").join(stored.alias("o"), "item_id", "full_outer")
+    changed = (catalogue.alias("n").join(stored.alias("o"), "item_id", "full_outer")
                .where(~F.col("n.category_id").eqNullSafe(F.col("o.category_id"))
                       | ~F.col("n.vector_hash").eqNullSafe(F.col("o.vector_hash")))
                .select("item_id")).localCheckpoint(eager=True)
@@ -250,7 +255,9 @@ def build_features_spark(spark, warehouse: str, config: PipelineConfig, created:
     created = created or dt.datetime.now(dt.timezone.utc)
     started = time.perf_counter()
     register_catalogue(spark, warehouse)
-    plan = _plan(spark, warehouse, config, full)
+    n_categories = spark.sql("SELECT max(category_id) FROM categories").first()[0]
+    catalogue = _catalogue_snapshot(spark).localCheckpoint(eager=False)  # computed once: compared, then stored
+    plan = _plan(spark, warehouse, config, full, n_categories, catalogue)
     report = SparkFeatureBuildReport(mode=plan.mode, reason=plan.reason, since_day=plan.since_day)
     report.seconds["plan"] = round(time.perf_counter() - started, 3)
     if plan.mode == "up to date" or plan.events_run_id is None:
@@ -259,12 +266,11 @@ def build_features_spark(spark, warehouse: str, config: PipelineConfig, created:
     gap_days = math.ceil(config.session_gap_minutes / (24 * 60))  # a session start needs its predecessor's time
     read_from = plan.since_day - dt.timedelta(days=WINDOW_DAYS + gap_days) if incremental else None
     started = time.perf_counter()
-    inputs = register_inputs(spark, warehouse, read_from)
+    inputs = register_events(spark, warehouse, read_from)
     report.events, report.duplicates_dropped = inputs["events"], inputs["duplicates"]
     report.seconds["read events"] = round(time.perf_counter() - started, 3)
     if inputs["events"] == 0:
         return report
-    n_categories = spark.sql("SELECT max(category_id) FROM categories").first()[0]
     if incremental:
         since_day, max_day = plan.since_day, max(plan.last_day, inputs["last_day"])
     else:
@@ -297,7 +303,7 @@ def build_features_spark(spark, warehouse: str, config: PipelineConfig, created:
             writer.parquet(path)
             report.seconds[table] = round(time.perf_counter() - started, 3)
             report.rows[table] = spark.read.parquet(path).count()
-        _write_state(spark, warehouse, plan.events_run_id, max_day, config, n_categories)
+        _write_state(spark, warehouse, plan.events_run_id, max_day, config, n_categories, catalogue)
     finally:
         for view in ("events", "sequence_carry", "user_daily_carry"):
             spark.catalog.dropTempView(view)
@@ -306,11 +312,11 @@ def build_features_spark(spark, warehouse: str, config: PipelineConfig, created:
 
 
 def _write_state(spark, warehouse: str, events_run_id: int, last_day: dt.date, config: PipelineConfig,
-                 n_categories: int) -> None:
+                 n_categories: int, catalogue) -> None:
     """Record what the tables now hold: the highest ingest run read, the last day, the
-    config and the catalogue (item categories and text vectors)."""
+    config and the catalogue snapshot (item categories and text vector hashes)."""
     state_dir = f"{warehouse}/features/build_state"
-    _catalogue_snapshot(spark).write.mode("overwrite").parquet(f"{state_dir}/catalogue")
+    catalogue.write.mode("overwrite").parquet(f"{state_dir}/catalogue")
     state = {"events_run_id": int(events_run_id), "last_day": last_day.isoformat(),
              "n_categories": int(n_categories), "config": _config_key(config)}
     spark.createDataFrame([(json.dumps(state),)], "value STRING").coalesce(1).write.mode("overwrite").text(
