@@ -38,6 +38,7 @@ of greedy and bandit on the same users (alternating), with the feedback views ma
 
     python bench/feedback_loop_benchmark.py [--users 2000] [--items 1000] [--days 30] [--users-per-day 400]
     python bench/feedback_loop_benchmark.py --only-retraining   # greedy, greedy + shift, refresh, retrain
+    python bench/feedback_loop_benchmark.py --skip-retraining   # all but refresh and retrain
 """
 from __future__ import annotations
 
@@ -78,7 +79,13 @@ def parse_args() -> argparse.Namespace:
                              "regret against the oracle and against that policy (run it with --days 90)")
     parser.add_argument("--only-retraining", action="store_true",
                         help="only the arms greedy, greedy + shift, refresh and retrain; no off-policy or CPU figures")
-    return parser.parse_args()
+    parser.add_argument("--skip-retraining", action="store_true",
+                        help="leave out the refresh and retrain arms (each builds a copy of the shop and runs the daily "
+                             "pipeline: most of the run's time)")
+    args = parser.parse_args()
+    if args.only_retraining and args.skip_retraining:
+        parser.error("--only-retraining and --skip-retraining exclude each other")
+    return args
 
 
 def main() -> None:
@@ -201,7 +208,7 @@ def main() -> None:
                 report_regret_study(days, args)
                 print(f"load at end {load_average()}")
                 return
-            for mode in ("refresh", "retrain"):
+            for mode in () if args.skip_retraining else ("refresh", "retrain"):
                 label = f"greedy + shift + {mode}"
                 with throwaway_database(prefix="wt13_fbarm") as arm_pg, tempfile.TemporaryDirectory() as project:
                     project = Path(project)
@@ -223,7 +230,8 @@ def main() -> None:
                         progress(f"arm {label}: {args.days} days in {time.perf_counter() - began:.0f} s")
                         conn.close()
             report_arms(days, args)
-            report_retraining(days, retraining, args)
+            if not args.skip_retraining:
+                report_retraining(days, retraining, args)
             if not args.only_retraining:
                 report_off_policy(logs["bandit"], recommender, shop, start, policy_config, learned_policies["bandit"], args)
                 report_latency(pipeline, recommender, user_fb, item_fb, prepared, args)
