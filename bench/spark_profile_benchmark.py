@@ -54,8 +54,8 @@ import tempfile
 from pathlib import Path
 
 from feature_build_benchmark import NEXT_DAY_SESSION_SUFFIX, next_day_config
-from harness import (BenchRun, load_average, machine_info, progress, shop_config, silence_known_warnings,  # noqa: F401
-                     stop_on_sigterm, table, throwaway_database, timed, TimedFrames, _shop_source)
+from harness import (load_average, machine_info, progress, shop_config, silence_known_warnings, stop_on_sigterm, table,
+                     throwaway_database, TimedFrames, _shop_source)
 
 RANKER_VIEWS = ["user_activity", "user_interest_shift", "item_popularity", "item_catalog", "category_trends"]
 
