@@ -33,7 +33,10 @@ deterministic lists miss against the oracle, the drift monitor's alarms (false o
 without a shift), the CTR lost to the shift and the share of it retraining recovers. Then
 off-policy: from the bandit arm's log, IPS / SNIPS / DR estimates with 95 % intervals of
 the greedy blend's CTR and of the bandit without exploration, against each one's true
-expected CTR on the same logged requests. Last, in process, the CPU per ``recommend`` call
+expected CTR on the same logged requests, then how often those intervals cover the truth when
+the same requests are answered again ``--ope-replications`` times (the exploration draws and
+the shoppers' answers redrawn; one log can miss by chance, and its 18 intervals share the same
+random lists, so they miss together). Last, in process, the CPU per ``recommend`` call
 of greedy and bandit on the same users (alternating), with the feedback views materialized.
 
     python bench/feedback_loop_benchmark.py [--users 2000] [--items 1000] [--days 30] [--users-per-day 400]
@@ -82,6 +85,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--skip-retraining", action="store_true",
                         help="leave out the refresh and retrain arms (each builds a copy of the shop and runs the daily "
                              "pipeline: most of the run's time)")
+    parser.add_argument("--ope-replications", type=int, default=40,
+                        help="off-policy coverage: the bandit arm's requests answered again this many times (new "
+                             "exploration draws and shopper answers), each log through the same estimators; 0 skips it")
+    parser.add_argument("--ope-boot", type=int, default=200, help="bootstrap resamples per estimate in those replications")
     args = parser.parse_args()
     if args.only_retraining and args.skip_retraining:
         parser.error("--only-retraining and --skip-retraining exclude each other")
@@ -400,7 +407,6 @@ def report_off_policy(log, recommender, shop, start, policy_config, learned, arg
     from interest_models.evaluation.replay import off_policy_table
     from interest_models.policies.learning import logged_requests
     from interest_models.policies.reranking import BanditPolicy, GreedyPolicy
-    from interest_models.registry.policy_registry import PolicyRegistry  # noqa: F401
     from interest_models.simulation.shoppers import SimulatedShoppers
 
     recommendations, impressions = log
@@ -412,27 +418,99 @@ def report_off_policy(log, recommender, shop, start, policy_config, learned, arg
                "bandit prior, no exploration": BanditPolicy(recommender.policies["bandit"].bandit, no_exploration),
                "bandit learned, no exploration": BanditPolicy(learned.bandit, no_exploration)}
     began = time.perf_counter()
-    ope, exponent = off_policy_table(recommendations, impressions, targets, embeddings)
-    shoppers = SimulatedShoppers(shop, pd.Timestamp(start), seed=args.seed)
     requests = logged_requests(recommendations, embeddings)
-    rows = []
-    for name, target in targets.items():
+    marginals = {name: [target.marginals(request, int(k)) for request, k in zip(requests, recommendations.k)]
+                 for name, target in targets.items()}
+    ope, exponent = off_policy_table(recommendations, impressions, targets, embeddings, marginals=marginals)
+    shoppers = SimulatedShoppers(shop, pd.Timestamp(start), seed=args.seed)
+    truth = {}
+    for name in targets:
         total = shown = 0.0
-        for request, user_id, ids, k in zip(requests, recommendations.user_id, recommendations.candidate_item_ids, recommendations.k):
-            marginals = target.marginals(request, int(k))
-            total += float((shoppers.attraction(int(user_id), np.asarray(ids)) @ marginals) @ shoppers.examination(np.arange(1, k + 1)))
+        for user_id, ids, k, target in zip(recommendations.user_id, recommendations.candidate_item_ids, recommendations.k,
+                                           marginals[name]):
+            total += float((shoppers.attraction(int(user_id), np.asarray(ids)) @ target) @ shoppers.examination(np.arange(1, k + 1)))
             shown += k
-        truth = total / shown
+        truth[name] = total / shown
+    rows = []
+    for name in targets:
         for _, row in ope[(ope.policy == name) & (ope.metric == "CTR")].iterrows():
-            rows.append([name, row.weighting, row.estimator, row.estimate, row.low, row.high, truth,
-                         "yes" if row.low <= truth <= row.high else "NO", row.max_weight])
-    print(f"\nOff-policy CTR from the bandit arm's log ({len(recommendations)} lists, {len(impressions)} impressions; "
-          f"{time.perf_counter() - began:.1f} s; examination exponent fitted on its random lists: {exponent:.2f}, "
-          f"true {SimulatedShoppers(shop, pd.Timestamp(start)).position_exponent}), against each target's true expected "
-          f"CTR on the same requests:")
-    print(table(["target", "weighting", "estimator", "estimate", "95% low", "95% high", "truth", "covered", "max weight"],
-                [[r[0], r[1], r[2], *[f"{x:.4f}" for x in r[3:7]], r[7], f"{r[8]:.1f}"] for r in rows]))
+            rows.append([name, row.weighting, row.estimator, row.estimate, row.low, row.high, truth[name],
+                         "yes" if row.low <= truth[name] <= row.high else "NO", row.max_weight, row.effective_impressions])
+    print(f"\nOff-policy CTR from the bandit arm's log ({len(recommendations)} lists, {len(impressions)} impressions, "
+          f"{int(impressions.explored.sum()) // args.k} random lists; {time.perf_counter() - began:.1f} s; examination exponent "
+          f"fitted on its random lists: {exponent:.2f}, true {shoppers.position_exponent}), against each target's true "
+          f"expected CTR on the same requests:")
+    print(table(["target", "weighting", "estimator", "estimate", "95% low", "95% high", "truth", "covered", "max weight",
+                 "effective impressions"],
+                [[r[0], r[1], r[2], *[f"{x:.4f}" for x in r[3:7]], r[7], f"{r[8]:.1f}", f"{r[9]:.0f}"] for r in rows]))
     print("(no population shift in this arm; the truth uses the shoppers' preferences at day 0)")
+    if args.ope_replications > 0:
+        report_off_policy_coverage(recommendations, shoppers, targets, marginals, truth, embeddings, args)
+
+
+def redrawn_impressions(recommendations, shoppers, rng):
+    """The logged requests answered again: each list's exploration drawn anew around the
+    logger's deterministic order, with its exact propensities, and each shopper's answer
+    drawn anew from the true click model (the candidates, contexts and orders kept)."""
+    import numpy as np
+    import pandas as pd
+
+    from interest_models.policies.slate import draw
+
+    columns = {name: [] for name in ("recommendation_id", "item_id", "position", "propensity", "explored", "clicked", "purchased")}
+    for rec_id, user_id, ids, ordered, k, exploration in zip(
+            recommendations.recommendation_id, recommendations.user_id, recommendations.candidate_item_ids,
+            recommendations.ordered_rows, recommendations.k, recommendations.exploration):
+        ids = np.asarray(ids, np.int64)
+        slate = draw(np.asarray(ordered, np.int64)[:k], len(ids), float(exploration), rng)
+        answers = shoppers.answer(int(user_id), ids[slate.rows], rng)
+        size = len(slate.rows)
+        columns["recommendation_id"].append(np.repeat(rec_id, size))
+        columns["item_id"].append(ids[slate.rows])
+        columns["position"].append(np.arange(1, size + 1))
+        columns["propensity"].append(slate.propensity)
+        columns["explored"].append(np.repeat(slate.explored, size))
+        columns["clicked"].append(answers.clicked)
+        columns["purchased"].append(answers.purchased)
+    return pd.DataFrame({name: np.concatenate(parts) for name, parts in columns.items()})
+
+
+def report_off_policy_coverage(recommendations, shoppers, targets, marginals, truth, embeddings, args) -> None:
+    """How often the 95 % intervals cover the truth when the same requests are answered again
+    (one log can miss by chance: a calibrated interval misses 1 time in 20)."""
+    import numpy as np
+    import pandas as pd
+
+    from interest_models.evaluation.replay import off_policy_table
+
+    rng = np.random.default_rng([args.seed, 3])
+    began = time.perf_counter()
+    results, exponents = [], []
+    for replication in range(args.ope_replications):
+        impressions = redrawn_impressions(recommendations, shoppers, rng)
+        ope, exponent = off_policy_table(recommendations, impressions, targets, embeddings, n_boot=args.ope_boot,
+                                         seed=replication, marginals=marginals)
+        exponents.append(exponent)
+        results.append(ope[(ope.metric == "CTR") & ope.policy.isin(list(targets))].assign(replication=replication))
+        progress(f"off-policy replication {replication + 1} of {args.ope_replications}")
+    frame = pd.concat(results)
+    frame["truth"] = frame.policy.map(truth)
+    frame["covered"] = (frame.low <= frame.truth) & (frame.truth <= frame.high)
+    rows = []
+    for (name, weighting, estimator), group in frame.groupby(["policy", "weighting", "estimator"], sort=False):
+        rows.append([name, weighting, estimator, f"{group.covered.mean():.0%}", f"{(group.high < group.truth).mean():.0%}",
+                     f"{(group.low > group.truth).mean():.0%}", f"{(group.estimate - group.truth).mean():+.4f}",
+                     f"{group.estimate.std():.4f}", f"{(group.high - group.low).mean() / 3.92:.4f}",
+                     f"{group.effective_impressions.median():.0f}"])
+    print(f"\nOff-policy coverage: the bandit arm's {len(recommendations)} requests answered again {args.ope_replications} "
+          f"times (exploration and answers redrawn), each log through the same estimators ({args.ope_boot} bootstrap "
+          f"resamples); {time.perf_counter() - began:.0f} s; fitted exponent {np.mean(exponents):.3f} +- "
+          f"{np.std(exponents):.3f} (true {shoppers.position_exponent}):")
+    print(table(["target", "weighting", "estimator", "covered", "below", "above", "bias", "sd of estimates",
+                 "interval half-width / 1.96", "effective impressions (median)"], rows))
+    covered = frame.groupby("weighting").covered.mean()
+    print("coverage over all targets and estimators: " + ", ".join(f"{w} {c:.1%}" for w, c in covered.items())
+          + f"; all {frame.covered.mean():.1%} of {len(frame)} intervals")
 
 
 def report_latency(pipeline, recommender, user_fb, item_fb, prepared, args) -> None:

@@ -96,8 +96,10 @@ def estimate(lists: ReplayedLists, n_boot: int = 500, seed: int = 0, level: floa
 
     Returns:
         One row per estimator: ``estimate``, ``low``, ``high`` (per impression), ``lists``,
-        and ``max_weight`` (the largest importance weight: large means few lists carry the
-        estimate).
+        ``max_weight`` (the largest importance weight) and ``effective_impressions``
+        (Kish's ``(sum w)^2 / sum w^2`` over the logged impressions: how many impressions
+        the weighted estimate is worth; a few hundred means it rests on a few dozen clicks,
+        and its interval is only as good as the bootstrap of so few).
     """
     n = lists.reward.shape[0]
     if n == 0:
@@ -107,9 +109,11 @@ def estimate(lists: ReplayedLists, n_boot: int = 500, seed: int = 0, level: floa
     draws = np.array([[v for v in _values(lists, rng.integers(0, n, n)).values()] for _ in range(n_boot)])
     tail = (1 - level) / 2
     low, high = np.quantile(draws, [tail, 1 - tail], axis=0)
-    max_weight = float(np.max(np.where(lists.present, lists.weight, 0)))
+    weights = lists.weight[lists.present]
+    max_weight = float(weights.max(initial=0.0))
+    effective = float(weights.sum() ** 2 / np.square(weights).sum()) if weights.any() else 0.0
     return pd.DataFrame({"estimate": [point[e] for e in ESTIMATORS], "low": low, "high": high, "lists": n,
-                         "max_weight": max_weight}, index=list(ESTIMATORS))
+                         "max_weight": max_weight, "effective_impressions": effective}, index=list(ESTIMATORS))
 
 
 def fit_position_bias(positions: np.ndarray, clicks: np.ndarray, exponents: np.ndarray | None = None) -> float:

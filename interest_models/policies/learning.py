@@ -7,7 +7,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from interest_models.policies.linear_bandit import LinearUCB, position_bias
+from interest_models.policies.linear_bandit import LinearUCB
 from interest_models.policies.reranking import BanditPolicy, PolicyRequest
 
 EmbeddingLookup = Callable[[np.ndarray], np.ndarray]
@@ -98,11 +98,18 @@ def learn_from_log(policy: BanditPolicy, recommendations: pd.DataFrame, impressi
     return len(context)
 
 
-def fit_reward_model(context: np.ndarray, positions: np.ndarray, rewards: np.ndarray, ridge: float = 1.0,
-                     kind: str = "dcg") -> LinearUCB:
-    """A linear model of the reward at an examined position (``LinearUCB`` without bonus),
-    the direct part of the doubly robust estimator."""
+def fit_reward_model(context: np.ndarray, examination: np.ndarray, rewards: np.ndarray, ridge: float = 1.0) -> LinearUCB:
+    """A linear model of the reward at an examined position (``LinearUCB`` without bonus), the
+    direct part of the doubly robust estimator.
+
+    Args:
+        context: (n, dim) the shown items' context rows.
+        examination: (n,) the examination probability of each one's position, the same
+            examination model the estimator weights with (a model fitted under another
+            curve would be off by their ratio at every position).
+        rewards: (n,) 0/1.
+    """
     model = LinearUCB(context.shape[1], ridge)
     if len(context):
-        model.update(context, position_bias(positions, kind), rewards)
+        model.update(context, examination, rewards)
     return model

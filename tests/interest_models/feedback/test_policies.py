@@ -147,9 +147,15 @@ def test_off_policy_intervals_cover_the_true_ctr_of_another_policy():
     for estimator, row in table.iterrows():
         assert row.low <= truth <= row.high, (estimator, truth, row.to_dict())
         assert row.high - row.low < 0.5 * truth  # informative, not just wide
-    # On its own logs every weight is 1: IPS is the observed click rate.
+    # Kish's effective impressions: far fewer than logged when the weights are uneven.
+    weights = lists.weight[lists.present]
+    assert table.effective_impressions.iloc[0] == pytest.approx(weights.sum() ** 2 / (weights ** 2).sum())
+    assert 0 < table.effective_impressions.iloc[0] < lists.present.sum()
+    # On its own logs every weight is 1: IPS is the observed click rate, every impression counts.
     same, _ = _simulated_log(rng, logger, logger, n_lists=500)
-    assert estimate(same, n_boot=10).loc["IPS", "estimate"] == pytest.approx(same.reward.mean())
+    own = estimate(same, n_boot=10)
+    assert own.loc["IPS", "estimate"] == pytest.approx(same.reward.mean())
+    assert own.loc["IPS", "effective_impressions"] == pytest.approx(same.present.sum())
 
 
 def _day_of_clicks(rng, preference, users=300):
