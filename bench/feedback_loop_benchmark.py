@@ -404,7 +404,7 @@ def report_off_policy(log, recommender, shop, start, policy_config, learned, arg
     import numpy as np
     import pandas as pd
 
-    from interest_models.evaluation.replay import off_policy_table
+    from interest_models.evaluation.replay import off_policy_table, target_marginals
     from interest_models.policies.learning import logged_requests
     from interest_models.policies.reranking import BanditPolicy, GreedyPolicy
     from interest_models.simulation.shoppers import SimulatedShoppers
@@ -419,8 +419,7 @@ def report_off_policy(log, recommender, shop, start, policy_config, learned, arg
                "bandit learned, no exploration": BanditPolicy(learned.bandit, no_exploration)}
     began = time.perf_counter()
     requests = logged_requests(recommendations, embeddings)
-    marginals = {name: [target.marginals(request, int(k)) for request, k in zip(requests, recommendations.k)]
-                 for name, target in targets.items()}
+    marginals = {name: target_marginals(target, requests, recommendations.k) for name, target in targets.items()}
     ope, exponent = off_policy_table(recommendations, impressions, targets, embeddings, marginals=marginals)
     shoppers = SimulatedShoppers(shop, pd.Timestamp(start), seed=args.seed)
     truth = {}

@@ -18,16 +18,12 @@ def _examination_at(positions: np.ndarray, exponent: float | None) -> np.ndarray
     return position_bias(positions) if exponent is None else positions ** -exponent
 
 
-def _examination(size: int, exponent: float | None) -> np.ndarray:
-    return _examination_at(np.arange(1, size + 1), exponent)
-
-
-def target_marginals(target, requests: list, shown: list) -> list[np.ndarray]:
-    """Per logged list, the target's ``P(candidate i at position j)`` over the list's
-    positions: (n_candidates, size) arrays (what ``replay`` weights with; computed once per
-    target, as ordering a request is the expensive part)."""
-    return [target.marginals(request, len(rows)) if len(rows) else np.zeros((request.n, 0))
-            for request, rows in zip(requests, shown)]
+def target_marginals(target, requests: list, sizes) -> list[np.ndarray]:
+    """Per logged list, the target's ``P(candidate i at position j)`` over its first
+    ``sizes[i]`` positions (the positions shown): (n_candidates, size) arrays, what ``replay``
+    weights with; computed once per target, as ordering a request is the expensive part."""
+    return [target.marginals(request, int(size)) if size else np.zeros((request.n, 0))
+            for request, size in zip(requests, sizes)]
 
 
 def replay(recommendations: pd.DataFrame, marginals: list[np.ndarray], reward_models: list[LinearUCB], folds: np.ndarray,
@@ -56,7 +52,7 @@ def replay(recommendations: pd.DataFrame, marginals: list[np.ndarray], reward_mo
             continue
         logged_marginals = marginal_probabilities(np.asarray(recommendations.ordered_rows.iloc[i], np.int64)[:size],
                                                   request.n, float(recommendations.exploration.iloc[i]))
-        theta = _examination(size, exponent)
+        theta = _examination_at(np.arange(1, size + 1), exponent)
         attraction = reward_models[folds[i]].expected_attraction(request.context)  # (n_candidates,)
         logged_row = rows.row
         positions = rows.position - 1
@@ -98,7 +94,7 @@ def off_policy_table(recommendations: pd.DataFrame, impressions: pd.DataFrame, t
     folds = np.arange(len(recommendations)) % 2
     requests, shown = logged_requests(recommendations, embeddings), shown_rows(recommendations, impressions)
     if marginals is None:
-        marginals = {name: target_marginals(target, requests, shown) for name, target in targets.items()}
+        marginals = {name: target_marginals(target, requests, [len(rows) for rows in shown]) for name, target in targets.items()}
     elif any(len(marginals[name]) != len(recommendations) for name in targets):
         raise ValueError(f"precomputed marginals must cover the {len(recommendations)} logged lists that explored")
     rows = []

@@ -212,7 +212,7 @@ def test_simulated_days_learn_log_and_evaluate_off_policy(shop_models, log_db, t
     # The targets' marginals computed once and passed in (the benchmark's redrawn logs) give the same table.
     embed = lambda ids: recommender.unit_text[recommender.vocabulary.index_of(ids)]  # noqa: E731
     requests, shown = logged_requests(recommendations, embed), shown_rows(recommendations, impressions)
-    marginals = {"greedy": target_marginals(GreedyPolicy(), requests, shown)}
+    marginals = {"greedy": target_marginals(GreedyPolicy(), requests, [len(rows) for rows in shown])}
     again, _ = off_policy_table(recommendations, impressions, {"greedy": GreedyPolicy()}, embed, n_boot=200, marginals=marginals)
     pd.testing.assert_frame_equal(again, table)
     with pytest.raises(ValueError, match="must cover the"):
