@@ -1,8 +1,9 @@
 """The LSTM against the synthetic shop's oracle (``materialize.ingest.sources.synthetic_oracle``)
 on the same test decision points: next-category accuracy@1 and log-loss, shift AUC and
-log-loss, and model / oracle ratios; and two item rankings that know the generator's
-popularity within each category, one with the oracle's category forecast and one with the
-LSTM's, as the ceilings of the ranking table."""
+log-loss, and model / oracle ratios; the shift AUCs within groups of points by where the
+user's planted shift lies (where the LSTM's gap to the oracle is); and two item rankings that
+know the generator's popularity within each category, one with the oracle's category
+forecast and one with the LSTM's, as the ceilings of the ranking table."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,6 +23,11 @@ LSTM_CATEGORY_ITEMS = "the LSTM's category forecast x popularity within category
 POSTERIOR = "posterior from the observed events"
 POSTERIOR_ITEMS = "the posterior's category forecast x popularity within category"
 MIN_PROBABILITY = 1e-12  # floor of a probability inside a log-loss
+PLANTED_GROUP_DAYS = 30
+"""Planted shifts (their midpoint ``shift_at``) this many days or more before a point form the last group."""
+PLANTED_GROUPS = ("no planted shift", "planted shift still ahead", f"planted shift under {PLANTED_GROUP_DAYS} days before",
+                  f"planted shift {PLANTED_GROUP_DAYS} days or more before")
+PLANTED_COLUMNS = ["points", "shift rate", "LSTM shift AUC", "oracle shift AUC", "all points' LSTM shift AUC, oracle in this group"]
 
 
 @dataclass(frozen=True)
@@ -29,11 +35,14 @@ class OracleComparison:
     """``table`` (rows LSTM, oracle, LSTM / oracle, the 30-day dominant baseline; columns
     ``ORACLE_COLUMNS``) or None, and a line saying what it covers or why it is absent;
     ``ranking`` (rows ``ORACLE_ITEMS``, ``LSTM_CATEGORY_ITEMS``; columns HR@10, NDCG@10) on
-    the same points, ranked against all items as the models are."""
+    the same points, ranked against all items as the models are; ``by_planted_shift``
+    (rows: the non-empty ``PLANTED_GROUPS``; columns ``PLANTED_COLUMNS``), see
+    ``shift_auc_by_planted_shift``."""
 
     table: pd.DataFrame | None
     note: str
     ranking: pd.DataFrame | None = None
+    by_planted_shift: pd.DataFrame | None = None
 
 
 def synthetic_config_of(conn: psycopg.Connection) -> tuple[SyntheticConfig | None, str]:
@@ -68,6 +77,29 @@ def _item_scores(shop: SyntheticShop, category_forecast: np.ndarray, vocabulary:
     scores = np.zeros((len(category_forecast), len(item_ids)))
     scores[:, made] = probabilities[:, item_ids[made] - 1]
     return scores
+
+
+def shift_auc_by_planted_shift(shop: SyntheticShop, user_id: np.ndarray, label_time: pd.Series, labels: np.ndarray,
+                                lstm: np.ndarray, oracle: np.ndarray) -> pd.DataFrame:
+    """Shift AUC of the LSTM and of the oracle within groups of points by where the user's
+    planted shift lies relative to the point (none, ahead, under ``PLANTED_GROUP_DAYS`` days
+    before, longer before). The last column is the AUC over all points when the oracle's
+    probabilities replace the LSTM's in that group only: how much of the LSTM's gap to the
+    oracle lies there (the two are calibrated differently, so it is a guide, not a sum).
+
+    Args:
+        user_id, label_time: (n,) the points' users and label times; labels: (n,) 1 = the
+            next category differs from the 30-day dominant; lstm, oracle: (n,) their P(shift).
+    """
+    planted = shop.interest_shifts().set_index("user_id").shift_at
+    shift_at = pd.Series(user_id).map(planted)
+    days = ((pd.to_datetime(label_time, utc=True).reset_index(drop=True) - shift_at) / pd.Timedelta(days=1)).to_numpy(np.float64)
+    groups = dict(zip(PLANTED_GROUPS, (np.isnan(days), days < 0, (days >= 0) & (days < PLANTED_GROUP_DAYS),
+                                       days >= PLANTED_GROUP_DAYS)))
+    rows = {name: [int(mask.sum()), float(labels[mask].mean()), roc_auc(labels[mask], lstm[mask]),
+                   roc_auc(labels[mask], oracle[mask]), roc_auc(labels, np.where(mask, oracle, lstm))]
+            for name, mask in groups.items() if mask.any()}
+    return pd.DataFrame(rows, index=PLANTED_COLUMNS).T.astype({"points": int})
 
 
 def compare_with_oracle(conn: psycopg.Connection, points: pd.DataFrame, users: pd.DataFrame,
@@ -142,6 +174,9 @@ def compare_with_oracle(conn: psycopg.Connection, points: pd.DataFrame, users: p
         name: ranking_metrics(target_ranks(_item_scores(shop, forecast_of_categories, vocabulary), targets, kept), ks=(10,))
         for name, forecast_of_categories in category_forecasts.items()
     }).T[["HR@10", "NDCG@10"]]
+    by_planted_shift = shift_auc_by_planted_shift(
+        shop, points.user_id.to_numpy()[rows][known], points.label_time.iloc[rows][known], shifted,
+        shift_probability[rows][known], forecast.shift_probability[known])
     note = (f"{len(rows):,} of {len(points):,} test decision points (users of the synthetic shop); "
             f"shift columns on the {int(known.sum()):,} with a 30-day dominant category.")
-    return OracleComparison(table, note, ranking)
+    return OracleComparison(table, note, ranking, by_planted_shift)

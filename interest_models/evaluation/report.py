@@ -149,6 +149,12 @@ def _oracle_section(oracle) -> list[str]:
         _table(oracle.table),
         oracle.note,
         "",
+        "Shift AUC within groups of those points by where the user's planted shift lies (its midpoint): "
+        "the LSTM's gap to the oracle, group by group. The last column is the AUC over all points with the "
+        "oracle's probabilities in place of the LSTM's in that group only.",
+        "",
+        _table(oracle.by_planted_shift),
+        "",
         "Item rankings that know the generator's popularity within each category, against all items "
         "on the same points (the ceilings of the ranking table above): with the oracle's category "
         "forecast, and with the LSTM's.",

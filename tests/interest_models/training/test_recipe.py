@@ -14,8 +14,8 @@ import torch
 
 from interest_models.config import load_config
 from interest_models.evaluation.oracle import (
-    LSTM_CATEGORY_ITEMS, ORACLE_COLUMNS, ORACLE_ITEMS, POSTERIOR, POSTERIOR_ITEMS, OracleComparison, compare_with_oracle,
-    synthetic_config_of,
+    LSTM_CATEGORY_ITEMS, ORACLE_COLUMNS, ORACLE_ITEMS, PLANTED_COLUMNS, PLANTED_GROUPS, POSTERIOR, POSTERIOR_ITEMS,
+    OracleComparison, compare_with_oracle, shift_auc_by_planted_shift, synthetic_config_of,
 )
 from interest_models.data.decision_points import SPLITS, decision_points
 from interest_models.models.item_ranker import xgboost_device
@@ -249,6 +249,7 @@ def test_report_has_every_plot_and_table(trained, pipeline, tmp_path):
     assert "## Oracle: the synthetic shop's true preferences, test" in text
     assert "Candidate sources on test" in text and "| union |" in text and "XGBoost ranker, Feast features only" in text
     assert "| LSTM / oracle |" in text and "| baseline: 30-day dominant category |" in text
+    assert "| no planted shift |" in text and "oracle in this group |" in text
 
 
 def test_oracle_on_the_same_test_points(trained):
@@ -268,6 +269,13 @@ def test_oracle_on_the_same_test_points(trained):
     # Knowing the true preference ranks better than knowing only the LSTM's forecast of it,
     # and both rank better than the most popular items.
     assert ranking[ORACLE_ITEMS] > ranking[LSTM_CATEGORY_ITEMS] > trained.metrics.loc["baseline: most_popular", "NDCG@10"]
+    # The shift AUC by planted shift: every point with a 30-day dominant category in exactly
+    # one group; the shop has users without a shift, and its shifts all lie before the test period.
+    groups = trained.oracle.by_planted_shift
+    assert list(groups.columns) == PLANTED_COLUMNS and set(groups.index) <= set(PLANTED_GROUPS)
+    assert f"shift columns on the {groups.points.sum():,} with" in trained.oracle.note
+    assert "no planted shift" in groups.index and "planted shift still ahead" not in groups.index
+    assert groups["shift rate"].between(0, 1).all()
 
 
 def test_oracle_tables_take_a_forecast_from_the_observed_events(pipeline, trained):
@@ -288,6 +296,17 @@ def test_oracle_tables_take_a_forecast_from_the_observed_events(pipeline, traine
     np.testing.assert_allclose(table.loc["LSTM"], trained.oracle.table.loc["LSTM"], rtol=1e-6)  # float32 forecasts
     np.testing.assert_allclose(table.loc["LSTM / posterior"], table.loc["LSTM / oracle"])
     np.testing.assert_allclose(ranking.loc[POSTERIOR_ITEMS], ranking.loc[ORACLE_ITEMS])
+    # By planted shift, with the LSTM's own probabilities as the "oracle": each group's two
+    # AUCs agree, and putting them in place changes nothing (the LSTM's AUC over all points).
+    dominant = users.dominant_category_30d.fillna(0).to_numpy(np.int64)
+    known = dominant > 0
+    labels = (points.label_category_id.to_numpy() != dominant)[known].astype(int)
+    lstm = test.shift_probability.to_numpy()[known]
+    same = shift_auc_by_planted_shift(SyntheticShop(SHOP), points.user_id.to_numpy()[known], points.label_time[known],
+                                      labels, lstm, lstm)
+    pd.testing.assert_series_equal(same["LSTM shift AUC"], same["oracle shift AUC"], check_names=False)
+    np.testing.assert_allclose(same.iloc[:, -1], table.loc["LSTM", "shift AUC"], rtol=1e-6)
+    pd.testing.assert_frame_equal(same.iloc[:, :3], trained.oracle.by_planted_shift.iloc[:, :3], rtol=1e-5)
 
 
 def test_oracle_is_omitted_without_a_synthetic_shop(pg_server, trained, tmp_path):
