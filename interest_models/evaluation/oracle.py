@@ -153,8 +153,8 @@ def compare_with_oracle(conn: psycopg.Connection, points: pd.DataFrame, users: p
         return [accuracy_at_k(probabilities, target, 1), _log_loss(probabilities, target),
                 roc_auc(shifted, shift), _binary_log_loss(shifted, shift)]
 
-    rows_of = {"LSTM": row(lstm, shift_probability[rows][known]),
-               "oracle": row(oracle, forecast.shift_probability[known])}
+    lstm_shift, oracle_shift = shift_probability[rows][known], forecast.shift_probability[known]
+    rows_of = {"LSTM": row(lstm, lstm_shift), "oracle": row(oracle, oracle_shift)}
     category_forecasts = {ORACLE_ITEMS: forecast.next_category, LSTM_CATEGORY_ITEMS: lstm[:, shop_ids]}
     if posterior is not None:
         observed = by_category_id(posterior[rows])
@@ -175,8 +175,7 @@ def compare_with_oracle(conn: psycopg.Connection, points: pd.DataFrame, users: p
         for name, forecast_of_categories in category_forecasts.items()
     }).T[["HR@10", "NDCG@10"]]
     by_planted_shift = shift_auc_by_planted_shift(
-        shop, points.user_id.to_numpy()[rows][known], points.label_time.iloc[rows][known], shifted,
-        shift_probability[rows][known], forecast.shift_probability[known])
+        shop, points.user_id.to_numpy()[rows][known], points.label_time.iloc[rows][known], shifted, lstm_shift, oracle_shift)
     note = (f"{len(rows):,} of {len(points):,} test decision points (users of the synthetic shop); "
             f"shift columns on the {int(known.sum()):,} with a 30-day dominant category.")
     return OracleComparison(table, note, ranking, by_planted_shift)
