@@ -76,19 +76,25 @@ class ReplayedLists:
         return cls(reward, weight, present.astype(np.float64), direct, model_at_logged, present)
 
 
-def _values(lists: ReplayedLists, rows: np.ndarray) -> dict[str, float]:
-    """Per-impression estimates on the lists ``rows`` (a resample)."""
-    present = lists.present[rows]
-    weight = np.where(present, lists.weight[rows], 0.0)
-    reward = np.where(present, lists.reward[rows], 0.0)
-    control = np.where(present, lists.control[rows], 0.0)
-    impressions = present.sum()
-    weighted = (reward * weight).sum()
+def _list_sums(lists: ReplayedLists) -> np.ndarray:
+    """Per list: the weighted reward, the weighted control, the control, the DR term and the
+    impressions (n_lists, 5); every estimator is a ratio of their column sums, so a bootstrap
+    resample is a sum of resampled rows."""
+    present = lists.present
+    weight = np.where(present, lists.weight, 0.0)
+    reward = np.where(present, lists.reward, 0.0)
+    control = np.where(present, lists.control, 0.0)
+    doubly_robust = np.where(present, lists.direct + (reward - lists.model_at_logged) * weight, 0.0)
+    return np.stack([(reward * weight).sum(1), (control * weight).sum(1), control.sum(1), doubly_robust.sum(1),
+                     present.sum(1)], axis=1)
+
+
+def _values(sums: np.ndarray) -> list[float]:
+    """Per-impression IPS, SNIPS and DR from column sums of ``_list_sums`` (one resample)."""
+    weighted, normaliser, control, doubly_robust, impressions = sums
     ips = weighted / impressions
-    normaliser = (control * weight).sum()
-    snips = weighted * control.sum() / normaliser / impressions if normaliser > 0 else 0.0
-    dr = np.where(present, lists.direct[rows] + (reward - lists.model_at_logged[rows]) * weight, 0.0).sum() / impressions
-    return {"IPS": float(ips), "SNIPS": float(snips), "DR": float(dr)}
+    snips = weighted * control / normaliser / impressions if normaliser > 0 else 0.0
+    return [float(ips), float(snips), float(doubly_robust / impressions)]
 
 
 def estimate(lists: ReplayedLists, n_boot: int = 500, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
@@ -104,15 +110,16 @@ def estimate(lists: ReplayedLists, n_boot: int = 500, seed: int = 0, level: floa
     n = lists.reward.shape[0]
     if n == 0:
         raise ValueError("no logged lists to evaluate")
-    point = _values(lists, np.arange(n))
+    sums = _list_sums(lists)
+    point = _values(sums.sum(axis=0))
     rng = np.random.default_rng(seed)
-    draws = np.array([[v for v in _values(lists, rng.integers(0, n, n)).values()] for _ in range(n_boot)])
+    draws = np.array([_values(sums[rng.integers(0, n, n)].sum(axis=0)) for _ in range(n_boot)])
     tail = (1 - level) / 2
     low, high = np.quantile(draws, [tail, 1 - tail], axis=0)
     weights = lists.weight[lists.present]
     max_weight = float(weights.max(initial=0.0))
     effective = float(weights.sum() ** 2 / np.square(weights).sum()) if weights.any() else 0.0
-    return pd.DataFrame({"estimate": [point[e] for e in ESTIMATORS], "low": low, "high": high, "lists": n,
+    return pd.DataFrame({"estimate": point, "low": low, "high": high, "lists": n,
                          "max_weight": max_weight, "effective_impressions": effective}, index=list(ESTIMATORS))
 
 
