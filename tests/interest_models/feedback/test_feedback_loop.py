@@ -229,13 +229,16 @@ def test_simulated_days_learn_log_and_evaluate_off_policy(shop_models, log_db, t
             row = ctr.loc[(weighting, estimator)]
             assert np.isfinite([row.low, row.estimate, row.high]).all() and row.low <= row.estimate <= row.high, ctr
             if (weighting, estimator) == ("item-position", "IPS"):
-                # Unnormalised, with weights up to ~240 on 320 lists: one run here gave
-                # 0.021 (0.013 to 0.030) against 0.104, so no scale bound holds at this size.
+                # Unnormalised, with weights up to ~240 on 320 lists, no scale bound holds at
+                # this size: 0.024 (0 to 0.19) against 0.116 here; before the intervals were
+                # widened to the reward model's, one run gave 0.021 (0.013 to 0.030) against 0.104.
                 continue
             # Item-position DR, with the same weights, may reach below 0: one run here gave
-            # 0.057 (-0.036 to 0.109) against 0.116.
+            # 0.057 (-0.036 to 0.109) against 0.116. The other intervals may reach 0 where the
+            # reward model expects more spread than these 320 lists show (item-position
+            # SNIPS: 0.049, 0 to 0.38, on about 6 effective impressions), not below.
             floor = -np.inf if (weighting, estimator) == ("item-position", "DR") else 0
-            assert floor < row.low < 3 * truth and row.high > truth / 3, (weighting, estimator, truth, ctr)
+            assert floor <= row.low < 3 * truth and row.high > truth / 3, (weighting, estimator, truth, ctr)
 
     # The same log through the command line: learn a bandit version, then evaluate it.
     (tmp_path / "feature_repo").symlink_to(shop_settings.feature_repo_dir)

@@ -158,6 +158,25 @@ def test_off_policy_intervals_cover_the_true_ctr_of_another_policy():
     assert own.loc["IPS", "effective_impressions"] == pytest.approx(same.present.sum())
 
 
+def test_a_log_without_the_rare_heavy_clicks_still_gets_the_interval_the_reward_model_predicts():
+    # 200 lists of 2 positions; no click happened, so every resample says 0 and the
+    # bootstrap alone would claim certainty. The reward model expects clicks at rate m.
+    n, k = 200, 2
+    weight = np.tile([4.0, 0.5], (n, 1))
+    model = np.full((n, k), 0.1)
+    direct = np.full((n, k), 0.1)  # the model's value of the target's choice per position
+    lists = ReplayedLists(np.zeros((n, k)), weight, np.ones((n, k)), direct, model, np.ones((n, k), bool))
+    table = estimate(lists, n_boot=50)
+    assert (table.estimate.loc[["IPS", "SNIPS"]] == 0).all()
+    clicks = (weight ** 2 * model * (1 - model)).sum(1)
+    spread = ((weight * model).sum(1) - direct.sum(1)) ** 2  # the weighted model reward around its expectation
+    ips_se = np.sqrt((clicks + spread).sum()) / (n * k)
+    assert table.loc["IPS", "high"] == pytest.approx(1.959964 * ips_se, rel=1e-5)
+    assert table.loc["IPS", "low"] == 0  # a click rate: the widened bound stops at 0
+    assert table.loc["DR", "high"] - table.loc["DR", "estimate"] == pytest.approx(1.959964 * np.sqrt(clicks.sum()) / (n * k), rel=1e-5)
+    assert table.loc["SNIPS", "high"] > 0
+
+
 def _day_of_clicks(rng, preference, users=300):
     """One day's clicks per category: each user clicks a few times, mostly in one category of
     their own (overdispersed, as real and simulated days are)."""
