@@ -117,11 +117,12 @@ def _model_standard_errors(lists: ReplayedLists, sums: np.ndarray) -> np.ndarray
     control = np.where(present, lists.control, 0.0)
     direct = np.where(present, lists.direct, 0.0).sum(1)
     clicks = (weight ** 2 * model * (1 - model)).sum(1)
+    list_control = sums[:, 2]
     weighted, normaliser, total_control, _, impressions = sums.sum(axis=0)
     ips = np.sqrt((clicks + ((weight * model).sum(1) - direct) ** 2).sum()) / impressions
     if normaliser > 0:
         ratio = weighted / normaliser
-        deviation = (weight * (model - ratio * control)).sum(1) - (direct - ratio * control.sum(1))
+        deviation = (weight * (model - ratio * control)).sum(1) - (direct - ratio * list_control)
         snips = total_control / (normaliser * impressions) * np.sqrt((clicks + deviation ** 2).sum())
     else:
         snips = 0.0
@@ -143,15 +144,15 @@ def estimate(lists: ReplayedLists, n_boot: int = 500, seed: int = 0, level: floa
     if n == 0:
         raise ValueError("no logged lists to evaluate")
     sums = _list_sums(lists)
-    point = _values(sums.sum(axis=0))
+    point = np.array(_values(sums.sum(axis=0)))
     rng = np.random.default_rng(seed)
     draws = np.array([_values(sums[rng.integers(0, n, n)].sum(axis=0)) for _ in range(n_boot)])
     tail = (1 - level) / 2
     low, high = np.quantile(draws, [tail, 1 - tail], axis=0)
     # Widened to the model's interval, kept within [0, 1] (a rate per impression), never narrowed.
     half_width = NormalDist().inv_cdf(1 - tail) * _model_standard_errors(lists, sums)
-    low = np.minimum(low, np.maximum(np.array(point) - half_width, 0.0))
-    high = np.maximum(high, np.minimum(np.array(point) + half_width, 1.0))
+    low = np.minimum(low, np.maximum(point - half_width, 0.0))
+    high = np.maximum(high, np.minimum(point + half_width, 1.0))
     weights = lists.weight[lists.present]
     max_weight = float(weights.max(initial=0.0))
     effective = float(weights.sum() ** 2 / np.square(weights).sum()) if weights.any() else 0.0
