@@ -22,7 +22,7 @@ def logged_requests(recommendations: pd.DataFrame, embeddings: EmbeddingLookup |
                                          recommendations.context, recommendations.context_dim):
         ids = np.asarray(ids, np.int64)
         matrix = np.asarray(context, np.float32).reshape(len(ids), int(dim)) if dim else np.zeros((len(ids), 0), np.float32)
-        requests.append(PolicyRequest(matrix, np.asarray(scores, np.float64), embeddings(ids) if embeddings else None))
+        requests.append(PolicyRequest(matrix, np.asarray(scores, np.float64), embeddings(ids) if embeddings else None, ids))
     return requests
 
 
@@ -68,33 +68,34 @@ def shown_rows(recommendations: pd.DataFrame, impressions: pd.DataFrame) -> list
 
 
 def training_rows(recommendations: pd.DataFrame, impressions: pd.DataFrame, reward: str = "clicked",
-                  lists: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The shown items' context rows, positions and rewards of the logged lists with a
-    context (cold-start lists have none), optionally only ``lists`` (indices)."""
+                  lists: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The shown items' context rows, positions, rewards and item ids of the logged lists
+    with a context (cold-start lists have none), optionally only ``lists`` (indices)."""
     requests = logged_requests(recommendations)
     shown = shown_rows(recommendations, impressions)
     keep = range(len(requests)) if lists is None else lists
-    contexts, positions, rewards = [], [], []
+    contexts, positions, rewards, items = [], [], [], []
     for n in keep:
         if requests[n].context.shape[1] == 0 or len(shown[n]) == 0:
             continue
         contexts.append(requests[n].context[shown[n].row])
         positions.append(shown[n].position)
         rewards.append(shown[n].reward(reward))
+        items.append(requests[n].item_ids[shown[n].row])
     if not contexts:
-        return np.zeros((0, 0)), np.zeros(0), np.zeros(0)
-    return np.vstack(contexts), np.concatenate(positions), np.concatenate(rewards)
+        return np.zeros((0, 0)), np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
+    return np.vstack(contexts), np.concatenate(positions), np.concatenate(rewards), np.concatenate(items)
 
 
 def learn_from_log(policy: BanditPolicy, recommendations: pd.DataFrame, impressions: pd.DataFrame) -> int:
     """Add the logged impressions' clicks to the bandit; returns the impressions learned from.
     Lists whose context has another width than the bandit's (another catalogue) are refused."""
-    context, positions, clicks = training_rows(recommendations, impressions)
+    context, positions, clicks, item_ids = training_rows(recommendations, impressions)
     if len(context) == 0:
         return 0
     if context.shape[1] != policy.bandit.dim:
         raise ValueError(f"the log's context has {context.shape[1]} columns, the bandit {policy.bandit.dim}")
-    policy.learn(context, positions, clicks)
+    policy.learn(context, positions, clicks, item_ids)
     return len(context)
 
 

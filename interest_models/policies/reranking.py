@@ -3,7 +3,8 @@
 Both re-rank the same candidates (the blend's top ``candidates``) and both say, for any
 request, the exact probability of each (candidate, position) (``marginals``), so logged
 lists of either can be replayed for the other in off-policy evaluation. The bandit orders by
-linear UCB with a diversity penalty and explores with uniformly random lists
+linear UCB times each item's learned effect (``interest_models.policies.item_effects``),
+with a diversity penalty, and explores with uniformly random lists
 (``interest_models.policies.slate``); exploration and the confidence bonus are bounded by
 ``policy.yaml``.
 """
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from interest_models.policies.item_effects import ItemEffects
 from interest_models.policies.linear_bandit import LinearUCB, position_bias
 from interest_models.policies.slate import Slate, diversified_order, draw, marginal_probabilities
 
@@ -27,11 +29,13 @@ class PolicyRequest:
         context: (n, dim) float32, ``interest_models.policies.context.build_context``.
         blend_score: (n,) float.
         embeddings: (n, 384) L2-normalised item text embeddings (for the diversity term).
+        item_ids: (n,) the candidates' item ids (for the bandit's item effects).
     """
 
     context: np.ndarray
     blend_score: np.ndarray
     embeddings: np.ndarray | None = None
+    item_ids: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -63,20 +67,25 @@ class GreedyPolicy:
 
 
 class BanditPolicy(GreedyPolicy):
-    """Linear UCB over the context, diversified, with bounded random lists.
+    """Linear UCB over the context times each item's learned effect, diversified, with
+    bounded random lists: a candidate's row enters the linear model as ``effect_i * x_i``, so
+    its score is ``effect_i * (x_i @ w + alpha * sqrt(x_i' A^-1 x_i))``.
 
     Args:
-        bandit: the learned statistics.
+        bandit: the learned statistics of the shared weights.
         config: ``policy.yaml`` (``ucb_alpha``, ``exploration`` and its schedule,
-            ``diversity``, ``daily_discount``, ``position_bias`` and their bounds).
+            ``diversity``, ``daily_discount``, the item effects' prior and discount,
+            ``position_bias`` and their bounds).
         version: the registry version (``""`` before the first save).
+        item_effects: the learned item effects (default: none learned yet).
     """
 
     name = "bandit"
 
-    def __init__(self, bandit: LinearUCB, config: dict, version: str = ""):
+    def __init__(self, bandit: LinearUCB, config: dict, version: str = "", item_effects: ItemEffects | None = None):
         check_bounds(config)
         self.bandit, self.config, self.version = bandit, config, version
+        self.item_effects = item_effects if item_effects is not None else ItemEffects(config.get("item_prior_clicks", 0.0))
         self.alpha = float(config["ucb_alpha"])
         self.diversity = float(config["diversity"])
 
@@ -106,19 +115,29 @@ class BanditPolicy(GreedyPolicy):
         return cls(LinearUCB(len(columns), config["ridge"], prior), config)
 
     def scores(self, request: PolicyRequest) -> np.ndarray:
-        return self.bandit.scores(request.context, self.alpha)
+        effects = self.item_effects.of(request.item_ids, request.n)
+        return self.bandit.scores(request.context * effects[:, None], self.alpha)
 
     def order(self, request: PolicyRequest, k: int, scores: np.ndarray | None = None) -> np.ndarray:
         return diversified_order(self.scores(request) if scores is None else scores, k, request.embeddings, self.diversity)
 
-    def learn(self, context: np.ndarray, positions: np.ndarray, clicks: np.ndarray) -> None:
+    def learn(self, context: np.ndarray, positions: np.ndarray, clicks: np.ndarray, item_ids: np.ndarray | None = None) -> None:
         """Add logged impressions: (n, dim) context rows of the shown items, (n,) their
-        1-based positions, (n,) clicks."""
-        self.bandit.update(context, position_bias(positions, self.config["position_bias"]), clicks)
+        1-based positions, (n,) clicks, (n,) their item ids (None: no item effects learned).
+        The weights learn with each item's effect before this update, the effects from the
+        weights before it."""
+        theta = position_bias(positions, self.config["position_bias"])
+        effects = self.item_effects.of(item_ids, len(theta))
+        if item_ids is not None and self.item_effects.prior_clicks > 0:
+            predicted = theta * np.clip(np.asarray(context, np.float64) @ self.bandit.weights, 1e-3, 1.0)
+            self.item_effects.update(item_ids, clicks, predicted)
+        self.bandit.update(np.asarray(context, np.float64) * effects[:, None], theta, clicks)
 
     def end_day(self) -> None:
-        """Forget a share of the past (``daily_discount``); one more day learned."""
+        """Forget a share of the past (``daily_discount``, ``item_effects_discount``); one
+        more day learned."""
         self.bandit.discount(self.config["daily_discount"])
+        self.item_effects.discount(self.config.get("item_effects_discount", 1.0))
         self.bandit.days += 1
 
 

@@ -475,4 +475,4 @@ class Recommender:
         clicks, exposure = (item_feedback[index, 0], item_feedback[index, 1]) if item_feedback is not None else (np.zeros(len(top)),) * 2
         context = build_context(scored.blend_score[top], self.vocabulary.item_category[index], state, clicks, exposure,
                                 self.n_categories)
-        return PolicyRequest(context, scored.blend_score[top], self.unit_text[index]), top
+        return PolicyRequest(context, scored.blend_score[top], self.unit_text[index], scored.item_id[top]), top

@@ -253,6 +253,7 @@ def test_simulated_days_learn_log_and_evaluate_off_policy(shop_models, log_db, t
     assert evaluated.exit_code == 0, evaluated.output
     for word in ("greedy", policies.serving_version(), "IPS", "SNIPS", "DR", "position-based", "CVR"):
         assert word in evaluated.output
+    assert f"IN-SAMPLE: bandit {policies.serving_version()} learned from every one of these lists" in evaluated.output
     again = runner.invoke(commands, ["policy", "update"])  # nothing new since: learns from no impression
     assert again.exit_code == 0 and "learned from 0 impressions" in again.output, again.output
     drift = runner.invoke(commands, ["policy", "drift", "--days", "2", "--window", "2"])
@@ -261,6 +262,13 @@ def test_simulated_days_learn_log_and_evaluate_off_policy(shop_models, log_db, t
     assert len(lines) == 3 and lines[-1].startswith(f"{START.date() + dt.timedelta(days=3)}")
     ctr_day_4 = days.clicks.iloc[3] / days.impressions.iloc[3]
     assert f"{ctr_day_4:7.4f}" in lines[-1]
+    # A fifth day served after the version learned: the version is evaluated on it alone.
+    FeedbackLoop(log_db, recommender, SimulatedShoppers(shop, pd.Timestamp(START)), prepared, START + dt.timedelta(days=4)).run(
+        bandit, LoopConfig(days=1, users_per_day=80, k=5, seed=2), "bandit")
+    held_out = runner.invoke(commands, ["policy", "evaluate", "--boot", "50"])
+    assert held_out.exit_code == 0, held_out.output
+    assert f"only the 80 lists logged after bandit {policies.serving_version()} learned" in held_out.output
+    assert "IN-SAMPLE" not in held_out.output
 
 
 def _point_the_cli_at(monkeypatch, project, server, database: str) -> None:

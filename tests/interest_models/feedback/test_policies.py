@@ -24,7 +24,7 @@ def _request(rng, n=12):
     blend = rng.normal(size=n)
     context = build_context(blend, rng.integers(1, N_CATEGORIES + 1, n), state, rng.integers(0, 5, n), rng.random(n) * 5, N_CATEGORIES)
     embeddings = rng.normal(size=(n, 8))
-    return PolicyRequest(context, blend, embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True))
+    return PolicyRequest(context, blend, embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True), np.arange(101, 101 + n))
 
 
 def test_logged_propensities_are_the_frequencies_of_the_draws():
@@ -66,6 +66,30 @@ def test_an_untrained_bandit_orders_like_the_blend_and_learns_what_clicks():
     assert category_2[top].all()
 
 
+def test_the_bandit_learns_which_of_two_items_with_the_same_context_is_clicked_more():
+    # Items 7 and 8 look the same to the shared weights (identical context rows); shoppers
+    # click 7 three times as often. Only the item effects can tell them apart.
+    columns = context_columns(N_CATEGORIES)
+    config = load_config("policy", {"ucb_alpha": 0.0, "diversity": 0.0})
+    request = _request(np.random.default_rng(4), n=2)
+    request = PolicyRequest(np.repeat(request.context[:1], 2, axis=0), np.zeros(2), None, np.array([7, 8]))
+    with_effects = BanditPolicy.untrained(columns, config)
+    without = BanditPolicy.untrained(columns, {**config, "item_prior_clicks": 0.0})
+    rng = np.random.default_rng(5)
+    for _ in range(300):
+        positions = rng.permutation([1, 2])
+        clicks = (rng.random(2) < position_bias(positions)) & (rng.random(2) < np.array([0.3, 0.1]))
+        for policy in (with_effects, without):
+            policy.learn(request.context, positions, clicks, request.item_ids)
+    effects = with_effects.item_effects.of(request.item_ids, 2)
+    assert effects[0] / effects[1] > 2  # 3 in truth, shrunk by the prior pseudo-clicks
+    rates = with_effects.bandit.expected_attraction(request.context * effects[:, None])
+    np.testing.assert_allclose(rates, [0.3, 0.1], atol=0.05)  # the shared weights and the effects split the scale
+    assert with_effects.order(request, 2).tolist() == [0, 1]
+    scores = without.scores(request)
+    assert scores[0] == scores[1] and without.item_effects.of(request.item_ids, 2).tolist() == [1.0, 1.0]
+
+
 def test_exploration_and_bonus_are_bounded():
     for override in ({"exploration": 0.5}, {"ucb_alpha": 2.0}, {"exploration": -0.1}):
         with pytest.raises(ValueError, match="outside"):
@@ -98,14 +122,16 @@ def test_policy_registry_round_trip_without_pickle(tmp_path):
     rng = np.random.default_rng(3)
     request = _request(rng)
     policy = BanditPolicy.untrained(columns, load_config("policy"))
-    policy.learn(request.context, np.arange(1, request.n + 1), rng.random(request.n) < 0.3)
+    policy.learn(request.context, np.arange(1, request.n + 1), rng.random(request.n) < 0.3, request.item_ids)
     policy.end_day()
+    assert len(set(policy.item_effects.of(request.item_ids, request.n).round(12))) > 1
     registry = PolicyRegistry(tmp_path / "policies")
     version = registry.register(policy, columns, {"learned_until": "2026-10-01"})
     registry.set_serving(version)
     loaded = registry.load(context_columns=columns)
     np.testing.assert_allclose(loaded.scores(request), policy.scores(request))
     assert loaded.version == version and loaded.bandit.observations == request.n
+    np.testing.assert_allclose(loaded.item_effects.of(request.item_ids, request.n), policy.item_effects.of(request.item_ids, request.n))
     assert loaded.bandit.days == 1 and loaded.exploration == policy.exploration < load_config("policy")["exploration"]
     with pytest.raises(RegistryError, match="other context columns"):
         registry.load(context_columns=columns[:-1])
