@@ -59,7 +59,7 @@ from harness import load_average, machine_info, progress, silence_known_warnings
 STATIONARY = {"daily_discount": 1.0, "exploration_min": 0.0, "diversity": 0.0}
 """``--regret-study``: the bandit without what it pays for on purpose in a changing shop
 (forgetting, an exploration floor for off-policy replay, the diversity penalty)."""
-HINDSIGHT = "best fixed linear policy in hindsight"
+HINDSIGHT = "best fixed policy in hindsight"
 DAILY_TTL_DAYS = 60  # feature_repo/feature_views.py DAILY_TTL
 
 
@@ -79,7 +79,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--fast", action="store_true", help="the test suite's small model settings")
     parser.add_argument("--regret-study", action="store_true",
-                        help="only greedy, bandit, the stationary bandit and the best fixed linear policy in hindsight; "
+                        help="only greedy, bandit, the stationary bandit and the best fixed policy of its class in hindsight; "
                              "regret against the oracle and against that policy (run it with --days 90)")
     parser.add_argument("--only-retraining", action="store_true",
                         help="only the arms greedy, greedy + shift, refresh and retrain; no off-policy or CPU figures")
@@ -207,9 +207,9 @@ def main() -> None:
                 policy = GreedyPolicy() if bandit_config is None else BanditPolicy.untrained(recommender.context_columns, bandit_config)
                 run_arm(label, policy, shift_day)
             if args.regret_study:
-                # The best fixed policy of the bandit's class in hindsight: the linear model fitted
-                # to everything the stationary bandit logged (its final statistics), served from
-                # day 0 without learning, exploration or confidence bonus.
+                # The best fixed policy of the bandit's class in hindsight: the linear weights and
+                # item effects fitted to everything the stationary bandit logged (its final
+                # statistics), served from day 0 without learning, exploration or confidence bonus.
                 fitted = learned_policies["bandit, stationary"]
                 hindsight = {**stationary, "ucb_alpha": 0.0, "exploration": 0.0}
                 run_arm(HINDSIGHT, BanditPolicy(fitted.bandit, hindsight, item_effects=fitted.item_effects), None, learn=False)
@@ -350,7 +350,7 @@ def growth_exponent(per_day) -> float:
 
 def report_regret_study(days: dict, args) -> None:
     """Cumulative regret by thirds against the oracle (the best k of the same candidates by the
-    true click probabilities) and against the best fixed linear policy in hindsight (expected
+    true click probabilities) and against the best fixed policy of the bandit's class in hindsight (expected
     clicks, the same users on the same days), each with its growth exponent."""
     import numpy as np
 
