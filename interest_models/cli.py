@@ -208,11 +208,11 @@ def policy_evaluate(days, policy_version, boot) -> None:
             learned_until = registry.manifest(bandit.version).get("learned_until") if bandit.version else None
         except RegistryError as error:
             raise click.ClickException(str(error))
+        learned_until = dt.datetime.fromisoformat(learned_until) if learned_until else None
         # A version fitted to the log's own clicks (its item effects above all) looks better on
         # that log than it is: evaluate it on the lists logged after it learned, where there are any.
         sample_note = ""
-        if learned_until and dt.datetime.fromisoformat(learned_until) > since:
-            learned_until = dt.datetime.fromisoformat(learned_until)
+        if learned_until and learned_until > since:
             held_out, held_out_impressions = read_feedback(conn, learned_until, until)
             if len(held_out):
                 sample_note = (f"only the {len(held_out):,} lists logged after bandit {bandit.version} learned "

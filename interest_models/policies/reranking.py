@@ -126,12 +126,12 @@ class BanditPolicy(GreedyPolicy):
         1-based positions, (n,) clicks, (n,) their item ids (None: no item effects learned).
         The weights learn with each item's effect before this update, the effects from the
         weights before it."""
+        context = np.asarray(context, np.float64)
         theta = position_bias(positions, self.config["position_bias"])
         effects = self.item_effects.of(item_ids, len(theta))
         if item_ids is not None and self.item_effects.prior_clicks > 0:
-            predicted = theta * np.clip(np.asarray(context, np.float64) @ self.bandit.weights, 1e-3, 1.0)
-            self.item_effects.update(item_ids, clicks, predicted)
-        self.bandit.update(np.asarray(context, np.float64) * effects[:, None], theta, clicks)
+            self.item_effects.update(item_ids, clicks, theta * np.clip(context @ self.bandit.weights, 1e-3, 1.0))
+        self.bandit.update(context * effects[:, None], theta, clicks)
 
     def end_day(self) -> None:
         """Forget a share of the past (``daily_discount``, ``item_effects_discount``); one
