@@ -47,6 +47,7 @@ of greedy and bandit on the same users (alternating), with the feedback views ma
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import sys
 import time
@@ -56,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import load_average, machine_info, progress, silence_known_warnings, table, throwaway_database  # noqa: E402
 
-STATIONARY = {"daily_discount": 1.0, "exploration_min": 0.0, "diversity": 0.0}
+STATIONARY = {"daily_discount": 1.0, "taste_effects_discount": 1.0, "exploration_min": 0.0, "diversity": 0.0}
 """``--regret-study``: the bandit without what it pays for on purpose in a changing shop
 (forgetting, an exploration floor for off-policy replay, the diversity penalty)."""
 HINDSIGHT = "best fixed policy in hindsight"
@@ -79,8 +80,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--fast", action="store_true", help="the test suite's small model settings")
     parser.add_argument("--regret-study", action="store_true",
-                        help="only greedy, bandit, the stationary bandit and the best fixed policy of its class in hindsight; "
-                             "regret against the oracle and against that policy (run it with --days 90)")
+                        help="only greedy, bandit, the stationary bandit and the best fixed policy of its class in hindsight "
+                             "(fitted on all days, and on the first third and two thirds); regret against the oracle and "
+                             "against that policy (run it with --days 90)")
     parser.add_argument("--only-retraining", action="store_true",
                         help="only the arms greedy, greedy + shift, refresh and retrain; no off-policy or CPU figures")
     parser.add_argument("--skip-retraining", action="store_true",
@@ -174,9 +176,11 @@ def main() -> None:
                 arms = [arm for arm in arms if arm[2] is None]
             days, logs, retraining, learned_policies = {}, {}, {}, {}
 
-            def run_arm(label: str, policy, shift_day: int | None, learn: bool = True) -> None:
+            def run_arm(label: str, policy, shift_day: int | None, learn: bool = True, snapshot_after: tuple = ()) -> None:
                 """One arm on its own log database (schema and catalogue): ``days[label]``, and for
-                the bandit arm its log and last feedback rows (off-policy and CPU figures)."""
+                the bandit arm its log and last feedback rows (off-policy and CPU figures);
+                ``snapshots[d]``: a copy of the policy after learning days 0 to d - 1, for each d
+                in ``snapshot_after``."""
                 nonlocal user_fb, item_fb
                 with throwaway_database(prefix="wt13_fblog") as log_pg:
                     ensure_database(log_pg)
@@ -185,6 +189,9 @@ def main() -> None:
                     load_frames(conn, "items", [shop.items()], source="catalogue")
                     loop = FeedbackLoop(conn, recommender, SimulatedShoppers(shop, pd.Timestamp(start), seed=args.seed), prepared, start,
                                         load_kwargs)
+                    if snapshot_after:
+                        loop.after_day = lambda day, signal: (snapshots.__setitem__(day + 1, copy.deepcopy(policy))
+                                                              if day + 1 in snapshot_after else None)
                     began = time.perf_counter()
                     config = LoopConfig(days=args.days, users_per_day=args.users_per_day, k=args.k, shift_day=shift_day,
                                         shift_fraction=args.shift_fraction, organic_views=args.organic_views, seed=args.seed,
@@ -203,16 +210,21 @@ def main() -> None:
                     conn.close()
 
             user_fb = item_fb = None
+            snapshots = {}
+            thirds = (args.days // 3, 2 * args.days // 3)
             for label, shift_day, bandit_config in arms:
                 policy = GreedyPolicy() if bandit_config is None else BanditPolicy.untrained(recommender.context_columns, bandit_config)
-                run_arm(label, policy, shift_day)
+                run_arm(label, policy, shift_day, snapshot_after=thirds if label == "bandit, stationary" else ())
             if args.regret_study:
-                # The best fixed policy of the bandit's class in hindsight: the linear weights and
-                # item effects fitted to everything the stationary bandit logged (its final
-                # statistics), served from day 0 without learning, exploration or confidence bonus.
-                fitted = learned_policies["bandit, stationary"]
-                hindsight = {**stationary, "ucb_alpha": 0.0, "exploration": 0.0}
-                run_arm(HINDSIGHT, BanditPolicy(fitted.bandit, hindsight, item_effects=fitted.item_effects), None, learn=False)
+                # The best fixed policy of the bandit's class in hindsight: the linear weights,
+                # item and taste effects fitted to everything the stationary bandit logged (its final
+                # statistics), served from day 0 without learning, exploration or confidence bonuses.
+                # The same fitted to its first third and first two thirds show whether that
+                # policy's own gap to the oracle shrinks with the data (no floor) or not.
+                fixed = {**stationary, "ucb_alpha": 0.0, "item_optimism": 0.0, "taste_optimism": 0.0, "exploration": 0.0}
+                for learned_days, fitted in [*sorted(snapshots.items()), (args.days, learned_policies["bandit, stationary"])]:
+                    label = HINDSIGHT if learned_days == args.days else f"fixed policy fitted on days 0-{learned_days - 1}"
+                    run_arm(label, BanditPolicy(fitted.bandit, fixed, effects=fitted.effects), None, learn=False)
                 report_regret_study(days, args)
                 print(f"load at end {load_average()}")
                 return
@@ -417,8 +429,8 @@ def report_off_policy(log, recommender, shop, start, policy_config, learned, arg
     no_exploration = {**policy_config, "exploration": 0.0, "exploration_min": 0.0}
     targets = {"greedy": GreedyPolicy(),
                "bandit prior, no exploration": BanditPolicy(recommender.policies["bandit"].bandit, no_exploration,
-                                                              item_effects=recommender.policies["bandit"].item_effects),
-               "bandit learned, no exploration": BanditPolicy(learned.bandit, no_exploration, item_effects=learned.item_effects)}
+                                                              effects=recommender.policies["bandit"].effects),
+               "bandit learned, no exploration": BanditPolicy(learned.bandit, no_exploration, effects=learned.effects)}
     began = time.perf_counter()
     requests = logged_requests(recommendations, embeddings)
     marginals = {name: target_marginals(target, requests, recommendations.k) for name, target in targets.items()}

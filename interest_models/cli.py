@@ -223,7 +223,7 @@ def policy_evaluate(days, policy_version, boot) -> None:
                                f"are optimistic (it is fitted to these very clicks); evaluate it again once lists logged "
                                f"after {learned_until:%Y-%m-%d %H:%M} UTC exist")
         exploit = BanditPolicy(bandit.bandit, {**bandit.config, "exploration": 0.0, "exploration_min": 0.0}, bandit.version,
-                               bandit.item_effects)
+                               bandit.effects)
         targets = {"greedy": GreedyPolicy(), f"bandit {bandit.version or '(prior)'}": bandit,
                    f"bandit {bandit.version or '(prior)'}, no exploration": exploit}
         try:

@@ -101,8 +101,8 @@ def off_policy_table(recommendations: pd.DataFrame, impressions: pd.DataFrame, t
     for reward, label in (("clicked", "CTR"), ("purchased", "CVR")):
         models = []
         for fold in (0, 1):
-            context, positions, rewards, _ = training_rows(recommendations, impressions, reward, np.flatnonzero(folds != fold))
-            models.append(fit_reward_model(context, _examination_at(positions, exponent), rewards))
+            fold_rows = training_rows(recommendations, impressions, reward, np.flatnonzero(folds != fold))
+            models.append(fit_reward_model(fold_rows.context, _examination_at(fold_rows.positions, exponent), fold_rows.rewards))
         rows.append({"policy": "logged (on-policy)", "metric": label, "weighting": "", "estimator": "observed",
                      "estimate": float(impressions[reward].mean()), "low": np.nan, "high": np.nan,
                      "lists": len(recommendations), "max_weight": 1.0, "effective_impressions": float(len(impressions))})

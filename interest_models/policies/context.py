@@ -35,6 +35,14 @@ def context_columns(n_categories: int) -> list[str]:
     return list(CONTEXT_COLUMNS) + [f"category_{c}" for c in range(1, n_categories + 1)]
 
 
+def candidate_categories(context: np.ndarray) -> np.ndarray:
+    """(n,) int64 the category ids that (n, dim) context rows' one-hot columns state (0: none)."""
+    one_hot = np.asarray(context)[:, len(CONTEXT_COLUMNS):]
+    if one_hot.shape[1] == 0:
+        return np.zeros(len(one_hot), np.int64)
+    return np.where(one_hot.max(axis=1) > 0, one_hot.argmax(axis=1) + 1, 0).astype(np.int64)
+
+
 @dataclass
 class UserState:
     """One user's inputs to the context, category arrays indexed by ``category_id - 1``.

@@ -18,11 +18,13 @@ def logged_requests(recommendations: pd.DataFrame, embeddings: EmbeddingLookup |
     """Each logged list's candidates as the ``PolicyRequest`` the policy saw (context, blend
     scores; embeddings looked up by item id when given)."""
     requests = []
-    for ids, scores, context, dim in zip(recommendations.candidate_item_ids, recommendations.candidate_scores,
-                                         recommendations.context, recommendations.context_dim):
+    for user_id, ids, scores, context, dim in zip(recommendations.user_id, recommendations.candidate_item_ids,
+                                                  recommendations.candidate_scores, recommendations.context,
+                                                  recommendations.context_dim):
         ids = np.asarray(ids, np.int64)
         matrix = np.asarray(context, np.float32).reshape(len(ids), int(dim)) if dim else np.zeros((len(ids), 0), np.float32)
-        requests.append(PolicyRequest(matrix, np.asarray(scores, np.float64), embeddings(ids) if embeddings else None, ids))
+        requests.append(PolicyRequest(matrix, np.asarray(scores, np.float64), embeddings(ids) if embeddings else None, ids,
+                                      int(user_id)))
     return requests
 
 
@@ -67,14 +69,29 @@ def shown_rows(recommendations: pd.DataFrame, impressions: pd.DataFrame) -> list
     return out
 
 
+@dataclass
+class TrainingRows:
+    """The shown items of logged lists, a row each: (n, dim) context, and (n,) 1-based
+    positions, rewards (0/1), item ids and user ids."""
+
+    context: np.ndarray
+    positions: np.ndarray
+    rewards: np.ndarray
+    item_ids: np.ndarray
+    user_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.context)
+
+
 def training_rows(recommendations: pd.DataFrame, impressions: pd.DataFrame, reward: str = "clicked",
-                  lists: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The shown items' context rows, positions, rewards and item ids of the logged lists
-    with a context (cold-start lists have none), optionally only ``lists`` (indices)."""
+                  lists: np.ndarray | None = None) -> TrainingRows:
+    """The shown items of the logged lists with a context (cold-start lists have none),
+    optionally only ``lists`` (indices)."""
     requests = logged_requests(recommendations)
     shown = shown_rows(recommendations, impressions)
     keep = range(len(requests)) if lists is None else lists
-    contexts, positions, rewards, items = [], [], [], []
+    contexts, positions, rewards, items, users = [], [], [], [], []
     for n in keep:
         if requests[n].context.shape[1] == 0 or len(shown[n]) == 0:
             continue
@@ -82,21 +99,22 @@ def training_rows(recommendations: pd.DataFrame, impressions: pd.DataFrame, rewa
         positions.append(shown[n].position)
         rewards.append(shown[n].reward(reward))
         items.append(requests[n].item_ids[shown[n].row])
+        users.append(np.full(len(shown[n]), requests[n].user_id, np.int64))
     if not contexts:
-        return np.zeros((0, 0)), np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
-    return np.vstack(contexts), np.concatenate(positions), np.concatenate(rewards), np.concatenate(items)
+        return TrainingRows(np.zeros((0, 0)), np.zeros(0), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    return TrainingRows(np.vstack(contexts), *(np.concatenate(parts) for parts in (positions, rewards, items, users)))
 
 
 def learn_from_log(policy: BanditPolicy, recommendations: pd.DataFrame, impressions: pd.DataFrame) -> int:
     """Add the logged impressions' clicks to the bandit; returns the impressions learned from.
     Lists whose context has another width than the bandit's (another catalogue) are refused."""
-    context, positions, clicks, item_ids = training_rows(recommendations, impressions)
-    if len(context) == 0:
+    rows = training_rows(recommendations, impressions)
+    if len(rows) == 0:
         return 0
-    if context.shape[1] != policy.bandit.dim:
-        raise ValueError(f"the log's context has {context.shape[1]} columns, the bandit {policy.bandit.dim}")
-    policy.learn(context, positions, clicks, item_ids)
-    return len(context)
+    if rows.context.shape[1] != policy.bandit.dim:
+        raise ValueError(f"the log's context has {rows.context.shape[1]} columns, the bandit {policy.bandit.dim}")
+    policy.learn(rows.context, rows.positions, rows.rewards, rows.item_ids, rows.user_ids)
+    return len(rows)
 
 
 def fit_reward_model(context: np.ndarray, examination: np.ndarray, rewards: np.ndarray, ridge: float = 1.0) -> LinearUCB:

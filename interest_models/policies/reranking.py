@@ -3,8 +3,8 @@
 Both re-rank the same candidates (the blend's top ``candidates``) and both say, for any
 request, the exact probability of each (candidate, position) (``marginals``), so logged
 lists of either can be replayed for the other in off-policy evaluation. The bandit orders by
-linear UCB times each item's learned effect (``interest_models.policies.item_effects``),
-with a diversity penalty, and explores with uniformly random lists
+linear UCB times each item's and each user's learned effects
+(``interest_models.policies.click_effects``), with a diversity penalty, and explores with uniformly random lists
 (``interest_models.policies.slate``); exploration and the confidence bonus are bounded by
 ``policy.yaml``.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from interest_models.policies.item_effects import ItemEffects
+from interest_models.policies.click_effects import ClickEffects
 from interest_models.policies.linear_bandit import LinearUCB, position_bias
 from interest_models.policies.slate import Slate, diversified_order, draw, marginal_probabilities
 
@@ -30,12 +30,14 @@ class PolicyRequest:
         blend_score: (n,) float.
         embeddings: (n, 384) L2-normalised item text embeddings (for the diversity term).
         item_ids: (n,) the candidates' item ids (for the bandit's item effects).
+        user_id: the user asking (for the bandit's taste effects).
     """
 
     context: np.ndarray
     blend_score: np.ndarray
     embeddings: np.ndarray | None = None
     item_ids: np.ndarray | None = None
+    user_id: int | None = None
 
     @property
     def n(self) -> int:
@@ -67,25 +69,26 @@ class GreedyPolicy:
 
 
 class BanditPolicy(GreedyPolicy):
-    """Linear UCB over the context times each item's learned effect, diversified, with
-    bounded random lists: a candidate's row enters the linear model as ``effect_i * x_i``, so
-    its score is ``effect_i * (x_i @ w + alpha * sqrt(x_i' A^-1 x_i))``.
+    """Linear UCB over the context times the learned effects, diversified, with bounded random
+    lists: a candidate's row enters the linear model as ``e_i * x_i``, with ``e_i`` its item's
+    effect times the user's taste effect for its category, so its score is
+    ``e_i * (x_i @ w + alpha * sqrt(x_i' A^-1 x_i))``.
 
     Args:
         bandit: the learned statistics of the shared weights.
         config: ``policy.yaml`` (``ucb_alpha``, ``exploration`` and its schedule,
-            ``diversity``, ``daily_discount``, the item effects' prior and discount,
-            ``position_bias`` and their bounds).
+            ``diversity``, ``daily_discount``, the item and taste effects' priors and
+            discounts, ``position_bias`` and their bounds).
         version: the registry version (``""`` before the first save).
-        item_effects: the learned item effects (default: none learned yet).
+        effects: the learned item and taste effects (default: none learned yet).
     """
 
     name = "bandit"
 
-    def __init__(self, bandit: LinearUCB, config: dict, version: str = "", item_effects: ItemEffects | None = None):
+    def __init__(self, bandit: LinearUCB, config: dict, version: str = "", effects: ClickEffects | None = None):
         check_bounds(config)
         self.bandit, self.config, self.version = bandit, config, version
-        self.item_effects = item_effects if item_effects is not None else ItemEffects(config.get("item_prior_clicks", 0.0))
+        self.effects = effects if effects is not None else ClickEffects(config)
         self.alpha = float(config["ucb_alpha"])
         self.diversity = float(config["diversity"])
 
@@ -115,29 +118,31 @@ class BanditPolicy(GreedyPolicy):
         return cls(LinearUCB(len(columns), config["ridge"], prior), config)
 
     def scores(self, request: PolicyRequest) -> np.ndarray:
-        effects = self.item_effects.of(request.item_ids, request.n)
+        users = None if request.user_id is None else np.full(request.n, request.user_id)
+        effects = self.effects.of(request.context, request.item_ids, users, self.config.get("item_optimism", 0.0),
+                                  self.config.get("taste_optimism", 0.0))
         return self.bandit.scores(request.context * effects[:, None], self.alpha)
 
     def order(self, request: PolicyRequest, k: int, scores: np.ndarray | None = None) -> np.ndarray:
         return diversified_order(self.scores(request) if scores is None else scores, k, request.embeddings, self.diversity)
 
-    def learn(self, context: np.ndarray, positions: np.ndarray, clicks: np.ndarray, item_ids: np.ndarray | None = None) -> None:
+    def learn(self, context: np.ndarray, positions: np.ndarray, clicks: np.ndarray, item_ids: np.ndarray | None = None,
+              user_ids: np.ndarray | None = None) -> None:
         """Add logged impressions: (n, dim) context rows of the shown items, (n,) their
-        1-based positions, (n,) clicks, (n,) their item ids (None: no item effects learned).
-        The weights learn with each item's effect before this update, the effects from the
-        weights before it."""
+        1-based positions, (n,) clicks, (n,) their item ids and users (None: no item or
+        taste effects learned). The weights learn with the effects before this update, the
+        effects from the weights before it."""
         context = np.asarray(context, np.float64)
         theta = position_bias(positions, self.config["position_bias"])
-        effects = self.item_effects.of(item_ids, len(theta))
-        if item_ids is not None and self.item_effects.prior_clicks > 0:
-            self.item_effects.update(item_ids, clicks, theta * np.clip(context @ self.bandit.weights, 1e-3, 1.0))
+        effects = self.effects.of(context, item_ids, user_ids)
+        self.effects.update(context, item_ids, user_ids, clicks, theta * np.clip(context @ self.bandit.weights, 1e-3, 1.0))
         self.bandit.update(context * effects[:, None], theta, clicks)
 
     def end_day(self) -> None:
-        """Forget a share of the past (``daily_discount``, ``item_effects_discount``); one
-        more day learned."""
+        """Forget a share of the past (``daily_discount``, the effects' discounts); one more
+        day learned."""
         self.bandit.discount(self.config["daily_discount"])
-        self.item_effects.discount(self.config.get("item_effects_discount", 1.0))
+        self.effects.discount(self.config.get("item_effects_discount", 1.0), self.config.get("taste_effects_discount", 1.0))
         self.bandit.days += 1
 
 
@@ -146,6 +151,9 @@ def check_bounds(config: dict) -> None:
     for key, bound in (("exploration", "exploration_max"), ("ucb_alpha", "ucb_alpha_max")):
         if not 0 <= config[key] <= config[bound]:
             raise ValueError(f"policy config: {key} = {config[key]} is outside [0, {bound} = {config[bound]}]")
+    for key in ("item_optimism", "taste_optimism"):
+        if not 0 <= config.get(key, 0.0) <= config.get("optimism_max", 0.0):
+            raise ValueError(f"policy config: {key} = {config[key]} is outside [0, optimism_max = {config.get('optimism_max', 0.0)}]")
     if not 0 <= config.get("exploration_min", 0) <= config["exploration"]:
         raise ValueError(f"policy config: exploration_min = {config['exploration_min']} is outside [0, exploration = "
                          f"{config['exploration']}]")

@@ -1,7 +1,7 @@
 """Versions of the learned policy, beside the model versions: ``<registry>/policies/<version>/``.
 
 A version holds ``bandit.npz`` and ``bandit.json`` (``LinearUCB.save``), ``item_effects.npz``
-(``ItemEffects.save``; absent in versions saved before item effects) and
+and ``taste_effects.npz`` (``ClickEffects.save``; absent in versions saved before them) and
 ``manifest.json``: the policy config, the context columns, the log it learned from, any
 off-policy evaluation of it, and a SHA-256 per file, checked on load. ``SERVING`` names
 the version ``/recommend`` uses for ``policy: bandit``. No pickle.
@@ -12,7 +12,7 @@ import datetime as dt
 import hashlib
 import json
 
-from interest_models.policies.item_effects import ItemEffects
+from interest_models.policies.click_effects import ClickEffects
 from interest_models.policies.linear_bandit import LinearUCB
 from interest_models.policies.reranking import BanditPolicy
 from interest_models.registry.model_registry import RegistryError, VersionFolders, _sha256
@@ -31,7 +31,7 @@ class PolicyRegistry(VersionFolders):
         staging = self.root / f".staging-{created:%Y%m%d%H%M%S%f}"
         staging.mkdir(parents=True)
         policy.bandit.save(staging)
-        policy.item_effects.save(staging)
+        policy.effects.save(staging)
         checksums = {path.name: _sha256(path) for path in sorted(staging.iterdir())}
         # The creation time enters the hash: two saves of the same statistics in one second get two versions.
         digest = hashlib.sha256((created.isoformat() + "".join(checksums.values())).encode()).hexdigest()[:8]
@@ -70,5 +70,4 @@ class PolicyRegistry(VersionFolders):
         if context_columns is not None and manifest["context_columns"] != context_columns:
             raise RegistryError(f"policy {version} was learned on other context columns than this code builds")
         config = manifest["config"]
-        return BanditPolicy(LinearUCB.load(self.root / version), config, version,
-                            ItemEffects.load(self.root / version, config.get("item_prior_clicks", 0.0)))
+        return BanditPolicy(LinearUCB.load(self.root / version), config, version, ClickEffects.load(self.root / version, config))

@@ -475,4 +475,6 @@ class Recommender:
         clicks, exposure = (item_feedback[index, 0], item_feedback[index, 1]) if item_feedback is not None else (np.zeros(len(top)),) * 2
         context = build_context(scored.blend_score[top], self.vocabulary.item_category[index], state, clicks, exposure,
                                 self.n_categories)
-        return PolicyRequest(context, scored.blend_score[top], self.unit_text[index], scored.item_id[top]), top
+        user_id = (user.get("user_id") or [None])[0]  # the entity key Feast returns with the features
+        return PolicyRequest(context, scored.blend_score[top], self.unit_text[index], scored.item_id[top],
+                             None if user_id is None else int(user_id)), top

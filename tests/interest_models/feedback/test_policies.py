@@ -7,7 +7,7 @@ import pytest
 from interest_models.config import load_config
 from interest_models.evaluation.off_policy import ReplayedLists, estimate, fit_position_bias
 from interest_models.feedback.drift import DriftMonitor, DriftSignal, episode_start, js_divergence
-from interest_models.policies.context import UserState, build_context, context_columns
+from interest_models.policies.context import UserState, build_context, candidate_categories, context_columns
 from interest_models.policies.linear_bandit import position_bias
 from interest_models.policies.reranking import BanditPolicy, GreedyPolicy, PolicyRequest, check_bounds
 from interest_models.policies.slate import diversified_order, draw, marginal_probabilities
@@ -81,17 +81,45 @@ def test_the_bandit_learns_which_of_two_items_with_the_same_context_is_clicked_m
         clicks = (rng.random(2) < position_bias(positions)) & (rng.random(2) < np.array([0.3, 0.1]))
         for policy in (with_effects, without):
             policy.learn(request.context, positions, clicks, request.item_ids)
-    effects = with_effects.item_effects.of(request.item_ids, 2)
+    effects = with_effects.effects.items.of(request.item_ids.tolist())
     assert effects[0] / effects[1] > 2  # 3 in truth, shrunk by the prior pseudo-clicks
     rates = with_effects.bandit.expected_attraction(request.context * effects[:, None])
     np.testing.assert_allclose(rates, [0.3, 0.1], atol=0.05)  # the shared weights and the effects split the scale
     assert with_effects.order(request, 2).tolist() == [0, 1]
     scores = without.scores(request)
-    assert scores[0] == scores[1] and without.item_effects.of(request.item_ids, 2).tolist() == [1.0, 1.0]
+    assert scores[0] == scores[1] and without.effects.items.of(request.item_ids.tolist()).tolist() == [1.0, 1.0]
+
+
+def test_the_bandit_learns_each_users_own_taste_for_a_category():
+    # The same two candidates (categories 1 and 2) and the same context for two users: user 1
+    # clicks category 1 three times as often as category 2, user 2 the other way round. The
+    # shared weights and the item effects see the same rows and the same average; only the
+    # taste effects can order the two lists differently.
+    columns = context_columns(N_CATEGORIES)
+    config = load_config("policy", {"ucb_alpha": 0.0, "diversity": 0.0, "taste_effects_discount": 1.0})
+    state = UserState(*(np.full(N_CATEGORIES, 0.25),) * 4, 0.0, np.zeros(N_CATEGORIES + 1))
+    context = build_context(np.zeros(2), np.array([1, 2]), state, np.zeros(2), np.zeros(2), N_CATEGORIES)
+    assert candidate_categories(context).tolist() == [1, 2]
+    requests = {user: PolicyRequest(context, np.zeros(2), None, np.array([7, 8]), user) for user in (1, 2)}
+    rates = {1: np.array([0.3, 0.1]), 2: np.array([0.1, 0.3])}
+    with_tastes = BanditPolicy.untrained(columns, config)
+    without = BanditPolicy.untrained(columns, {**config, "taste_prior_clicks": 0.0})
+    rng = np.random.default_rng(6)
+    for _ in range(300):
+        for user, request in requests.items():
+            positions = rng.permutation([1, 2])
+            clicks = (rng.random(2) < position_bias(positions)) & (rng.random(2) < rates[user])
+            for policy in (with_tastes, without):
+                policy.learn(context, positions, clicks, request.item_ids, np.full(2, user))
+    tastes = {user: with_tastes.effects.tastes.of(with_tastes.effects.tastes.key([user, user], [1, 2])) for user in (1, 2)}
+    assert tastes[1][0] / tastes[1][1] > 2 and tastes[2][1] / tastes[2][0] > 2  # 3 in truth, shrunk by the prior
+    assert with_tastes.order(requests[1], 2).tolist() == [0, 1] and with_tastes.order(requests[2], 2).tolist() == [1, 0]
+    np.testing.assert_allclose(without.scores(requests[1]), without.scores(requests[2]))
+    assert len(without.effects.tastes) == 0
 
 
 def test_exploration_and_bonus_are_bounded():
-    for override in ({"exploration": 0.5}, {"ucb_alpha": 2.0}, {"exploration": -0.1}):
+    for override in ({"exploration": 0.5}, {"ucb_alpha": 2.0}, {"exploration": -0.1}, {"taste_optimism": 4.0}):
         with pytest.raises(ValueError, match="outside"):
             check_bounds(load_config("policy", override))
     with pytest.raises(ValueError, match="unknown context columns"):
@@ -122,16 +150,23 @@ def test_policy_registry_round_trip_without_pickle(tmp_path):
     rng = np.random.default_rng(3)
     request = _request(rng)
     policy = BanditPolicy.untrained(columns, load_config("policy"))
-    policy.learn(request.context, np.arange(1, request.n + 1), rng.random(request.n) < 0.3, request.item_ids)
+    request.user_id = 5
+    policy.learn(request.context, np.arange(1, request.n + 1), rng.random(request.n) < 0.3, request.item_ids,
+                 np.full(request.n, 5))
     policy.end_day()
-    assert len(set(policy.item_effects.of(request.item_ids, request.n).round(12))) > 1
+    assert len(set(policy.effects.items.of(request.item_ids.tolist()).round(12))) > 1
+    assert len(policy.effects.tastes) == len(set(candidate_categories(request.context).tolist()))
     registry = PolicyRegistry(tmp_path / "policies")
     version = registry.register(policy, columns, {"learned_until": "2026-10-01"})
     registry.set_serving(version)
     loaded = registry.load(context_columns=columns)
     np.testing.assert_allclose(loaded.scores(request), policy.scores(request))
     assert loaded.version == version and loaded.bandit.observations == request.n
-    np.testing.assert_allclose(loaded.item_effects.of(request.item_ids, request.n), policy.item_effects.of(request.item_ids, request.n))
+    users = np.full(request.n, 5)
+    np.testing.assert_allclose(loaded.effects.of(request.context, request.item_ids, users),
+                               policy.effects.of(request.context, request.item_ids, users))
+    for name in ("keys", "clicks", "predicted"):
+        np.testing.assert_array_equal(getattr(loaded.effects.tastes, name), getattr(policy.effects.tastes, name))
     assert loaded.bandit.days == 1 and loaded.exploration == policy.exploration < load_config("policy")["exploration"]
     with pytest.raises(RegistryError, match="other context columns"):
         registry.load(context_columns=columns[:-1])
