@@ -7,6 +7,7 @@ import pytest
 from interest_models.config import load_config
 from interest_models.evaluation.off_policy import ReplayedLists, estimate, fit_position_bias
 from interest_models.feedback.drift import DriftMonitor, DriftSignal, episode_start, js_divergence
+from interest_models.policies.click_effects import EffectTable
 from interest_models.policies.context import UserState, build_context, candidate_categories, context_columns
 from interest_models.policies.linear_bandit import position_bias
 from interest_models.policies.reranking import BanditPolicy, GreedyPolicy, PolicyRequest, check_bounds
@@ -116,6 +117,23 @@ def test_the_bandit_learns_each_users_own_taste_for_a_category():
     assert with_tastes.order(requests[1], 2).tolist() == [0, 1] and with_tastes.order(requests[2], 2).tolist() == [1, 0]
     np.testing.assert_allclose(without.scores(requests[1]), without.scores(requests[2]))
     assert len(without.effects.tastes) == 0
+
+
+def test_an_effect_table_sums_by_key_and_saves_its_key_parts(tmp_path):
+    table = EffectTable(2.0, ("user_id", "category_id"), "tastes.npz")
+    keys = table.key(np.array([10**9, 3, 10**9]), np.array([7, 7, 7]))
+    table.update(keys, np.array([1.0, 0.0, 1.0]), np.array([0.5, 0.5, 0.5]))
+    table.update(table.key([3], [1]), np.array([0.0]), np.array([1.0]))
+    assert len(table) == 3
+    np.testing.assert_allclose(table.of(keys), [(2 + 2) / (1 + 2), 2 / 2.5, 4 / 3])
+    np.testing.assert_allclose(table.of(table.key([5], [7]), optimism=1.0), [(2 + np.sqrt(2)) / 2])  # never seen: the prior
+    table.save(tmp_path)
+    with np.load(tmp_path / "tastes.npz", allow_pickle=False) as saved:
+        assert saved["user_id"].tolist() == [3, 3, 10**9] and saved["category_id"].tolist() == [1, 7, 7]
+    loaded = EffectTable(2.0, ("user_id", "category_id"), "tastes.npz").load(tmp_path)
+    np.testing.assert_allclose(loaded.of(keys), table.of(keys))
+    with pytest.raises(ValueError, match="key part outside"):
+        table.key([1], [1 << 16])
 
 
 def test_exploration_and_bonus_are_bounded():
