@@ -152,16 +152,19 @@ class ClickEffects:
         return effects
 
     def update(self, context: np.ndarray, item_ids: np.ndarray | None, user_ids: np.ndarray | None, clicks: np.ndarray,
-               linear: np.ndarray) -> None:
+               linear: np.ndarray) -> np.ndarray:
         """Add shown rows: each table learns from ``linear`` (the clicks the shared weights
         predict at the rows' positions, ``theta_j * x @ w``) times the other table's effect,
-        both as they were before this update."""
-        items = self.items.of(item_ids) if item_ids is not None else None
-        tastes = self.tastes.of(self._taste_keys(context, user_ids)) if user_ids is not None else None
-        if items is not None and self.items.enabled:
-            self.items.update(item_ids, clicks, linear * (1.0 if tastes is None else tastes))
-        if tastes is not None and self.tastes.enabled:
-            self.tastes.update(self._taste_keys(context, user_ids), clicks, linear * (1.0 if items is None else items))
+        both as they were before this update. Returns (n,) the rows' effects before it (``of``
+        without optimism)."""
+        taste_keys = self._taste_keys(context, user_ids) if user_ids is not None else None
+        items = self.items.of(item_ids) if item_ids is not None else np.ones(len(context))
+        tastes = self.tastes.of(taste_keys) if taste_keys is not None else np.ones(len(context))
+        if item_ids is not None and self.items.enabled:
+            self.items.update(item_ids, clicks, linear * tastes)
+        if taste_keys is not None and self.tastes.enabled:
+            self.tastes.update(taste_keys, clicks, linear * items)
+        return items * tastes
 
     def discount(self, item_factor: float, taste_factor: float) -> None:
         self.items.discount(item_factor)

@@ -134,8 +134,8 @@ class BanditPolicy(GreedyPolicy):
         effects from the weights before it."""
         context = np.asarray(context, np.float64)
         theta = position_bias(positions, self.config["position_bias"])
-        effects = self.effects.of(context, item_ids, user_ids)
-        self.effects.update(context, item_ids, user_ids, clicks, theta * np.clip(context @ self.bandit.weights, 1e-3, 1.0))
+        effects = self.effects.update(context, item_ids, user_ids, clicks,
+                                      theta * np.clip(context @ self.bandit.weights, 1e-3, 1.0))
         self.bandit.update(context * effects[:, None], theta, clicks)
 
     def end_day(self) -> None:
@@ -152,8 +152,9 @@ def check_bounds(config: dict) -> None:
         if not 0 <= config[key] <= config[bound]:
             raise ValueError(f"policy config: {key} = {config[key]} is outside [0, {bound} = {config[bound]}]")
     for key in ("item_optimism", "taste_optimism"):
-        if not 0 <= config.get(key, 0.0) <= config.get("optimism_max", 0.0):
-            raise ValueError(f"policy config: {key} = {config[key]} is outside [0, optimism_max = {config.get('optimism_max', 0.0)}]")
+        value, bound = config.get(key, 0.0), config.get("optimism_max", 0.0)
+        if not 0 <= value <= bound:
+            raise ValueError(f"policy config: {key} = {value} is outside [0, optimism_max = {bound}]")
     if not 0 <= config.get("exploration_min", 0) <= config["exploration"]:
         raise ValueError(f"policy config: exploration_min = {config['exploration_min']} is outside [0, exploration = "
                          f"{config['exploration']}]")
