@@ -69,6 +69,8 @@ def random_batch(n: int, length: int, n_items: int, n_categories: int, generator
         lengths=lengths,
         dominant_category=torch.randint(1, n_categories + 1, (n,), generator=generator),
         category_shares=torch.softmax(torch.randn(n, 2, n_categories + 1, generator=generator), dim=-1),
+        lifetime_shares=torch.softmax(torch.randn(n, n_categories + 1, generator=generator), dim=-1),
+        lifetime_events=torch.randint(0, 500, (n,), generator=generator).float(),
         target_item=torch.randint(1, n_items + 1, (n,), generator=generator),
         target_category=torch.randint(1, n_categories + 1, (n,), generator=generator),
         shifted=torch.randint(0, 2, (n,), generator=generator).float(),

@@ -5,9 +5,10 @@
 1. once per ``--seeds`` value: the test table's blend, stacked ranker, its single parts
    (the LSTM, the ranker on Feast features only, the best baseline) and the paired
    blend - best-part NDCG@10 difference with its 95 % bootstrap interval over users;
-2. once per ``--ablation`` variant of the LSTM's inputs (first seed): the LSTM's NDCG@10,
-   next-category accuracy@1 and log-loss, shift AUC (observed label, and against the
-   synthetic shop's planted shifts) beside the oracle where the data is synthetic.
+2. once per ``--ablation`` variant of the LSTM's inputs (first seed), with the LSTM's own
+   category and shift heads (no category booster), and the default with its booster: the
+   LSTM's NDCG@10, next-category accuracy@1 and log-loss, shift AUC (observed label, and
+   against the synthetic shop's planted shifts) beside the oracle where the data is synthetic.
 
     .venv/bin/python bench/model_quality.py                    # 3 seeds, 5 ablation variants
     .venv/bin/python bench/model_quality.py --seeds 1 --ablation   # one seed, no ablation
@@ -28,12 +29,14 @@ import numpy as np
 
 from harness import fmt, load_average, machine_info, peak_memory_mib, progress, silence_known_warnings, table
 
-ABLATION = {
-    "behaviour only (item ids, categories)": [],
-    "+ text": ["text"],
-    "+ text, time gaps, event types": ["text", "time_gaps", "event_types"],
-    "+ category profile": ["text", "time_gaps", "event_types", "category_profile"],
-    "+ session profile (the default)": ["text", "time_gaps", "event_types", "category_profile", "session_profile"],
+_ALL_INPUTS = ["text", "time_gaps", "event_types", "category_profile", "session_profile"]
+ABLATION = {  # name -> lstm.yaml overrides; None: the first seed's run (the default configs)
+    "behaviour only (item ids, categories)": {"inputs": [], "category_booster": None},
+    "+ text": {"inputs": ["text"], "category_booster": None},
+    "+ text, time gaps, event types": {"inputs": ["text", "time_gaps", "event_types"], "category_booster": None},
+    "+ category profile": {"inputs": _ALL_INPUTS[:4], "category_booster": None},
+    "+ session profile": {"inputs": _ALL_INPUTS, "category_booster": None},
+    "+ category booster (the default)": None,
 }
 RESULTS = Path(__file__).parent / "results" / "model_quality.json"
 
@@ -57,7 +60,17 @@ def seed_row(seed: int, result, seconds: float) -> dict:
             "ranker, Feast features only": ndcg[FEATURE_RANKER], "best baseline": baselines.max(),
             "best single part": result.comparisons.index[0].split(" - ", 1)[1],
             "difference": comparison["difference"], "95% low": comparison["95% low"], "95% high": comparison["95% high"],
-            "relative": comparison["relative"], "seconds": seconds}
+            "relative": comparison["relative"], **shift_columns(result), "seconds": seconds}
+
+
+def shift_columns(result) -> dict:
+    """The LSTM's shift AUC, and the oracle's and the gap to it where the data is synthetic."""
+    oracle = result.oracle.table
+    lstm = result.shift_metrics["AUC, next category differs from the 30-day dominant (test)"]
+    if oracle is None:
+        return {"shift AUC": lstm}
+    return {"shift AUC": lstm, "oracle shift AUC": oracle.loc["oracle", "shift AUC"],
+            "behind the oracle": oracle.loc["oracle", "shift AUC"] - lstm}
 
 
 def ablation_row(name: str, result, seconds: float) -> dict:
@@ -93,19 +106,19 @@ def main(argv=None) -> None:
             result, seconds = train(pipeline, {"training": {"seed": seed, **protocol}})
             first = first or (seed, result, seconds)
             seeds.append(seed_row(seed, result, seconds))
-        default_inputs = list(first[1].configs["lstm"]["inputs"])
         for name in args.ablation:
             progress(f"ablation: {name}")
-            if sorted(ABLATION[name]) == sorted(default_inputs):
+            if ABLATION[name] is None:
                 ablation.append(ablation_row(name, first[1], first[2]))
                 continue
-            result, seconds = train(pipeline, {"training": {"seed": first[0], **protocol}, "lstm": {"inputs": ABLATION[name]}})
+            result, seconds = train(pipeline, {"training": {"seed": first[0], **protocol}, "lstm": ABLATION[name]})
             ablation.append(ablation_row(name, result, seconds))
 
     print(f"\nmachine: {info}\ndata: {events:,} events, {users:,} users, {items:,} items; load average {load_average()}; "
           f"peak RSS {peak_memory_mib():,.0f} MiB\n")
     columns = ["seed", "blend", "stacked ranker", "LSTM", "ranker, Feast features only", "best baseline", "best single part",
-               "difference", "95% low", "95% high", "relative", "seconds"]
+               "difference", "95% low", "95% high", "relative", *[c for c in ("shift AUC", "oracle shift AUC", "behind the oracle")
+                                                                  if c in seeds[0]], "seconds"]
     print("Test NDCG@10 per seed; difference = blend - best single part, 95 % bootstrap interval over users:")
     print(table(columns, [[fmt(r[c], 4) if isinstance(r[c], float) else str(r[c]) for c in columns] for r in seeds]))
     relative = [r["relative"] for r in seeds]

@@ -62,9 +62,11 @@ user_interest_shift = FeatureView(
         Field(name="category_divergence_7d_30d", dtype=Float64),
         Field(name="dominant_category_changed", dtype=Bool),
         Field(name="days_since_interest_shift", dtype=Float64),
+        Field(name="category_events_lifetime", dtype=Array(Int32)),
     ],
     source=user_daily_push,
-    description="Category distributions and indicators of a short-term departure from long-term interests",
+    description="Category distributions (7 and 30 days, and event counts over the whole history) and indicators "
+                "of a short-term departure from long-term interests",
 )
 
 user_recent_sequence = FeatureView(

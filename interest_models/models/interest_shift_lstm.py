@@ -20,8 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from interest_models.data.sequences import N_EVENT_TYPES, SequenceBatch
+from interest_models.data.sequences import (
+    N_EVENT_TYPES,
+    SESSION_PROFILES,
+    SequenceBatch,
+    session_mixes,
+)
 from interest_models.evaluation.metrics import ndcg_at_k, target_ranks
+from interest_models.models.category_booster import MODEL_FILE as BOOSTER_FILE
+from interest_models.models.category_booster import CategoryBooster
 from interest_models.progress import end_bar
 from materialize.devices import seed_everything
 
@@ -59,10 +66,14 @@ def _batches(n: int, size: int, shuffle: bool, generator: torch.Generator | None
 
 @torch.no_grad()
 def predict_all(model: "InterestShiftLSTM", data: SequenceBatch, device: torch.device, batch_size: int = 512,
-                loss_weights: dict[str, float] | None = None, item_representations: torch.Tensor | None = None):
+                loss_weights: dict[str, float] | None = None, item_representations: torch.Tensor | None = None,
+                boosted: bool = True):
     """Full-ranking scores, next-category and shift probabilities (and the loss, when
     ``loss_weights`` is given and ``data`` has targets), in one pass.
     ``item_representations``: the eval-mode model's, when the caller keeps them (serving).
+    ``boosted``: the model's ``category_booster``, when it has one, gives the category and
+    shift forecasts (and the category term of factorised item scores); False: the LSTM's own
+    heads (the loss is always the heads').
 
     Returns:
         item_scores (n, n_items + 1) float32, category_probabilities (n, n_categories + 1)
@@ -84,9 +95,11 @@ def predict_all(model: "InterestShiftLSTM", data: SequenceBatch, device: torch.d
         outputs["categories"].append(torch.softmax(result.category_logits.float(), dim=-1).cpu())
         outputs["shift"].append(torch.sigmoid(result.shift_logit.float()).cpu())
         outputs["interest"].append(result.interest.float().cpu())
-    arrays = tuple(torch.cat(v).numpy() for v in outputs.values())
+    scores, categories, shift, interest = (torch.cat(v).numpy() for v in outputs.values())
+    if boosted and model.category_booster is not None:
+        scores, categories, shift = model.boosted_forecast(data.to(torch.device("cpu")), scores, categories, shift)
     mean_loss = total_loss / max(len(data), 1) if loss_weights is not None else float("nan")
-    return (*arrays, mean_loss)
+    return scores, categories, shift, interest, mean_loss
 
 
 @dataclass
@@ -98,9 +111,6 @@ class InterestOutputs:
 
 PROFILE_SMOOTHING = 0.05
 """Added to every category share before its log (unseen categories keep some weight)."""
-SESSION_PROFILES = (1, 2, 4, 8, 16)
-"""``session_profile``: the category mix of the user's last 1, 2, 4, 8 and 16 sessions in the
-sequence, each session weighing the same however many events it has."""
 PROFILE_SCORER_DIM = 32
 """Hidden units of the per-category profile scorer (``session_profile``)."""
 INPUTS = ("text", "event_types", "time_gaps", "category_profile", "session_profile")
@@ -109,28 +119,6 @@ ITEM_HEADS = ("softmax", "factorised")
 """How items are scored: ``softmax`` = the interest vector's dot product with every item
 (one softmax over the catalogue); ``factorised`` = log P(next category) from the category
 forecast + log P(item | its category) from a softmax over the category's items only."""
-
-
-def session_mixes(batch: SequenceBatch, session_gap_seconds: float) -> torch.Tensor:
-    """(batch, len(SESSION_PROFILES), n_categories + 1) float32 category mix of the newest
-    sessions of each sequence; a session starts after a gap above ``session_gap_seconds``
-    (as the pipeline's sessions do) and at the sequence's first event."""
-    n, length = batch.categories.shape
-    positions = torch.arange(length, device=batch.categories.device)
-    real = positions[None, :] < batch.lengths[:, None]
-    starts = (batch.log_gaps > float(np.log1p(session_gap_seconds / 60.0))) | (positions[None, :] == 0)
-    session = torch.cumsum(starts & real, dim=1) - 1                     # (n, length) 0 = oldest; position 0 starts one
-    newest = session.gather(1, (batch.lengths - 1).unsqueeze(1))         # (n, 1)
-    age = newest - session                                               # 0 = newest session
-    weight = real.float()
-    events = torch.zeros(n, length, device=weight.device).scatter_add_(1, session, weight)
-    weight = weight / events.gather(1, session).clamp(min=1.0)           # each session sums to 1
-    mixes = []
-    for k in SESSION_PROFILES:
-        kept = weight * (age < k) / torch.clamp(newest + 1, max=k).float()
-        mixes.append(torch.zeros(n, batch.category_shares.shape[-1], device=weight.device)
-                     .scatter_add_(1, batch.categories, kept))
-    return torch.stack(mixes, dim=1)
 
 
 class InterestShiftLSTM(nn.Module):
@@ -175,6 +163,7 @@ class InterestShiftLSTM(nn.Module):
                            "session_gap_seconds": self.session_gap_seconds, "item_head": item_head}
         self.item_head = item_head
         self.learning_curve: LearningCurve | None = None
+        self.category_booster: CategoryBooster | None = None  # set after training when configured
         self.register_buffer("text_embeddings", text_embeddings.float())
         if item_head == "factorised":  # saved in the state dict; zeros until a saved one is loaded
             categories = torch.zeros(n_items + 1, dtype=torch.long) if item_categories is None else torch.as_tensor(item_categories, dtype=torch.long)
@@ -307,6 +296,22 @@ class InterestShiftLSTM(nn.Module):
             category = self.item_categories.expand_as(logits)
             logits = logits + torch.log_softmax(outputs.category_logits.float(), dim=-1).gather(1, category)
         return logits
+
+    def boosted_forecast(self, batch: SequenceBatch, scores: np.ndarray, categories: np.ndarray,
+                         shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``predict_all``'s item scores (n, n_items + 1), category probabilities (n,
+        n_categories + 1) and shift probabilities (n,) with the category booster's forecast in
+        place of the heads': factorised item scores swap log P(category) for the booster's;
+        the shift probability becomes 1 - P(30-day dominant) (the heads' where there is none)."""
+        boosted = self.category_booster.score(batch)
+        if self.item_head == "factorised":
+            change = np.zeros_like(boosted)
+            change[:, 1:] = np.log(np.maximum(boosted[:, 1:], 1e-12)) - np.log(np.maximum(categories[:, 1:], 1e-12))
+            scores = scores + change[:, self.item_categories.cpu().numpy()]
+        dominant = batch.dominant_category.numpy()
+        p_dominant = boosted[np.arange(len(boosted)), dominant]
+        shift = np.where(dominant > 0, 1.0 - p_dominant, shift).astype(np.float32)
+        return scores.astype(np.float32), boosted, shift
 
     def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
         """(batch, n_items + 1) scores of every item; padding gets -inf."""
@@ -465,10 +470,13 @@ class InterestShiftLSTM(nn.Module):
         return predict_all(self, batch, device or torch.device("cpu"))[0]
 
     def save(self, directory: Path) -> None:
-        """``lstm.pt`` (state dict, text embeddings included) and ``lstm.json``."""
+        """``lstm.pt`` (state dict, text embeddings included), ``lstm.json`` and, with a
+        category booster, its ``category_booster.json``."""
         directory = Path(directory)
         torch.save(self.state_dict(), directory / WEIGHTS_FILE)
         (directory / ARGUMENTS_FILE).write_text(json.dumps(self._arguments))
+        if self.category_booster is not None:
+            self.category_booster.save(directory)
 
     @classmethod
     def load(cls, directory: Path) -> "InterestShiftLSTM":
@@ -479,4 +487,6 @@ class InterestShiftLSTM(nn.Module):
         arguments["inputs"] = tuple(arguments.get("inputs", ("text", "event_types", "time_gaps")))  # versions before "inputs"
         model = cls(text_embeddings=torch.zeros(arguments["n_items"] + 1, text_dim), **arguments)
         model.load_state_dict(torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+        if (directory / BOOSTER_FILE).exists():  # versions saved before the booster have none
+            model.category_booster = CategoryBooster.load(directory)
         return model.eval()

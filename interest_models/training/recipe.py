@@ -32,6 +32,7 @@ from interest_models.data.event_history import event_history
 from interest_models.data.sequences import encode_sequences
 from interest_models.data.vocabulary import Vocabulary, load_vocabulary
 from interest_models.models.blend import Blend
+from interest_models.models.category_booster import CategoryBooster
 from interest_models.evaluation.metrics import (
     accuracy_at_k, calibration_bins, ndcg_per_row, paired_bootstrap, ranking_metrics, roc_auc, target_ranks,
 )
@@ -63,6 +64,8 @@ STAGES = {
     "point-in-time features": "user features as of each decision point (Feast get_historical_features), item text embeddings",
     "sequences": "each point's recent events as padded LSTM input",
     "LSTM training": "InterestShiftLSTM on the first period, early-stopped on validation NDCG@10",
+    "category booster": "XGBoost next-category forecast over the category profiles on the LSTM's points, early-stopped "
+                        "on validation log-loss; the LSTM's category and shift head (lstm.yaml category_booster)",
     "LSTM outputs": "out-of-sample LSTM item scores, next-category and shift probabilities for the later periods",
     "baselines": "popularity, item-kNN, personal-frequency and co-purchase baselines on the events before each period "
                  "(and the serving neighbours on all events)",
@@ -176,6 +179,7 @@ class _Trainer:
         self.seed = int(self.training_config["seed"])
         self.rng = np.random.default_rng(self.seed)
         self.ranks: dict[str, dict[str, np.ndarray]] = {}  # split -> model -> per-point target ranks
+        self.head_categories = self.head_shift = None  # the LSTM heads' own test forecast, beside a category booster's
 
     def run(self) -> TrainingResult:
         seed_everything(self.seed)
@@ -227,6 +231,17 @@ class _Trainer:
                              + f", valid NDCG@10 {curve.valid_ndcg_at_10[curve.best_epoch - 1]:.4f}, "
                              f"{curve.sequences_per_second:,.0f} sequences/s on {self.device}")
 
+        with stages.stage("category booster") as stage:
+            booster_config = self.lstm_config["category_booster"]
+            if booster_config:
+                self.model.category_booster = CategoryBooster(booster_config, self.seed, "cuda" if self.device.type == "cuda" else "cpu").fit(
+                    sequences["train_sequence"], sequences["valid"], self.session_gap.total_seconds())
+                losses = self.model.category_booster.valid_log_loss
+                stage.summary = (f"{self.model.category_booster.best_iteration + 1} trees kept of {len(losses)}, "
+                                 f"valid log-loss {losses[self.model.category_booster.best_iteration]:.4f} per (point, category)")
+            else:
+                stage.summary = "off (lstm.yaml category_booster): the LSTM's heads forecast"
+
         with stages.stage("LSTM outputs") as stage:
             outputs = {}
             for split in ("train_ranker", "valid", "test"):
@@ -236,6 +251,8 @@ class _Trainer:
                                               scores, categories, shift, interest)
                 if self.training_config["exclude_seen"]:
                     outputs[split].exclude = seen_items(self.events, outputs[split].points, self.vocabulary)
+            if self.model.category_booster is not None:  # the heads' own test forecast, for the report
+                _, self.head_categories, self.head_shift, _, _ = predict_all(self.model, sequences["test"], self.device, boosted=False)
             scored = sum(len(o.points) for o in outputs.values())
             stage.summary = f"{scored:,} points x {self.vocabulary.n_items:,} items"
 
@@ -538,9 +555,12 @@ class _Trainer:
         probabilities = out.category_probabilities
         last = np.array([v[-1] if v is not None and len(v) else 0 for v in out.users.recent_category_ids])
         dominant = out.users.dominant_category_30d.fillna(0).to_numpy(np.int64)
+        heads = {} if self.head_categories is None else {
+            "LSTM heads alone (without the category booster) accuracy@1": accuracy_at_k(self.head_categories, target, 1)}
         return {
             "LSTM accuracy@1": accuracy_at_k(probabilities, target, 1),
             "LSTM accuracy@3": accuracy_at_k(probabilities, target, 3),
+            **heads,
             "baseline last category accuracy@1": float(np.mean(last == target)),
             "baseline 30-day dominant category accuracy@1": float(np.mean(dominant == target)),
         }
@@ -556,6 +576,9 @@ class _Trainer:
         the LSTM did not train on (ranker training, validation and test periods)."""
         labels, probability = self._shift_labels(outputs["test"])
         metrics = {"AUC, next category differs from the 30-day dominant (test)": roc_auc(labels, probability),
+                   **({} if self.head_shift is None else {
+                       "AUC, the same, LSTM heads alone (without the category booster)": roc_auc(
+                           labels, self.head_shift[outputs["test"].users.dominant_category_30d.fillna(0).to_numpy(np.int64) > 0])}),
                    "rate of such shifts (test)": float(labels.mean()) if len(labels) else float("nan")}
         test = outputs["test"]
         horizon = self.training_config["horizon_shift"]

@@ -152,6 +152,7 @@ CREATE TABLE IF NOT EXISTS interest.user_daily_features (
     category_divergence_7d_30d  double precision,       -- Jensen-Shannon, nats, in [0, ln 2]
     dominant_category_changed   boolean NOT NULL,       -- 7d dominant differs from 30d dominant
     days_since_interest_shift   double precision,       -- since the 7d dominant last changed; NULL if never
+    category_events_lifetime    integer[],              -- events per category over the whole history; index = category_id - 1
     PRIMARY KEY (user_id, event_timestamp)
 );
 
@@ -258,6 +259,17 @@ BEGIN
             EXECUTE format('ALTER TABLE interest.%I ADD COLUMN %I %s', added.table_name, added.column_name, added.column_type);
         END IF;
     END LOOP;
+END $$;
+-- Lifetime category counts (added 2026-11): a database built before them gets the column
+-- and loses its build watermarks, so that its next feature build is a full one.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_schema = 'interest' AND table_name = 'user_daily_features'
+                     AND column_name = 'category_events_lifetime') THEN
+        ALTER TABLE interest.user_daily_features ADD COLUMN category_events_lifetime integer[];
+        DELETE FROM interest.feature_watermarks;
+    END IF;
 END $$;
 -- An event is stored once per event_id (when given) and once per natural key (the primary key).
 CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON interest.events (event_id) WHERE event_id IS NOT NULL;

@@ -56,7 +56,7 @@ PARTITION_COLUMN = "day"  # UTC day of event_timestamp (Feast's date_partition_c
 WINDOW_DAYS = 30  # the longest window of the daily tables
 _SEQUENCE_CARRY_SCHEMA = ("user_id BIGINT, event_timestamp TIMESTAMP, recent_item_ids ARRAY<BIGINT>, "
                           "recent_category_ids ARRAY<INT>, recent_event_types ARRAY<INT>, recent_gap_seconds ARRAY<FLOAT>")
-_DAILY_CARRY_SCHEMA = "user_id BIGINT, previous_changed BOOLEAN, last_shift_day DATE, last_event_at TIMESTAMP"
+_DAILY_CARRY_SCHEMA = "user_id BIGINT, previous_changed BOOLEAN, last_shift_day DATE, lifetime ARRAY<INT>, last_event_at TIMESTAMP"
 
 
 def spark_feature_sql(name: str) -> str:
@@ -168,6 +168,8 @@ def _plan(spark, warehouse: str, config: PipelineConfig, full: bool, n_categorie
         reason = "no build state (a first build, or tables written before incremental builds)"
     elif not all(_readable(spark, f"{warehouse}/features/{table}") for table in SPARK_FEATURE_TABLES):
         reason = "a feature table is missing"
+    elif "category_events_lifetime" not in spark.read.parquet(f"{warehouse}/features/user_daily_features").columns:
+        reason = "user_daily_features was written before its lifetime category counts"
     if not reason:
         state = json.loads(spark.read.text(f"{state_dir}/state").first()[0])
         if state["config"] != _config_key(config):
@@ -220,11 +222,12 @@ def _register_carries(spark, warehouse: str, since_day: dt.date | None) -> None:
         SELECT user_id, last.dominant_category_changed AS previous_changed,
                date_sub(date_sub(to_date(last.event_timestamp), 1), CAST(last.days_since_interest_shift AS INT))
                    AS last_shift_day,
+               last.category_events_lifetime AS lifetime,
                timestamp_micros(unix_micros(last.event_timestamp)
                                 - CAST(round(last.days_since_last_event * 86400000000D) AS BIGINT)) AS last_event_at
         FROM (
             SELECT user_id, max_by(struct(event_timestamp, dominant_category_changed, days_since_interest_shift,
-                                          days_since_last_event), event_timestamp) AS last
+                                          category_events_lifetime, days_since_last_event), event_timestamp) AS last
             FROM stored_daily WHERE {PARTITION_COLUMN} <= :since_day GROUP BY user_id)
         """, args={"since_day": since_day}).localCheckpoint(eager=True).createOrReplaceTempView("user_daily_carry")
 

@@ -4,7 +4,8 @@
 -- leaves the 1/7/30-day windows. Inputs: the view `events` (the 30 days before since_day
 -- on, with the item's current category_id) and `user_daily_carry` (what each user's last
 -- stored snapshot before since_day carries over: its dominant_category_changed, the day of
--- its last shift start and its last event time; empty in a full build), registered by
+-- its last shift start, its lifetime event counts per category and its last event time;
+-- empty in a full build), registered by
 -- spark_builder.py. Parameters: since_day (date), max_day (date), created (timestamp),
 -- session_gap_micros (bigint), n_categories (int).
 WITH ev AS (
@@ -60,6 +61,7 @@ windowed AS (
 ),
 category_window AS (
     SELECT s.user_id, s.snap_day, c.category_id,
+           coalesce(sum(dc.events) FILTER (WHERE dc.day = s.snap_day), 0) AS events_1d,
            coalesce(sum(dc.events) FILTER (WHERE dc.day > date_sub(s.snap_day, 7)), 0) AS events_7d,
            coalesce(sum(dc.events), 0) AS events_30d
     FROM snapshots s
@@ -72,7 +74,8 @@ category_window AS (
 category_share AS (
     SELECT user_id, snap_day, category_id, events_7d, events_30d,
            events_7d / nullif(sum(events_7d) OVER p, 0) AS p7,
-           events_30d / nullif(sum(events_30d) OVER p, 0) AS p30
+           events_30d / nullif(sum(events_30d) OVER p, 0) AS p30,
+           sum(events_1d) OVER (PARTITION BY user_id, category_id ORDER BY snap_day) AS events_since_from
     FROM category_window
     WINDOW p AS (PARTITION BY user_id, snap_day)
 ),
@@ -82,6 +85,8 @@ category_stats AS (
                AS category_share_7d,
            transform(array_sort(collect_list(struct(category_id, CAST(coalesce(p30, 0D) AS FLOAT) AS share))), x -> x.share)
                AS category_share_30d,
+           transform(array_sort(collect_list(struct(category_id, CAST(events_since_from AS INT) AS events))), x -> x.events)
+               AS events_since_from,
            min_by(category_id, struct(-events_7d, category_id)) FILTER (WHERE events_7d > 0) AS dominant_category_7d,
            min_by(category_id, struct(-events_30d, category_id)) FILTER (WHERE events_30d > 0) AS dominant_category_30d,
            -sum(CASE WHEN p30 > 0 THEN p30 * ln(p30) END) AS category_entropy_30d,
@@ -93,7 +98,7 @@ category_stats AS (
     GROUP BY user_id, snap_day
 ),
 combined AS (
-    SELECT w.*, c.category_share_7d, c.category_share_30d, c.dominant_category_7d,
+    SELECT w.*, c.category_share_7d, c.category_share_30d, c.events_since_from, c.dominant_category_7d,
            c.dominant_category_30d, c.category_entropy_30d, c.category_divergence_7d_30d,
            coalesce(c.dominant_category_7d <> c.dominant_category_30d, false) AS dominant_category_changed
     FROM windowed w JOIN category_stats c ON c.user_id = w.user_id AND c.snap_day = w.snap_day
@@ -103,7 +108,7 @@ shifts AS (
            c.dominant_category_changed
                AND NOT coalesce(lag(c.dominant_category_changed) OVER u, k.previous_changed, false) AS shift_starts,
            greatest(max(c.last_event_in_30d) OVER u, k.last_event_at) AS last_event_at,
-           k.last_shift_day AS carried_shift_day
+           k.last_shift_day AS carried_shift_day, k.lifetime AS carried_lifetime
     FROM combined c LEFT JOIN user_daily_carry k ON k.user_id = c.user_id
     WINDOW u AS (PARTITION BY c.user_id ORDER BY c.snap_day)
 )
@@ -125,5 +130,7 @@ SELECT user_id,
        category_entropy_30d, category_divergence_7d_30d, dominant_category_changed,
        CAST(datediff(snap_day, coalesce(max(CASE WHEN shift_starts THEN snap_day END) OVER (PARTITION BY user_id ORDER BY snap_day),
                                         carried_shift_day))
-            AS DOUBLE) AS days_since_interest_shift
+            AS DOUBLE) AS days_since_interest_shift,
+       CASE WHEN carried_lifetime IS NULL THEN events_since_from
+            ELSE transform(events_since_from, (n, i) -> n + coalesce(get(carried_lifetime, i), 0)) END AS category_events_lifetime
 FROM shifts

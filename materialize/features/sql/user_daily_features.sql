@@ -6,8 +6,10 @@
 -- Only the events of the 30 days before daily_from and later are read (plus the one event
 -- before them, for the session start of the first); what the new snapshots carry over
 -- from older days (the previous snapshot's "dominant category changed" and interest-shift
--- start, the last event time) comes from the user's last stored snapshot before
--- daily_from and one index lookup.
+-- start, its lifetime event counts per category, the last event time) comes from the
+-- user's last stored snapshot before daily_from and one index lookup. Snapshot days
+-- include every active day, so the lifetime counts are that snapshot's plus the running
+-- sum of each snapshot day's own events from daily_from on.
 -- Parameters: max_day (date), created (timestamptz), session_gap (interval), n_categories (int).
 INSERT INTO interest.user_daily_features
 WITH scope AS (
@@ -85,6 +87,7 @@ windowed AS (
 ),
 category_window AS (
     SELECT s.user_id, s.snap_day, c.category_id,
+           coalesce(sum(dc.events) FILTER (WHERE dc.day = s.snap_day), 0) AS events_1d,
            coalesce(sum(dc.events) FILTER (WHERE dc.day > s.snap_day - 7), 0) AS events_7d,
            coalesce(sum(dc.events), 0) AS events_30d
     FROM snapshots s
@@ -97,7 +100,8 @@ category_window AS (
 category_share AS (
     SELECT user_id, snap_day, category_id, events_7d, events_30d,
            events_7d::float8 / nullif(sum(events_7d) OVER p, 0) AS p7,
-           events_30d::float8 / nullif(sum(events_30d) OVER p, 0) AS p30
+           events_30d::float8 / nullif(sum(events_30d) OVER p, 0) AS p30,
+           sum(events_1d) OVER (PARTITION BY user_id, category_id ORDER BY snap_day) AS events_since_from
     FROM category_window
     WINDOW p AS (PARTITION BY user_id, snap_day)
 ),
@@ -105,6 +109,7 @@ category_stats AS (
     SELECT user_id, snap_day,
            array_agg(coalesce(p7, 0)::real ORDER BY category_id) AS category_share_7d,
            array_agg(coalesce(p30, 0)::real ORDER BY category_id) AS category_share_30d,
+           array_agg(events_since_from::int ORDER BY category_id) AS events_since_from,
            (array_agg(category_id ORDER BY events_7d DESC, category_id) FILTER (WHERE events_7d > 0))[1]
                AS dominant_category_7d,
            (array_agg(category_id ORDER BY events_30d DESC, category_id) FILTER (WHERE events_30d > 0))[1]
@@ -118,18 +123,18 @@ category_stats AS (
     GROUP BY user_id, snap_day
 ),
 combined AS (
-    SELECT w.*, c.category_share_7d, c.category_share_30d, c.dominant_category_7d,
+    SELECT w.*, c.category_share_7d, c.category_share_30d, c.events_since_from, c.dominant_category_7d,
            c.dominant_category_30d, c.category_entropy_30d, c.category_divergence_7d_30d,
            coalesce(c.dominant_category_7d <> c.dominant_category_30d, false) AS dominant_category_changed
     FROM windowed w JOIN category_stats c USING (user_id, snap_day)
 ),
 previous AS (
-    SELECT s.user_id, p.dominant_category_changed AS previous_changed,
+    SELECT s.user_id, p.dominant_category_changed AS previous_changed, p.category_events_lifetime AS previous_lifetime,
            p.snap_day - p.days_since_interest_shift::int AS previous_shift_day,
            l.last_event_at AS previous_last_event_at
     FROM scope s
     LEFT JOIN LATERAL (
-        SELECT f.dominant_category_changed, f.days_since_interest_shift,
+        SELECT f.dominant_category_changed, f.days_since_interest_shift, f.category_events_lifetime,
                (f.event_timestamp AT TIME ZONE 'UTC')::date - 1 AS snap_day
         FROM interest.user_daily_features f
         WHERE f.user_id = s.user_id AND f.event_timestamp <= s.from_day::timestamp AT TIME ZONE 'UTC'
@@ -143,7 +148,7 @@ previous AS (
     ) l ON true
 ),
 shifts AS (
-    SELECT c.*, p.previous_shift_day,
+    SELECT c.*, p.previous_shift_day, p.previous_lifetime,
            c.dominant_category_changed
                AND NOT coalesce(lag(c.dominant_category_changed) OVER u, p.previous_changed, false) AS shift_starts,
            greatest(max(c.last_event_in_30d) OVER u, p.previous_last_event_at) AS last_event_at
@@ -163,5 +168,8 @@ SELECT user_id,
        category_entropy_30d, category_divergence_7d_30d, dominant_category_changed,
        (snap_day - greatest(max(CASE WHEN shift_starts THEN snap_day END)
                                 OVER (PARTITION BY user_id ORDER BY snap_day), previous_shift_day))::float8
-           AS days_since_interest_shift
+           AS days_since_interest_shift,
+       ARRAY(SELECT coalesce(n, 0) + coalesce(before, 0)
+             FROM unnest(events_since_from, previous_lifetime) WITH ORDINALITY AS t(n, before, position)
+             ORDER BY position) AS category_events_lifetime
 FROM shifts;

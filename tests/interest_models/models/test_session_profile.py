@@ -5,8 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from interest_models.data.sequences import SequenceBatch
-from interest_models.models.interest_shift_lstm import SESSION_PROFILES, InterestShiftLSTM, session_mixes
+from interest_models.data.sequences import (
+    SESSION_PROFILES,
+    SequenceBatch,
+    session_mixes,
+)
+from interest_models.models.interest_shift_lstm import InterestShiftLSTM
 
 GAP_SECONDS = 1800.0
 
@@ -17,7 +21,8 @@ def _batch(categories: list[list[int]], gap_minutes: list[list[float]], lengths:
     return SequenceBatch(items=(categories_t > 0).long(), categories=categories_t,
                          event_types=(categories_t > 0).long(), log_gaps=torch.log1p(torch.tensor(gap_minutes)),
                          lengths=torch.tensor(lengths), dominant_category=torch.ones(n, dtype=torch.long),
-                         category_shares=torch.zeros(n, 2, n_categories + 1))
+                         category_shares=torch.zeros(n, 2, n_categories + 1),
+                         lifetime_shares=torch.zeros(n, n_categories + 1), lifetime_events=torch.zeros(n))
 
 
 def test_each_session_weighs_the_same_and_padding_is_ignored():

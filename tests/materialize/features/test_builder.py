@@ -93,6 +93,20 @@ def test_incremental_equals_full_recompute(conn, monkeypatch, batches):
         assert len(full[table]) > 0, table
         pd.testing.assert_frame_equal(incremental[table], full[table], check_exact=False, rtol=1e-9, obj=table)
     _assert_interest_embeddings_match_reference(conn, config.interest_embedding_events)
+    _assert_lifetime_counts_match_the_events(conn)
+
+
+def _assert_lifetime_counts_match_the_events(conn) -> None:
+    """Each user's newest snapshot counts all of the user's events per category."""
+    newest = fetch_frame(conn, "SELECT DISTINCT ON (user_id) user_id, category_events_lifetime FROM interest.user_daily_features "
+                               "ORDER BY user_id, event_timestamp DESC")
+    counts = fetch_frame(conn, "SELECT e.user_id, i.category_id, count(*) AS events FROM interest.events e "
+                               "JOIN interest.items i USING (item_id) GROUP BY 1, 2")
+    n_categories = conn.execute("SELECT max(category_id) FROM interest.categories").fetchone()[0]
+    expected = np.zeros((counts.user_id.max() + 1, n_categories), np.int64)
+    expected[counts.user_id, counts.category_id - 1] = counts.events
+    for user_id, lifetime in zip(newest.user_id, newest.category_events_lifetime):
+        np.testing.assert_array_equal(lifetime, expected[user_id], err_msg=f"user {user_id}")
 
 
 def test_user_window_values_by_hand(conn):
@@ -133,6 +147,9 @@ def test_user_window_values_by_hand(conn):
     assert last.days_since_last_event == pytest.approx(0.5)
     # The shift started with the day-(t-3d) snapshot: 7d dominant became garden.
     assert last.days_since_interest_shift == pytest.approx(3.0)
+    # Lifetime counts keep what the 30-day window drops: both books events, both garden ones.
+    assert list(daily.iloc[0].category_events_lifetime) == [2, 0]
+    assert list(last.category_events_lifetime) == [2, 2]
     # Exit snapshots: 30 days after the first active day the 30d window is empty of it.
     exits = set(daily.event_timestamp.dt.date.astype(str))
     assert "2026-04-21" in exits and "2026-04-28" in exits  # day+1 and day+7 of 2026-04-20
