@@ -60,16 +60,19 @@ def seed_row(seed: int, result, seconds: float) -> dict:
             "ranker, Feast features only": ndcg[FEATURE_RANKER], "best baseline": baselines.max(),
             "best single part": result.comparisons.index[0].split(" - ", 1)[1],
             "difference": comparison["difference"], "95% low": comparison["95% low"], "95% high": comparison["95% high"],
-            "relative": comparison["relative"], **shift_columns(result), "seconds": seconds}
+            "relative": comparison["relative"], **category_columns(result), "seconds": seconds}
 
 
-def shift_columns(result) -> dict:
-    """The LSTM's shift AUC, and the oracle's and the gap to it where the data is synthetic."""
+def category_columns(result) -> dict:
+    """The LSTM's next-category accuracy@1 beside the 30-day dominant category's, its shift AUC,
+    and the oracle's and the gap to it where the data is synthetic."""
     oracle = result.oracle.table
     lstm = result.shift_metrics["AUC, next category differs from the 30-day dominant (test)"]
+    accuracy = {"accuracy@1": result.category_metrics["LSTM accuracy@1"],
+                "30-day dominant accuracy@1": result.category_metrics["baseline 30-day dominant category accuracy@1"]}
     if oracle is None:
-        return {"shift AUC": lstm}
-    return {"shift AUC": lstm, "oracle shift AUC": oracle.loc["oracle", "shift AUC"],
+        return {**accuracy, "shift AUC": lstm}
+    return {**accuracy, "shift AUC": lstm, "oracle shift AUC": oracle.loc["oracle", "shift AUC"],
             "behind the oracle": oracle.loc["oracle", "shift AUC"] - lstm}
 
 
@@ -117,7 +120,7 @@ def main(argv=None) -> None:
     print(f"\nmachine: {info}\ndata: {events:,} events, {users:,} users, {items:,} items; load average {load_average()}; "
           f"peak RSS {peak_memory_mib():,.0f} MiB\n")
     columns = ["seed", "blend", "stacked ranker", "LSTM", "ranker, Feast features only", "best baseline", "best single part",
-               "difference", "95% low", "95% high", "relative", *[c for c in ("shift AUC", "oracle shift AUC", "behind the oracle")
+               "difference", "95% low", "95% high", "relative", *[c for c in ("accuracy@1", "30-day dominant accuracy@1", "shift AUC", "oracle shift AUC", "behind the oracle")
                                                                   if c in seeds[0]], "seconds"]
     print("Test NDCG@10 per seed; difference = blend - best single part, 95 % bootstrap interval over users:")
     print(table(columns, [[fmt(r[c], 4) if isinstance(r[c], float) else str(r[c]) for c in columns] for r in seeds]))
