@@ -168,15 +168,18 @@ def fit_position_bias(positions: np.ndarray, clicks: np.ndarray, exponents: np.n
     clicks = np.asarray(clicks, np.float64)
     if len(positions) == 0 or clicks.sum() == 0:
         raise ValueError("no clicks on randomly ordered lists to fit the position bias on")
+    grid = np.linspace(0, 2, 201) if exponents is None else exponents
+    return float(max(grid, key=lambda eta: position_bias_log_likelihood(positions, clicks, eta)))
+
+
+def position_bias_log_likelihood(positions: np.ndarray, clicks: np.ndarray, eta: float) -> float:
+    """Poisson log-likelihood (up to a constant) of the clicks (n,) at positions (n,) of
+    randomly ordered lists under ``theta_j = j ** -eta``, with the shared click rate at its
+    maximum-likelihood value; twice the drop from the maximum is the likelihood-ratio statistic."""
+    positions = np.asarray(positions, np.int64)
     top = positions.max()
     shown = np.bincount(positions, minlength=top + 1)[1:].astype(np.float64)
-    clicked = np.bincount(positions, weights=clicks, minlength=top + 1)[1:]
-    j = np.arange(1, top + 1, dtype=np.float64)
-    best, best_eta = -np.inf, 0.0
-    for eta in (np.linspace(0, 2, 201) if exponents is None else exponents):
-        theta = j ** -eta
-        rate = clicked.sum() / (shown * theta).sum()
-        loglik = float((clicked * np.log(theta * rate)).sum() - (shown * theta * rate).sum())
-        if loglik > best:
-            best, best_eta = loglik, float(eta)
-    return best_eta
+    clicked = np.bincount(positions, weights=np.asarray(clicks, np.float64), minlength=top + 1)[1:]
+    theta = np.arange(1, top + 1, dtype=np.float64) ** -eta
+    rate = clicked.sum() / (shown * theta).sum()
+    return float((clicked * np.log(theta * rate)).sum() - (shown * theta * rate).sum())
