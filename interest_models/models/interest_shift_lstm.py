@@ -301,10 +301,11 @@ class InterestShiftLSTM(nn.Module):
                          shift: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``predict_all``'s item scores (n, n_items + 1), category probabilities (n,
         n_categories + 1) and shift probabilities (n,) with the category booster's forecast in
-        place of the heads': factorised item scores swap log P(category) for the booster's;
-        the shift probability becomes 1 - P(30-day dominant) (the heads' where there is none)."""
+        place of the heads': factorised item scores swap log P(category) for the booster's
+        (when ``drives_item_scores``); the shift probability becomes 1 - P(30-day dominant)
+        (the heads' where there is none)."""
         boosted = self.category_booster.score(batch)
-        if self.item_head == "factorised":
+        if self.item_head == "factorised" and self.category_booster.drives_item_scores:
             change = np.zeros_like(boosted)
             change[:, 1:] = np.log(np.maximum(boosted[:, 1:], 1e-12)) - np.log(np.maximum(categories[:, 1:], 1e-12))
             scores = scores + change[:, self.item_categories.cpu().numpy()]

@@ -34,7 +34,7 @@ from interest_models.data.vocabulary import Vocabulary, load_vocabulary
 from interest_models.models.blend import Blend
 from interest_models.models.category_booster import CategoryBooster
 from interest_models.evaluation.metrics import (
-    accuracy_at_k, calibration_bins, ndcg_per_row, paired_bootstrap, ranking_metrics, roc_auc, target_ranks,
+    accuracy_at_k, calibration_bins, ndcg_at_k, ndcg_per_row, paired_bootstrap, ranking_metrics, roc_auc, target_ranks,
 )
 from interest_models.evaluation.horizon_shift import horizon_divergence
 from interest_models.evaluation.oracle import OracleComparison, compare_with_oracle
@@ -237,8 +237,12 @@ class _Trainer:
                 self.model.category_booster = CategoryBooster(booster_config, self.seed, "cuda" if self.device.type == "cuda" else "cpu").fit(
                     sequences["train_sequence"], sequences["valid"], self.session_gap.total_seconds())
                 losses = self.model.category_booster.valid_log_loss
+                with_booster, without = self._valid_ndcg_with_and_without_booster_items(sequences["valid"])
+                self.model.category_booster.drives_item_scores = with_booster >= without
                 stage.summary = (f"{self.model.category_booster.best_iteration + 1} trees kept of {len(losses)}, "
-                                 f"valid log-loss {losses[self.model.category_booster.best_iteration]:.4f} per (point, category)")
+                                 f"valid log-loss {losses[self.model.category_booster.best_iteration]:.4f} per (point, category); "
+                                 f"LSTM valid NDCG@10 with its forecast in the item scores {with_booster:.4f}, without {without:.4f}: "
+                                 + ("in" if self.model.category_booster.drives_item_scores else "categories and shifts only"))
             else:
                 stage.summary = "off (lstm.yaml category_booster): the LSTM's heads forecast"
 
@@ -344,6 +348,16 @@ class _Trainer:
                                   f"{result.champion['serving NDCG@10']:.4f}")
         result.seconds = dict(stages.seconds)
         return result
+
+    def _valid_ndcg_with_and_without_booster_items(self, valid) -> tuple[float, float]:
+        """The LSTM's validation NDCG@10 (as its early stopping measures it) with the category
+        booster's forecast as the category term of the item scores, and with the heads'."""
+        targets = valid.target_item.numpy()
+        figures = []
+        for drives in (True, False):
+            self.model.category_booster.drives_item_scores = drives
+            figures.append(ndcg_at_k(target_ranks(predict_all(self.model, valid, self.device)[0], targets), 10))
+        return float(figures[0]), float(figures[1])
 
     # ------------------------------------------------------------------ candidates
 

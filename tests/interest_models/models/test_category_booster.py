@@ -83,3 +83,13 @@ def test_lstm_with_a_booster_forecasts_by_it(tmp_path):
     model.save(tmp_path)
     assert (tmp_path / "category_booster.json").exists()
     np.testing.assert_allclose(InterestShiftLSTM.load(tmp_path).score(test), scores, rtol=1e-5)
+    # forecasting categories and shifts only: the item scores stay the heads'
+    model.category_booster.drives_item_scores = False
+    scores_only, categories_only, shift_only, _, _ = predict_all(model, test, torch.device("cpu"))
+    np.testing.assert_allclose(scores_only, heads[0], rtol=1e-6)
+    np.testing.assert_allclose(categories_only, boosted, rtol=1e-6)
+    np.testing.assert_allclose(shift_only, shift, rtol=1e-6)
+    model.save(tmp_path)
+    loaded = InterestShiftLSTM.load(tmp_path)
+    assert not loaded.category_booster.drives_item_scores
+    np.testing.assert_allclose(loaded.score(test), heads[0], rtol=1e-5)
