@@ -4,9 +4,10 @@ One row per (decision point, category): the category's share in each of the user
 (the 7- and 30-day and lifetime shares from Feast and the mixes of the last 1, 2, 4, 8 and 16
 sessions of the recent sequence), their logs, each share's distance to the largest share of
 that profile, whether the category is the 30-day dominant one or the last event's, the
-user's lifetime events (log) and the sequence's length. A binary XGBoost model scores each row; the scores of a point, normalised
-over its categories, are its next-category distribution. The shift probability is
-``1 - P(30-day dominant category)`` by that distribution.
+user's lifetime events (log) and the sequence's length. A binary XGBoost model scores each
+row; the scores of a point, normalised over its categories, are its next-category
+distribution. The shift probability is ``1 - P(30-day dominant category)`` by that
+distribution.
 
 ``InterestShiftLSTM`` carries one as its category head when ``category_booster`` is set in
 ``config/lstm.yaml``: trees compare a category with the others (how far it is behind the

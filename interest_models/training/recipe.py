@@ -231,13 +231,15 @@ class _Trainer:
                              + f", valid NDCG@10 {curve.valid_ndcg_at_10[curve.best_epoch - 1]:.4f}, "
                              f"{curve.sequences_per_second:,.0f} sequences/s on {self.device}")
 
+        heads = {}  # split -> predict_all(..., boosted=False): the LSTM heads' own outputs, computed once
         with stages.stage("category booster") as stage:
             booster_config = self.lstm_config["category_booster"]
             if booster_config:
                 self.model.category_booster = CategoryBooster(booster_config, self.seed, "cuda" if self.device.type == "cuda" else "cpu").fit(
                     sequences["train_sequence"], sequences["valid"], self.session_gap.total_seconds())
                 losses = self.model.category_booster.valid_log_loss
-                with_booster, without = self._valid_ndcg_with_and_without_booster_items(sequences["valid"])
+                heads["valid"] = predict_all(self.model, sequences["valid"], self.device, boosted=False)
+                with_booster, without = self._valid_ndcg_with_and_without_booster_items(sequences["valid"], heads["valid"])
                 self.model.category_booster.drives_item_scores = with_booster >= without
                 stage.summary = (f"{self.model.category_booster.best_iteration + 1} trees kept of {len(losses)}, "
                                  f"valid log-loss {losses[self.model.category_booster.best_iteration]:.4f} per (point, category); "
@@ -250,13 +252,16 @@ class _Trainer:
             outputs = {}
             for split in ("train_ranker", "valid", "test"):
                 rows = split_rows[split]
-                scores, categories, shift, interest, _ = predict_all(self.model, sequences[split], self.device)
+                scores, categories, shift, interest, _ = (heads[split] if split in heads
+                                                          else predict_all(self.model, sequences[split], self.device, boosted=False))
+                if self.model.category_booster is not None:
+                    if split == "test":  # the heads' own test forecast, for the report
+                        self.head_categories, self.head_shift = categories, shift
+                    scores, categories, shift = self.model.boosted_forecast(sequences[split], scores, categories, shift)
                 outputs[split] = SplitOutputs(points.iloc[rows].reset_index(drop=True), users.iloc[rows].reset_index(drop=True),
                                               scores, categories, shift, interest)
                 if self.training_config["exclude_seen"]:
                     outputs[split].exclude = seen_items(self.events, outputs[split].points, self.vocabulary)
-            if self.model.category_booster is not None:  # the heads' own test forecast, for the report
-                _, self.head_categories, self.head_shift, _, _ = predict_all(self.model, sequences["test"], self.device, boosted=False)
             scored = sum(len(o.points) for o in outputs.values())
             stage.summary = f"{scored:,} points x {self.vocabulary.n_items:,} items"
 
@@ -349,15 +354,15 @@ class _Trainer:
         result.seconds = dict(stages.seconds)
         return result
 
-    def _valid_ndcg_with_and_without_booster_items(self, valid) -> tuple[float, float]:
+    def _valid_ndcg_with_and_without_booster_items(self, valid, heads: tuple) -> tuple[float, float]:
         """The LSTM's validation NDCG@10 (as its early stopping measures it) with the category
-        booster's forecast as the category term of the item scores, and with the heads'."""
+        booster's forecast as the category term of the item scores, and with the heads' (whose
+        ``predict_all(..., boosted=False)`` outputs ``heads`` are)."""
         targets = valid.target_item.numpy()
-        figures = []
-        for drives in (True, False):
-            self.model.category_booster.drives_item_scores = drives
-            figures.append(ndcg_at_k(target_ranks(predict_all(self.model, valid, self.device)[0], targets), 10))
-        return float(figures[0]), float(figures[1])
+        self.model.category_booster.drives_item_scores = True
+        boosted_scores = self.model.boosted_forecast(valid, *heads[:3])[0]
+        return (float(ndcg_at_k(target_ranks(boosted_scores, targets), 10)),
+                float(ndcg_at_k(target_ranks(heads[0], targets), 10)))
 
     # ------------------------------------------------------------------ candidates
 
