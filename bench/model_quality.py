@@ -15,7 +15,7 @@
     INTEREST_PG_DB=movielens .venv/bin/python bench/model_quality.py --protocol leave_one_out --ablation
 
 It reads the configured database (``interest env``) and writes nothing there; figures in
-``bench/results/model_quality.json``. Nothing here asserts on time.
+``bench/results/model_quality_<database>_<protocol>.json``. Nothing here asserts on time.
 """
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ ABLATION = {  # name -> lstm.yaml overrides; None: the first seed's run (the def
     "+ session profile": {"inputs": _ALL_INPUTS, "category_booster": None},
     "+ category booster (the default)": None,
 }
-RESULTS = Path(__file__).parent / "results" / "model_quality.json"
+RESULTS = Path(__file__).parent / "results"
+"""Where ``model_quality_<database>_<protocol>.json`` goes (one file per data set and protocol)."""
 
 
 def train(pipeline, overrides: dict):
@@ -100,6 +101,7 @@ def main(argv=None) -> None:
     seeds, ablation = [], []
     with open_pipeline(progress=False) as pipeline:
         info = machine_info(pipeline.conn)
+        results = RESULTS / f"model_quality_{pipeline.conn.info.dbname}_{args.protocol}.json"
         events, users, items = pipeline.conn.execute(
             "SELECT count(*), count(DISTINCT user_id), count(DISTINCT item_id) FROM interest.events").fetchone()
         first = None
@@ -131,8 +133,8 @@ def main(argv=None) -> None:
         columns = list(ablation[0])
         print(f"\nLSTM input ablation (seed {first[0]}):")
         print(table(columns, [[fmt(r[c], 4) if isinstance(r[c], float) else r[c] for c in columns] for r in ablation]))
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": info, "protocol": args.protocol, "events": events, "users": users, "items": items,
+    results.parent.mkdir(exist_ok=True)
+    results.write_text(json.dumps({"machine": info, "protocol": args.protocol, "events": events, "users": users, "items": items,
                                    "seeds": seeds, "ablation": ablation}, indent=2, default=str))
 
 

@@ -33,9 +33,11 @@ LOG_FLOOR = 0.05
 """Added to every share before its log."""
 SESSION_GAP_ATTRIBUTE = "session_gap_seconds"
 """The booster attribute (saved in its JSON) with the session gap its profiles were cut at."""
-ITEM_SCORES_ATTRIBUTE = "drives_item_scores"
-"""The booster attribute (saved in its JSON): "1" when its forecast is also the category term of
-the LSTM's factorised item scores, "0" when it forecasts categories and shifts only."""
+RANKING_ATTRIBUTE = "drives_ranking"
+"""The booster attribute (saved in its JSON): "1" when the item ranking reads its forecast (the
+category term of the LSTM's factorised item scores, the predicted-category candidates, the
+ranker's LSTM columns), "0" when it forecasts categories and shifts only and the ranking reads
+the LSTM's heads. Models saved before the ranker followed it name it ``drives_item_scores``."""
 
 
 def profile_rows(batch: SequenceBatch, session_gap_seconds: float) -> np.ndarray:
@@ -68,7 +70,7 @@ class CategoryBooster:
         self.booster: xgb.Booster | None = None
         self.session_gap_seconds = 0.0
         self.valid_log_loss: list[float] = []
-        self.drives_item_scores = True  # chosen on validation by the training recipe
+        self.drives_ranking = True  # chosen on validation by the training recipe
 
     def _params(self) -> dict:
         return {"objective": "binary:logistic", "eval_metric": "logloss", "tree_method": "hist", "device": self.device,
@@ -116,7 +118,7 @@ class CategoryBooster:
         return probabilities
 
     def save(self, directory: Path) -> None:
-        self.booster.set_attr(**{ITEM_SCORES_ATTRIBUTE: "1" if self.drives_item_scores else "0"})
+        self.booster.set_attr(**{RANKING_ATTRIBUTE: "1" if self.drives_ranking else "0"})
         self.booster.save_model(Path(directory) / MODEL_FILE)
 
     @classmethod
@@ -126,5 +128,5 @@ class CategoryBooster:
         model.booster.load_model(Path(directory) / MODEL_FILE)
         model.booster.set_param({"device": device})
         model.session_gap_seconds = float(model.booster.attr(SESSION_GAP_ATTRIBUTE))
-        model.drives_item_scores = model.booster.attr(ITEM_SCORES_ATTRIBUTE) != "0"
+        model.drives_ranking = (model.booster.attr(RANKING_ATTRIBUTE) or model.booster.attr("drives_item_scores")) != "0"
         return model

@@ -72,8 +72,9 @@ def predict_all(model: "InterestShiftLSTM", data: SequenceBatch, device: torch.d
     ``loss_weights`` is given and ``data`` has targets), in one pass.
     ``item_representations``: the eval-mode model's, when the caller keeps them (serving).
     ``boosted``: the model's ``category_booster``, when it has one, gives the category and
-    shift forecasts (and the category term of factorised item scores); False: the LSTM's own
-    heads (the loss is always the heads').
+    shift forecasts (and the category term of factorised item scores when it drives the
+    ranking); False: the LSTM's own heads (the loss is always the heads'). What the item
+    ranking reads: ``boosted=model.ranks_with_booster``.
 
     Returns:
         item_scores (n, n_items + 1) float32, category_probabilities (n, n_categories + 1)
@@ -302,10 +303,10 @@ class InterestShiftLSTM(nn.Module):
         """``predict_all``'s item scores (n, n_items + 1), category probabilities (n,
         n_categories + 1) and shift probabilities (n,) with the category booster's forecast in
         place of the heads': factorised item scores swap log P(category) for the booster's
-        (when ``drives_item_scores``); the shift probability becomes 1 - P(30-day dominant)
+        (when ``ranks_with_booster``); the shift probability becomes 1 - P(30-day dominant)
         (the heads' where there is none)."""
         boosted = self.category_booster.score(batch)
-        if self.item_head == "factorised" and self.category_booster.drives_item_scores:
+        if self.item_head == "factorised" and self.ranks_with_booster:
             change = np.zeros_like(boosted)
             change[:, 1:] = np.log(np.maximum(boosted[:, 1:], 1e-12)) - np.log(np.maximum(categories[:, 1:], 1e-12))
             scores = scores + change[:, self.item_categories.cpu().numpy()]
@@ -313,6 +314,13 @@ class InterestShiftLSTM(nn.Module):
         p_dominant = boosted[np.arange(len(boosted)), dominant]
         shift = np.where(dominant > 0, 1.0 - p_dominant, shift).astype(np.float32)
         return scores.astype(np.float32), boosted, shift
+
+    @property
+    def ranks_with_booster(self) -> bool:
+        """Whether the item ranking (item scores, predicted-category candidates, the ranker's
+        LSTM columns) reads the category booster's forecast; False: the heads', and the booster
+        forecasts categories and shifts only (chosen on validation by the training recipe)."""
+        return self.category_booster is not None and self.category_booster.drives_ranking
 
     def full_sort_predict(self, batch: SequenceBatch) -> torch.Tensor:
         """(batch, n_items + 1) scores of every item; padding gets -inf."""

@@ -270,10 +270,14 @@ class Recommender:
         response = await self.store.get_online_features_async(features=refs, entity_rows=[{"user_id": int(user_id)}])
         return response.to_dict()
 
-    def _model_outputs(self, user: dict[str, list]):
+    def _model_outputs(self, user: dict[str, list], ranking: bool = True):
+        """The LSTM's item scores, category probabilities and shift probability for one user.
+        ``ranking``: the forecast the item ranking reads (the category booster's only where it
+        drives the ranking); False: the model's category and shift forecast (``interests``)."""
         batch = encode_sequences(user, self.vocabulary, self.max_len)
         with torch.inference_mode():
-            scores, categories, shift, _, _ = predict_all(self.model, batch, self.device, item_representations=self.item_representations)
+            scores, categories, shift, _, _ = predict_all(self.model, batch, self.device, item_representations=self.item_representations,
+                                                          boosted=self.model.ranks_with_booster if ranking else True)
         return scores, categories, shift
 
     @staticmethod
@@ -292,7 +296,7 @@ class Recommender:
         version = self.registered.version
         if self._is_cold(user):
             return InterestPrediction(int(user_id), {}, None, None, cold_start=True, model_version=version)
-        _, categories, shift = self._model_outputs(user)
+        _, categories, shift = self._model_outputs(user, ranking=False)
         order = np.argsort(-categories[0, 1:]) + 1
         mix = {self.category_names.get(int(c), str(c)): round(float(categories[0, c]), 4) for c in order}
         dominant = user["dominant_category_30d"][0]

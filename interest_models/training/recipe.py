@@ -91,6 +91,15 @@ class SplitOutputs:
     interest: np.ndarray                # (n, item_dim)
     exclude: list[np.ndarray] | None = None
     candidates: pd.DataFrame | None = None  # point, item_index, ... features, ranker/blend scores
+    # The category and shift forecast the item ranking reads (candidate sources, the ranker's
+    # LSTM columns): the LSTM heads' where a category booster forecasts but does not drive the
+    # ranking, else (None) the forecast above.
+    ranking_categories: np.ndarray | None = None  # (n, n_categories + 1)
+    ranking_shift: np.ndarray | None = None       # (n,)
+
+    def __post_init__(self):
+        if self.ranking_categories is None:
+            self.ranking_categories, self.ranking_shift = self.category_probabilities, self.shift_probability
 
 
 @dataclass
@@ -240,11 +249,12 @@ class _Trainer:
                 losses = self.model.category_booster.valid_log_loss
                 heads["valid"] = predict_all(self.model, sequences["valid"], self.device, boosted=False)
                 with_booster, without = self._valid_ndcg_with_and_without_booster_items(sequences["valid"], heads["valid"])
-                self.model.category_booster.drives_item_scores = with_booster >= without
+                self.model.category_booster.drives_ranking = with_booster >= without
                 stage.summary = (f"{self.model.category_booster.best_iteration + 1} trees kept of {len(losses)}, "
                                  f"valid log-loss {losses[self.model.category_booster.best_iteration]:.4f} per (point, category); "
                                  f"LSTM valid NDCG@10 with its forecast in the item scores {with_booster:.4f}, without {without:.4f}: "
-                                 + ("in" if self.model.category_booster.drives_item_scores else "categories and shifts only"))
+                                 + ("it drives the ranking" if self.model.ranks_with_booster
+                                    else "it forecasts categories and shifts, the ranking reads the heads"))
             else:
                 stage.summary = "off (lstm.yaml category_booster): the LSTM's heads forecast"
 
@@ -254,12 +264,15 @@ class _Trainer:
                 rows = split_rows[split]
                 scores, categories, shift, interest, _ = (heads[split] if split in heads
                                                           else predict_all(self.model, sequences[split], self.device, boosted=False))
+                ranking = {}
                 if self.model.category_booster is not None:
                     if split == "test":  # the heads' own test forecast, for the report
                         self.head_categories, self.head_shift = categories, shift
+                    if not self.model.ranks_with_booster:
+                        ranking = {"ranking_categories": categories, "ranking_shift": shift}
                     scores, categories, shift = self.model.boosted_forecast(sequences[split], scores, categories, shift)
                 outputs[split] = SplitOutputs(points.iloc[rows].reset_index(drop=True), users.iloc[rows].reset_index(drop=True),
-                                              scores, categories, shift, interest)
+                                              scores, categories, shift, interest, **ranking)
                 if self.training_config["exclude_seen"]:
                     outputs[split].exclude = seen_items(self.events, outputs[split].points, self.vocabulary)
             scored = sum(len(o.points) for o in outputs.values())
@@ -359,7 +372,7 @@ class _Trainer:
         booster's forecast as the category term of the item scores, and with the heads' (whose
         ``predict_all(..., boosted=False)`` outputs ``heads`` are)."""
         targets = valid.target_item.numpy()
-        self.model.category_booster.drives_item_scores = True
+        self.model.category_booster.drives_ranking = True
         boosted_scores = self.model.boosted_forecast(valid, *heads[:3])[0]
         return (float(ndcg_at_k(target_ranks(boosted_scores, targets), 10)),
                 float(ndcg_at_k(target_ranks(heads[0], targets), 10)))
@@ -420,7 +433,7 @@ class _Trainer:
             scores = neighbour_scores(baselines[split], _recent_lists(out.users, self.vocabulary),
                                       frame.point.to_numpy(), frame.item_index.to_numpy())
             frame = frame.assign(**scores)
-            matrix = build_matrix(out.users, frame, out.lstm_scores, out.category_probabilities, out.shift_probability)
+            matrix = build_matrix(out.users, frame, out.lstm_scores, out.ranking_categories, out.ranking_shift)
             result[name] = pd.concat([frame[["point", "item_index", "item_id", "relevance"]], matrix], axis=1)
         return result
 
@@ -431,11 +444,11 @@ class _Trainer:
 
     def _point_sources(self, out: SplitOutputs, sizes: dict[str, int]) -> dict:
         """The per-point inputs of the sources that follow the user's predicted interest:
-        the LSTM's category probabilities, and the items nearest to the user's interest
+        the category probabilities the ranking reads, and the items nearest to the user's interest
         embedding as of the point."""
         search = self._text_search
         exclude = out.exclude or [np.empty(0, np.int64)] * len(out.points)
-        return {"category_probabilities": out.category_probabilities,
+        return {"category_probabilities": out.ranking_categories,
                 "predicted_categories": self.training_config["predicted_categories"],
                 "interest_neighbours": [search.nearest(embedding if isinstance(embedding, (list, np.ndarray)) else None,
                                                        sizes.get("interest_neighbours", 0), seen)
@@ -461,7 +474,8 @@ class _Trainer:
         if not same:
             raise ValueError(f"the serving model {champion.version} was trained on another catalogue: "
                              "it cannot be scored on the same decision points")
-        scores, categories, shift, interest, _ = predict_all(champion.model.to(self.device), sequences, self.device)
+        scores, categories, shift, interest, _ = predict_all(champion.model.to(self.device), sequences, self.device,
+                                                             boosted=champion.model.ranks_with_booster)
         champion.model.cpu()
         served = SplitOutputs(out.points, out.users, scores, categories, shift, interest, out.exclude)
         popularity = _popularity_before(self.events, self.vocabulary, out.points.as_of.min())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import xgboost as xgb
 
 from interest_models.data.sequences import SequenceBatch
 from interest_models.models.base import Model
@@ -55,6 +56,12 @@ def test_booster_learns_the_rule_and_round_trips(tmp_path):
     loaded = CategoryBooster.load(tmp_path)
     assert loaded.session_gap_seconds == GAP_SECONDS and loaded.best_iteration == booster.best_iteration
     np.testing.assert_allclose(loaded.score(test), probabilities, rtol=1e-6)
+    assert loaded.drives_ranking
+    # a booster saved before the ranking followed it names the choice drives_item_scores
+    older = xgb.Booster(model_file=str(tmp_path / "category_booster.json"))
+    older.set_attr(drives_ranking=None, drives_item_scores="0")
+    older.save_model(tmp_path / "category_booster.json")
+    assert not CategoryBooster.load(tmp_path).drives_ranking
 
 
 def test_lstm_with_a_booster_forecasts_by_it(tmp_path):
@@ -83,13 +90,19 @@ def test_lstm_with_a_booster_forecasts_by_it(tmp_path):
     model.save(tmp_path)
     assert (tmp_path / "category_booster.json").exists()
     np.testing.assert_allclose(InterestShiftLSTM.load(tmp_path).score(test), scores, rtol=1e-5)
+    assert model.ranks_with_booster
     # forecasting categories and shifts only: the item scores stay the heads'
-    model.category_booster.drives_item_scores = False
+    model.category_booster.drives_ranking = False
+    assert not model.ranks_with_booster
     scores_only, categories_only, shift_only, _, _ = predict_all(model, test, torch.device("cpu"))
     np.testing.assert_allclose(scores_only, heads[0], rtol=1e-6)
     np.testing.assert_allclose(categories_only, boosted, rtol=1e-6)
     np.testing.assert_allclose(shift_only, shift, rtol=1e-6)
     model.save(tmp_path)
     loaded = InterestShiftLSTM.load(tmp_path)
-    assert not loaded.category_booster.drives_item_scores
+    assert not loaded.category_booster.drives_ranking
     np.testing.assert_allclose(loaded.score(test), heads[0], rtol=1e-5)
+    # what the ranking reads is then the heads' forecast throughout
+    ranking = predict_all(loaded, test, torch.device("cpu"), boosted=loaded.ranks_with_booster)
+    np.testing.assert_allclose(ranking[1], heads[1], rtol=1e-5)
+    np.testing.assert_allclose(ranking[2], heads[2], rtol=1e-5)

@@ -41,7 +41,18 @@ def served(pg_server, settings, tmp_path_factory):
             yield pipeline, Recommender.from_registry(registry.root, pipeline.store, names)
 
 
-def test_online_scores_equal_offline_scores(served):
+@pytest.fixture(params=[True, False], ids=["booster drives ranking", "heads drive ranking"])
+def drives_ranking(request, served):
+    """The served model's category booster set to drive the item ranking, or not (restored after)."""
+    booster = served[1].model.category_booster
+    assert booster is not None  # the default lstm.yaml trains one
+    chosen = booster.drives_ranking
+    booster.drives_ranking = request.param
+    yield request.param
+    booster.drives_ranking = chosen
+
+
+def test_online_scores_equal_offline_scores(served, drives_ranking):
     pipeline, recommender = served
     user = int(pipeline.conn.execute("SELECT user_id FROM interest.events GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0])
     items = np.arange(1, 41)
@@ -52,7 +63,11 @@ def test_online_scores_equal_offline_scores(served):
     now = pd.Timestamp.now(tz="UTC")
     users = user_features(store, pd.DataFrame({"user_id": [user], "as_of": [now]}), features)
     batch = encode_sequences(users, vocabulary, recommender.max_len)
-    scores, categories, shift, _, _ = predict_all(recommender.model, batch, recommender.device)
+    scores, categories, shift, _, _ = predict_all(recommender.model, batch, recommender.device, boosted=drives_ranking)
+    forecast = predict_all(recommender.model, batch, recommender.device)  # interests: the booster's, either way
+    interests = recommender.interests(user)
+    assert interests.shift_probability == pytest.approx(float(forecast[2][0]), rel=1e-5)
+    assert max(interests.next_category.values()) == pytest.approx(float(forecast[1][0].max()), abs=1e-4)
     candidates = pd.DataFrame({"row": np.arange(len(items)), "point": 0, "item_index": items,
                                "item_id": vocabulary.item_ids[items], "category_id": vocabulary.item_category[items], "as_of": now})
     retrieved = candidate_features(store, candidates, features)
