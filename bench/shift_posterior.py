@@ -16,7 +16,7 @@ popularity within each category, for the LSTM, the posterior and the oracle.
     .venv/bin/python bench/shift_posterior.py --sweeps 900    # longer chains
 
 It reads the configured database (``interest env``); figures in
-``bench/results/shift_posterior.json``. Nothing here asserts on time.
+``bench/results/shift_posterior_seed<training seed>.json``. Nothing here asserts on time.
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ import numpy as np
 
 from harness import load_average, machine_info, peak_memory_mib, progress, silence_known_warnings
 
-RESULTS = Path(__file__).parent / "results" / "shift_posterior.json"
+RESULTS = Path(__file__).parent / "results"
+"""Where ``shift_posterior_seed<training seed>.json`` goes (one file per training seed)."""
 VIEW = 0  # interest.events.event_type of a view (materialize.ingest.schema.EVENT_TYPES)
 
 
@@ -102,8 +103,8 @@ def main(argv=None) -> None:
     print(f"\nchains: largest difference between two chains' forecasts, p50 {spread[0]:.3f}, p90 {spread[1]:.3f}, "
           f"p99 {spread[2]:.3f}, max {spread[3]:.3f}; acceptance "
           + ", ".join(f"{k} {v:.2f}" for k, v in posterior.acceptance.items()))
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"shift_posterior_seed{result.configs['training']['seed']}.json").write_text(json.dumps({
         "machine": info, "load_average_end": load_average(), "sweeps": args.sweeps, "burn_in": args.burn_in,
         "chains": args.chains, "training_seconds": training_seconds, "posterior_seconds": posterior_seconds,
         "note": comparison.note, "table": comparison.table.to_dict(orient="index"),
