@@ -13,6 +13,9 @@
     .venv/bin/python bench/model_quality.py                    # 3 seeds, 5 ablation variants
     .venv/bin/python bench/model_quality.py --seeds 1 --ablation   # one seed, no ablation
     INTEREST_PG_DB=movielens .venv/bin/python bench/model_quality.py --protocol leave_one_out --ablation
+    # MovieLens with the LSTM inputs the README advises there (no session profile)
+    INTEREST_PG_DB=movielens .venv/bin/python bench/model_quality.py --protocol leave_one_out --ablation \
+        --lstm-inputs text time_gaps event_types category_profile
 
 It reads the configured database (``interest env``) and writes nothing there; figures in
 ``bench/results/model_quality_<database>_<protocol>.json``. Nothing here asserts on time.
@@ -94,6 +97,8 @@ def main(argv=None) -> None:
                         help="as interest train --protocol (leave_one_out also excludes seen items: MovieLens)")
     parser.add_argument("--ablation", nargs="*", default=list(ABLATION), choices=list(ABLATION),
                         help="LSTM input variants (none: skip)")
+    parser.add_argument("--lstm-inputs", nargs="*", default=None, choices=_ALL_INPUTS,
+                        help="the LSTM's inputs in the seed runs (default: lstm.yaml's)")
     args = parser.parse_args(argv)
     silence_known_warnings()
     from materialize.cli import open_pipeline
@@ -108,15 +113,16 @@ def main(argv=None) -> None:
         protocol = {"protocol": args.protocol} | ({"exclude_seen": True} if args.protocol == "leave_one_out" else {})
         for seed in args.seeds:
             progress(f"seed {seed}")
-            result, seconds = train(pipeline, {"training": {"seed": seed, **protocol}})
+            inputs = {} if args.lstm_inputs is None else {"lstm": {"inputs": args.lstm_inputs}}
+            result, seconds = train(pipeline, {"training": {"seed": seed, **protocol}} | inputs)
             first = first or (seed, result, seconds)
             seeds.append(seed_row(seed, result, seconds))
         for name in args.ablation:
             progress(f"ablation: {name}")
-            if ABLATION[name] is None:
+            if ABLATION[name] is None and args.lstm_inputs is None:
                 ablation.append(ablation_row(name, first[1], first[2]))
                 continue
-            result, seconds = train(pipeline, {"training": {"seed": first[0], **protocol}, "lstm": ABLATION[name]})
+            result, seconds = train(pipeline, {"training": {"seed": first[0], **protocol}, "lstm": ABLATION[name] or {}})
             ablation.append(ablation_row(name, result, seconds))
 
     print(f"\nmachine: {info}\ndata: {events:,} events, {users:,} users, {items:,} items; load average {load_average()}; "
@@ -134,7 +140,7 @@ def main(argv=None) -> None:
         print(f"\nLSTM input ablation (seed {first[0]}):")
         print(table(columns, [[fmt(r[c], 4) if isinstance(r[c], float) else r[c] for c in columns] for r in ablation]))
     results.parent.mkdir(exist_ok=True)
-    results.write_text(json.dumps({"machine": info, "protocol": args.protocol, "events": events, "users": users, "items": items,
+    results.write_text(json.dumps({"machine": info, "protocol": args.protocol, "lstm_inputs": args.lstm_inputs, "events": events, "users": users, "items": items,
                                    "seeds": seeds, "ablation": ablation}, indent=2, default=str))
 
 
