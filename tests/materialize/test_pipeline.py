@@ -18,7 +18,6 @@ from materialize.pipeline import Pipeline
 from materialize.ingest.sources.synthetic import SyntheticConfig, SyntheticShop
 from tests.conftest import new_database, settings_for
 
-DAILY_TTL_DAYS = 60  # DAILY_TTL of the user and item daily views in feature_repo/feature_views.py
 
 CONFIG = SyntheticConfig(n_users=1000, n_items=150, n_categories=6, days=45, sessions_per_user_mean=4.0, seed=5)
 
@@ -42,6 +41,11 @@ def test_run_summary_reconciles(pipeline):
     ).fetchone()[0]
     shifts = pipeline.conn.execute("SELECT count(*) FROM interest.planted_interest_shifts").fetchone()[0]
     assert shifts == len(SyntheticShop(CONFIG).interest_shifts()) > 0
+
+
+def _ttl_days(store, view: str) -> int:
+    """The registered feature view's ttl in days (the daily views' ``DAILY_TTL``)."""
+    return store.get_feature_view(view).ttl.days
 
 
 def _latest(conn, table: str, key: str, ttl_days: int | None = None) -> pd.DataFrame:
@@ -78,7 +82,7 @@ def test_online_values_equal_latest_offline_values(pipeline):
             entity_rows=[{"user_id": u} for u in users],
         ).to_dict()
     ).set_index("user_id")
-    _assert_same(online, _latest(conn, "user_daily_features", "user_id", DAILY_TTL_DAYS), user_columns)
+    _assert_same(online, _latest(conn, "user_daily_features", "user_id", _ttl_days(store, "user_activity")), user_columns)
     _assert_same(online, _latest(conn, "user_recent_sequence", "user_id"), ["recent_item_ids", "recent_gap_seconds"])
 
     items = list(range(1, CONFIG.n_items + 1))
@@ -88,7 +92,7 @@ def test_online_values_equal_latest_offline_values(pipeline):
             entity_rows=[{"item_id": i} for i in items],
         ).to_dict()
     ).set_index("item_id")
-    _assert_same(online_items, _latest(conn, "item_daily_features", "item_id", DAILY_TTL_DAYS),
+    _assert_same(online_items, _latest(conn, "item_daily_features", "item_id", _ttl_days(store, "item_popularity")),
                  ["item_view_count_7d", "item_conversion_rate_30d"])
     _assert_same(online_items, _latest(conn, "item_embeddings", "item_id"), ["embedding"])
 
@@ -181,7 +185,7 @@ def test_rows_rewritten_for_past_days_reach_the_online_store(pipeline):
     sequence = _latest(conn, "user_recent_sequence", "user_id")
     assert late.item_id[0] in sequence.at[user, "recent_item_ids"]  # the late event is in the latest row
     _assert_same(online, sequence, ["recent_item_ids"])
-    _assert_same(online, _latest(conn, "user_daily_features", "user_id", DAILY_TTL_DAYS), ["view_count_30d"])
+    _assert_same(online, _latest(conn, "user_daily_features", "user_id", _ttl_days(store, "user_activity")), ["view_count_30d"])
     online_item = pd.DataFrame(store.get_online_features(
         features=["item_text_embedding:embedding"], entity_rows=[{"item_id": 7}]).to_dict()).set_index("item_id")
     _assert_same(online_item, _latest(conn, "item_embeddings", "item_id"), ["embedding"])
