@@ -111,9 +111,9 @@ def main(argv=None) -> None:
             "SELECT count(*), count(DISTINCT user_id), count(DISTINCT item_id) FROM interest.events").fetchone()
         first = None
         protocol = {"protocol": args.protocol} | ({"exclude_seen": True} if args.protocol == "leave_one_out" else {})
+        inputs = {} if args.lstm_inputs is None else {"lstm": {"inputs": args.lstm_inputs}}
         for seed in args.seeds:
             progress(f"seed {seed}")
-            inputs = {} if args.lstm_inputs is None else {"lstm": {"inputs": args.lstm_inputs}}
             result, seconds = train(pipeline, {"training": {"seed": seed, **protocol}} | inputs)
             first = first or (seed, result, seconds)
             seeds.append(seed_row(seed, result, seconds))

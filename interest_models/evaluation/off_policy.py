@@ -168,18 +168,21 @@ def fit_position_bias(positions: np.ndarray, clicks: np.ndarray, exponents: np.n
     clicks = np.asarray(clicks, np.float64)
     if len(positions) == 0 or clicks.sum() == 0:
         raise ValueError("no clicks on randomly ordered lists to fit the position bias on")
-    grid = np.linspace(0, 2, 201) if exponents is None else exponents
-    return float(max(grid, key=lambda eta: position_bias_log_likelihood(positions, clicks, eta)))
+    grid = np.linspace(0, 2, 201) if exponents is None else np.asarray(exponents, np.float64)
+    return float(grid[np.argmax(position_bias_log_likelihood(positions, clicks, grid))])
 
 
-def position_bias_log_likelihood(positions: np.ndarray, clicks: np.ndarray, eta: float) -> float:
+def position_bias_log_likelihood(positions: np.ndarray, clicks: np.ndarray, eta):
     """Poisson log-likelihood (up to a constant) of the clicks (n,) at positions (n,) of
     randomly ordered lists under ``theta_j = j ** -eta``, with the shared click rate at its
-    maximum-likelihood value; twice the drop from the maximum is the likelihood-ratio statistic."""
+    maximum-likelihood value; twice the drop from the maximum is the likelihood-ratio statistic.
+    ``eta``: one exponent (gives a float) or an array of them (gives one value each)."""
     positions = np.asarray(positions, np.int64)
     top = positions.max()
     shown = np.bincount(positions, minlength=top + 1)[1:].astype(np.float64)
     clicked = np.bincount(positions, weights=np.asarray(clicks, np.float64), minlength=top + 1)[1:]
-    theta = np.arange(1, top + 1, dtype=np.float64) ** -eta
-    rate = clicked.sum() / (shown * theta).sum()
-    return float((clicked * np.log(theta * rate)).sum() - (shown * theta * rate).sum())
+    etas = np.atleast_1d(np.asarray(eta, np.float64))[:, None]
+    theta = np.arange(1, top + 1, dtype=np.float64) ** -etas                 # (etas, positions)
+    rate = clicked.sum() / (shown * theta).sum(axis=1, keepdims=True)
+    loglik = (clicked * np.log(theta * rate)).sum(axis=1) - (shown * theta * rate).sum(axis=1)
+    return float(loglik[0]) if np.ndim(eta) == 0 else loglik

@@ -306,14 +306,22 @@ class InterestShiftLSTM(nn.Module):
         (when ``ranks_with_booster``); the shift probability becomes 1 - P(30-day dominant)
         (the heads' where there is none)."""
         boosted = self.category_booster.score(batch)
-        if self.item_head == "factorised" and self.ranks_with_booster:
-            change = np.zeros_like(boosted)
-            change[:, 1:] = np.log(np.maximum(boosted[:, 1:], 1e-12)) - np.log(np.maximum(categories[:, 1:], 1e-12))
-            scores = scores + change[:, self.item_categories.cpu().numpy()]
+        if self.ranks_with_booster:
+            scores = self.with_category_term(scores, categories, boosted)
         dominant = batch.dominant_category.numpy()
         p_dominant = boosted[np.arange(len(boosted)), dominant]
         shift = np.where(dominant > 0, 1.0 - p_dominant, shift).astype(np.float32)
         return scores.astype(np.float32), boosted, shift
+
+    def with_category_term(self, scores: np.ndarray, categories: np.ndarray, forecast: np.ndarray) -> np.ndarray:
+        """Factorised item scores (n, n_items + 1), computed with the category probabilities
+        ``categories`` (n, n_categories + 1), with log P(category) taken from ``forecast``
+        instead; other item heads' scores unchanged."""
+        if self.item_head != "factorised":
+            return scores
+        change = np.zeros_like(forecast)
+        change[:, 1:] = np.log(np.maximum(forecast[:, 1:], 1e-12)) - np.log(np.maximum(categories[:, 1:], 1e-12))
+        return scores + change[:, self.item_categories.cpu().numpy()]
 
     @property
     def ranks_with_booster(self) -> bool:

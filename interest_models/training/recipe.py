@@ -372,8 +372,7 @@ class _Trainer:
         booster's forecast as the category term of the item scores, and with the heads' (whose
         ``predict_all(..., boosted=False)`` outputs ``heads`` are)."""
         targets = valid.target_item.numpy()
-        self.model.category_booster.drives_ranking = True
-        boosted_scores = self.model.boosted_forecast(valid, *heads[:3])[0]
+        boosted_scores = self.model.with_category_term(heads[0], heads[1], self.model.category_booster.score(valid))
         return (float(ndcg_at_k(target_ranks(boosted_scores, targets), 10)),
                 float(ndcg_at_k(target_ranks(heads[0], targets), 10)))
 
